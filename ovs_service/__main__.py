@@ -1,0 +1,3 @@
+from ovs_service.cli import main
+
+main()

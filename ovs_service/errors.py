@@ -1,0 +1,62 @@
+"""Errors the user sees as one line: each class carries a message template.
+
+Callers raise `BridgeNotFound(bridge="br0")`; the CLI prints `str(error)` and
+exits with `error.exit_code`, with a traceback only under --debug.
+"""
+
+from typing import Any, ClassVar
+
+
+class OvsServiceError(Exception):
+    """Base of every error ovs-service reports to its user."""
+
+    template: ClassVar[str] = "{message}"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(self.template.format(**fields))
+
+
+class CommandFailed(OvsServiceError):
+    template = "{command} failed (exit {returncode}): {stderr}"
+
+
+class CommandNotFound(OvsServiceError):
+    template = "{command}: not found; is it installed?"
+
+
+class OvsUnreachable(OvsServiceError):
+    template = "cannot reach {what}: {reason}"
+    exit_code = 3
+
+
+class BridgeNotFound(OvsServiceError):
+    template = "bridge {bridge!r} does not exist"
+
+
+class UnsupportedProtocols(OvsServiceError):
+    template = "bridge {bridge!r}: no usable OpenFlow version in protocols {protocols}"
+
+
+class OpenFlowError(OvsServiceError):
+    template = "{bridge}: {message}"
+
+
+class RestoreFailed(OvsServiceError):
+    template = "restore of bridge {bridge!r} failed: {reason}"
+    exit_code = 4
+
+
+class SnapshotInvalid(OvsServiceError):
+    template = "snapshot {path}: {reason}"
+    exit_code = 2
+
+
+class SnapshotNotFound(OvsServiceError):
+    template = "no snapshot {what}"
+    exit_code = 2
+
+
+class UsageError(OvsServiceError):
+    exit_code = 2
