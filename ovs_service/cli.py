@@ -1,0 +1,257 @@
+"""The `ovs-service` command: a thin layer over `operations` and friends.
+
+Every command prints for people by default and a JSON document with
+`--json`. Errors are one line on stderr and a non-zero exit status (see
+`EXIT_CODES`); `--debug` adds the traceback.
+"""
+
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) needs these
+
+import click
+import typer
+
+from ovs_service import __version__, flows, operations, ovs, store
+from ovs_service import log as logsetup
+from ovs_service.errors import OvsServiceError
+from ovs_service.openflow import VERSION_NAME, describe
+
+EXIT_CODES = {
+    0: "success",
+    1: "failure (a command or the switch refused something)",
+    2: "bad usage, or a snapshot that is damaged, foreign or missing",
+    3: "Open vSwitch unreachable",
+    4: "a restore failed; the snapshot is kept for `ovs-service restore`",
+}
+
+app = typer.Typer(
+    name="ovs-service",
+    help="Keep Open vSwitch's OpenFlow state across restarts, upgrades and module reloads.",
+    no_args_is_help=True,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+snapshot_app = typer.Typer(help="Inspect saved snapshots.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+
+log = logging.getLogger("ovs_service")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ovs-service {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Log every command run; show tracebacks."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    logsetup.setup(debug)
+
+
+JSON_OPT = typer.Option(False, "--json", help="Print a JSON document instead of text.")
+BRIDGE_OPT = typer.Option(
+    [], "--bridge", "-b", help="Only this bridge (repeat for more). Default: every bridge."
+)
+STAGE_OPT = typer.Option([], "--stage", help="Only this stage (repeat). Known: flows.")
+
+
+def _emit(as_json: bool, doc: Any, text: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+    elif text:
+        typer.echo(text)
+
+
+@app.command()
+def save(
+    bridge: List[str] = BRIDGE_OPT,
+    stage: List[str] = STAGE_OPT,
+    to: Optional[Path] = typer.Option(None, "--to", help="Write the snapshot to this new directory."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Save the OpenFlow state of every bridge (or those named) and print the snapshot's path.
+
+    Example: ovs-service save --bridge br-int
+    """
+    snap = operations.take_snapshot(bridge, stage, to)
+    _emit(as_json, {"path": str(snap.path), "bridges": snap.manifest.bridges,
+                    "flows": snap.manifest.extra.get("flows", {})}, str(snap.path))
+
+
+@app.command()
+def restore(
+    source: Optional[str] = typer.Option(
+        None, "--from", help="Snapshot directory or name. Default: the newest."
+    ),
+    bridge: List[str] = BRIDGE_OPT,
+    stage: List[str] = STAGE_OPT,
+    allow_foreign: bool = typer.Option(
+        False, "--allow-foreign", help="Accept a snapshot taken on another host."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Restore a snapshot onto the running switch, each bridge atomically.
+
+    Every file is checked against the manifest before the switch is touched.
+    Example: ovs-service restore --from /var/lib/ovs-service/20261125T101500.123456789
+    """
+    path = store.resolve(store.state_dir(), source)
+    outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign)
+    lines = [
+        f"{b.bridge}: {'restored' if b.ok else 'FAILED'} "
+        f"({b.counts.get('flows', 0)} flows, {b.counts.get('groups', 0)} groups, "
+        f"{b.counts.get('meters', 0)} meters){'' if b.ok else ': ' + b.error}"
+        for b in outcome.bridges
+    ]
+    doc = {"snapshot": str(outcome.snapshot), "ok": outcome.ok,
+           "bridges": [b.__dict__ for b in outcome.bridges]}
+    if not outcome.ok and not as_json:
+        typer.echo("\n".join(lines))
+    if not outcome.ok:
+        if as_json:
+            _emit(True, doc, "")
+        operations.raise_for(outcome)
+    _emit(as_json, doc, "\n".join(lines))
+
+
+@snapshot_app.command("list")
+def snapshot_list(as_json: bool = JSON_OPT) -> None:
+    """List the snapshots in the store, oldest first."""
+    root = store.state_dir()
+    pending = store.pending_snapshot(root)
+    rows = []
+    for path in store.snapshots(root):
+        try:
+            m = store.load(path, verify=False, allow_foreign=True).manifest
+            rows.append({"name": path.name, "path": str(path), "created": m.created,
+                         "host": m.host, "bridges": m.bridges, "stages": m.stages,
+                         "pending": path == pending})
+        except OvsServiceError as e:
+            rows.append({"name": path.name, "path": str(path), "error": str(e)})
+    text = "\n".join(
+        f"{r['name']}  {r.get('created', '?')}  {','.join(r.get('bridges', [])) or '-'}"
+        f"{'  (pending restore)' if r.get('pending') else ''}{'  ' + r['error'] if 'error' in r else ''}"
+        for r in rows
+    ) or f"no snapshots in {root}"
+    _emit(as_json, rows, text)
+
+
+@snapshot_app.command("show")
+def snapshot_show(
+    name: Optional[str] = typer.Argument(None, help="Snapshot path or name. Default: the newest."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Show a snapshot's manifest and what it holds per bridge (after verifying it)."""
+    snap = store.load(store.resolve(store.state_dir(), name), allow_foreign=True)
+    recs = flows.records(snap)
+    m = snap.manifest
+    doc = {"path": str(snap.path), "schema": m.schema, "created": m.created, "host": m.host,
+           "ovs_version": m.ovs_version, "tool_version": m.tool_version, "stages": m.stages,
+           "bridges": [{"name": r.name, "openflow": VERSION_NAME[r.version], **r.counts}
+                       for r in recs]}
+    text = "\n".join(
+        [f"snapshot {snap.path}", f"created {m.created} on {m.host}, Open vSwitch {m.ovs_version}"]
+        + [f"  {r.name}: {VERSION_NAME[r.version]}, {r.counts['flows']} flows, "
+           f"{r.counts['groups']} groups, {r.counts['meters']} meters, "
+           f"{'a' if r.counts['tlv'] else 'no'} TLV map" for r in recs]
+    )
+    _emit(as_json, doc, text)
+
+
+@snapshot_app.command("diff")
+def snapshot_diff(
+    old: str = typer.Argument(..., help="The older snapshot (path or name)."),
+    new: str = typer.Argument(..., help="The newer snapshot (path or name)."),
+    limit: int = typer.Option(10, "--limit", help="Differing messages to print per bridge."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Show what differs between two snapshots, bridge by bridge."""
+    root = store.state_dir()
+    a = store.load(store.resolve(root, old), allow_foreign=True)
+    b = store.load(store.resolve(root, new), allow_foreign=True)
+    ra = {r.name: r for r in flows.records(a)}
+    rb = {r.name: r for r in flows.records(b)}
+    doc: dict[str, Any] = {"only_in_old": sorted(ra.keys() - rb.keys()),
+                           "only_in_new": sorted(rb.keys() - ra.keys()), "bridges": {}}
+    lines = [f"bridge {n}: only in {old}" for n in doc["only_in_old"]]
+    lines += [f"bridge {n}: only in {new}" for n in doc["only_in_new"]]
+    for name in sorted(ra.keys() & rb.keys()):
+        removed, added = _bridge_diff(a, ra[name], b, rb[name])
+        if not removed and not added:
+            continue
+        shown = [f"- {describe(m)}" for m in list(removed.elements())[:limit]]
+        shown += [f"+ {describe(m)}" for m in list(added.elements())[:limit]]
+        doc["bridges"][name] = {"removed": sum(removed.values()), "added": sum(added.values()),
+                                "messages": shown}
+        lines.append(f"bridge {name}: -{sum(removed.values())} +{sum(added.values())}")
+        lines += [f"  {s}" for s in shown]
+    _emit(as_json, doc, "\n".join(lines) or "no differences")
+
+
+def _bridge_diff(a: store.Snapshot, ra: flows.BridgeRecord, b: store.Snapshot,
+                 rb: flows.BridgeRecord) -> tuple[Counter[bytes], Counter[bytes]]:
+    def messages(snap: store.Snapshot, rec: flows.BridgeRecord) -> Counter[bytes]:
+        return Counter(m for kind in flows.KINDS
+                       for m in flows.read_messages(snap.file(f"{rec.directory}/{kind}.ofp")))
+    ma, mb = messages(a, ra), messages(b, rb)
+    return ma - mb, mb - ma
+
+
+@app.command()
+def status(as_json: bool = JSON_OPT) -> None:
+    """Show the newest snapshot, whether a restore is pending, and flow-restore-wait."""
+    root = store.state_dir()
+    found = store.snapshots(root)
+    pending = store.pending_snapshot(root)
+    try:
+        frw: bool | None = ovs.flow_restore_wait()
+    except OvsServiceError:
+        frw = None
+    doc = {"state_dir": str(root), "newest": str(found[-1]) if found else None,
+           "snapshots": len(found), "pending": str(pending) if pending else None,
+           "flow_restore_wait": frw}
+    text = "\n".join([
+        f"store: {root} ({len(found)} snapshots)",
+        f"newest: {found[-1].name if found else '-'}",
+        f"pending restore: {pending.name if pending else 'no'}",
+        f"flow-restore-wait: {'unknown (ovsdb unreachable)' if frw is None else frw}",
+    ])
+    _emit(as_json, doc, text)
+
+
+def _fail(error: BaseException, code: int, debug: bool) -> NoReturn:
+    if debug:
+        import traceback
+
+        traceback.print_exception(error)
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"ovs-service: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:] or bool(os.environ.get("OVS_SERVICE_DEBUG"))
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=sys.argv[1:], prog_name="ovs-service", standalone_mode=False)
+    except OvsServiceError as e:
+        _fail(e, e.exit_code, debug)
+    except click.exceptions.Abort:
+        _fail(RuntimeError("aborted"), 130, debug)
+    except click.ClickException as e:
+        _fail(RuntimeError(e.format_message()), 2, debug)
+    except OSError as e:
+        _fail(e, 1, debug)
+    except KeyboardInterrupt:
+        _fail(RuntimeError("interrupted"), 130, debug)
+    sys.exit(result if isinstance(result, int) else 0)

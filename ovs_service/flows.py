@@ -1,0 +1,365 @@
+"""The flows stage: a bridge's OpenFlow state, saved and restored exactly.
+
+Saved per bridge, at the bridge's own OpenFlow version: the TLV map, meters,
+groups, flows of every table, and the port settings `mod-port` changes. Each
+is stored as the OpenFlow messages that re-create it, derived byte for byte
+from the switch's replies (see `ofstate`), streamed to disk.
+
+Restore order: TLV map, meters, then flows and groups of a bridge as one
+atomic bundle (when the version has bundles), then port settings. If the
+bundle fails, the TLV map and meters are put back as they were, so a failed
+restore leaves the bridge as it found it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ovs_service import ofstate as st
+from ovs_service import ovs
+from ovs_service.errors import (
+    OvsServiceError,
+    RestoreFailed,
+    SnapshotInvalid,
+    UnsupportedProtocols,
+)
+from ovs_service.openflow import (
+    ERROR,
+    EXPERIMENTER,
+    FEATURES_REPLY,
+    HEADER,
+    OF10,
+    OF12,
+    OF13,
+    VERSION_NAME,
+    VERSIONS_SPOKEN,
+    Connection,
+    describe,
+)
+from ovs_service.store import Snapshot, SnapshotWriter
+
+log = logging.getLogger(__name__)
+
+STAGE = "flows"
+KINDS = ("tlv", "meters", "groups", "flows")
+METER_EXISTS = (12, 1)  # OFPET_METER_MOD_FAILED, OFPMMFC_METER_EXISTS
+
+
+def choose_version(bridge: ovs.Bridge) -> int:
+    """The highest OpenFlow version the bridge enables that we can speak."""
+    usable = bridge.versions & VERSIONS_SPOKEN
+    if not usable:
+        raise UnsupportedProtocols(bridge=bridge.name, protocols=",".join(bridge.protocols))
+    return max(usable)
+
+
+@dataclass(frozen=True)
+class PortSetting:
+    name: str
+    port_no: int
+    config: int
+
+
+@dataclass(frozen=True)
+class BridgeRecord:
+    """What a snapshot holds for one bridge (its `bridge.json`)."""
+
+    name: str
+    version: int
+    directory: str
+    counts: dict[str, int]
+    ports: list[PortSetting]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> BridgeRecord:
+        return cls(
+            name=str(doc["name"]),
+            version=int(doc["version"]),
+            directory=str(doc["directory"]),
+            counts={str(k): int(v) for k, v in doc["counts"].items()},
+            ports=[PortSetting(str(p["name"]), int(p["port_no"]), int(p["config"]))
+                   for p in doc["ports"]],
+        )
+
+
+# -- saving -----------------------------------------------------------------------
+
+def save(writer: SnapshotWriter, bridges: Sequence[ovs.Bridge]) -> list[BridgeRecord]:
+    """Save every bridge into the snapshot being written, in parallel."""
+    jobs = [(b, f"{STAGE}/{i:04d}") for i, b in enumerate(bridges)]
+    with ThreadPoolExecutor(max_workers=min(8, len(jobs) or 1)) as pool:
+        records = list(pool.map(lambda job: save_bridge(writer, *job), jobs))
+    writer.write_json(f"{STAGE}/index.json", [r.to_json() for r in records])
+    return records
+
+
+def save_bridge(writer: SnapshotWriter, bridge: ovs.Bridge, directory: str) -> BridgeRecord:
+    version = choose_version(bridge)
+    counts: dict[str, int] = {}
+    with Connection(ovs.mgmt_socket(bridge.name), version, bridge.name) as conn:
+        counts["tlv"] = _write(writer, f"{directory}/tlv.ofp", _tlv_mods(conn))
+        counts["meters"] = _write(writer, f"{directory}/meters.ofp", _meter_mods(conn))
+        counts["groups"] = _write(writer, f"{directory}/groups.ofp", _group_mods(conn))
+        counts["flows"] = _write(writer, f"{directory}/flows.ofp", _flow_mods(conn))
+        ports = [PortSetting(p.name, p.port_no, p.config) for p in current_ports(conn)]
+    log.debug("saved %s at %s: %s", bridge.name, VERSION_NAME[version], counts)
+    return BridgeRecord(bridge.name, version, directory, counts, ports)
+
+
+def _write(writer: SnapshotWriter, relpath: str, messages: Iterable[bytes]) -> int:
+    count = 0
+    with writer.open(relpath) as f:
+        for message in messages:
+            f.write(message)
+            count += 1
+    return count
+
+
+def _tlv_mods(conn: Connection) -> Iterator[bytes]:
+    maps = current_tlv_maps(conn)
+    if maps:
+        yield st.tlv_table_mod(conn.version, maps)
+
+
+def current_tlv_maps(conn: Connection) -> bytes:
+    reply = conn.request(st.tlv_table_request(conn.version), EXPERIMENTER)
+    return st.tlv_maps(reply.data)
+
+
+def _meter_mods(conn: Connection) -> Iterator[bytes]:
+    for meter in current_meters(conn):
+        yield meter.mod(conn.version)
+
+
+def current_meters(conn: Connection) -> list[st.Meter]:
+    if conn.version < OF13:
+        return []
+    return [m for body in conn.multipart(st.meter_config_request()) for m in st.meters(body)]
+
+
+def _group_mods(conn: Connection) -> Iterator[bytes]:
+    if conn.version < OF12:
+        return
+    for body in conn.multipart(st.group_desc_request(conn.version)):
+        yield from st.group_mods(conn.version, body)
+
+
+def _flow_mods(conn: Connection) -> Iterator[bytes]:
+    for body in conn.multipart(st.flow_stats_request(conn.version)):
+        yield from st.flow_mods(conn.version, body)
+
+
+def current_ports(conn: Connection) -> list[st.PortConfig]:
+    request, is_multipart = st.port_desc_request(conn.version)
+    if is_multipart:
+        return [p for body in conn.multipart(request)
+                for p in st.ports_from_desc(conn.version, body)]
+    reply = conn.request(request, FEATURES_REPLY)
+    return list(st.ports_from_features(conn.version, reply.data))
+
+
+# -- reading a snapshot ---------------------------------------------------------
+
+def records(snapshot: Snapshot) -> list[BridgeRecord]:
+    path = snapshot.file(f"{STAGE}/index.json")
+    try:
+        return [BridgeRecord.from_json(d) for d in json.loads(path.read_text())]
+    except FileNotFoundError:
+        raise SnapshotInvalid(path=snapshot.path, reason="has no flows stage") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SnapshotInvalid(path=snapshot.path, reason=f"flows index unreadable ({e})") from None
+
+
+def read_messages(path: Path) -> Iterator[bytes]:
+    """The OpenFlow messages stored in `path`, streamed."""
+    with open(path, "rb", buffering=1 << 20) as f:
+        while header := f.read(HEADER.size):
+            if len(header) < HEADER.size:
+                raise ValueError(f"{path.name}: truncated message header")
+            length = int.from_bytes(header[2:4], "big")
+            rest = f.read(length - HEADER.size) if length > HEADER.size else b""
+            if length < HEADER.size or len(rest) != length - HEADER.size:
+                raise ValueError(f"{path.name}: truncated message")
+            yield header + rest
+
+
+def check_framing(snapshot: Snapshot, record: BridgeRecord) -> None:
+    """Every stored message is whole and of the bridge's version."""
+    for kind in KINDS:
+        count = 0
+        try:
+            for message in read_messages(snapshot.file(f"{record.directory}/{kind}.ofp")):
+                if message[0] != record.version:
+                    raise ValueError(f"{kind}.ofp: message of another OpenFlow version")
+                count += 1
+        except (OSError, ValueError) as e:
+            raise SnapshotInvalid(path=snapshot.path, reason=f"bridge {record.name!r}: {e}") from None
+        if count != record.counts.get(kind, 0):
+            raise SnapshotInvalid(
+                path=snapshot.path,
+                reason=f"bridge {record.name!r}: {kind} holds {count} messages, "
+                f"index says {record.counts.get(kind, 0)}",
+            )
+
+
+# -- restoring ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BridgeRestore:
+    bridge: str
+    ok: bool
+    counts: dict[str, int]
+    error: str = ""
+
+
+def restore(snapshot: Snapshot, selected: Sequence[BridgeRecord]) -> list[BridgeRestore]:
+    """Restore bridges in parallel; each result says whether its bridge made it."""
+    with ThreadPoolExecutor(max_workers=min(8, len(selected) or 1)) as pool:
+        return list(pool.map(lambda r: _restore_one(snapshot, r), selected))
+
+
+def _restore_one(snapshot: Snapshot, record: BridgeRecord) -> BridgeRestore:
+    try:
+        restore_bridge(snapshot, record)
+    except OvsServiceError as e:
+        log.error("%s", e)
+        return BridgeRestore(record.name, False, record.counts, str(e))
+    return BridgeRestore(record.name, True, record.counts)
+
+
+def restore_bridge(snapshot: Snapshot, record: BridgeRecord) -> None:
+    files = {kind: snapshot.file(f"{record.directory}/{kind}.ofp") for kind in KINDS}
+    with Connection(ovs.mgmt_socket(record.name), record.version, record.name) as conn:
+        undo_tlv = _restore_tlv(conn, record, files["tlv"])
+        undo_meters = _restore_meters(conn, record, files["meters"])
+        try:
+            _restore_table(conn, record, files["groups"], files["flows"])
+        except RestoreFailed:
+            _undo(conn, undo_meters + undo_tlv)
+            raise
+        _delete_unsaved_meters(conn, files["meters"])
+        _restore_ports(conn, record)
+        conn.barrier()
+
+
+def _fail(conn: Connection, record: BridgeRecord, errors: list[tuple[int, bytes]],
+          sent: Sequence[bytes] | None = None) -> RestoreFailed:
+    index, error = errors[0]
+    reason = describe(error)
+    if sent is not None and 0 <= index < len(sent) and sent[index]:
+        reason += f" (refused: {describe(sent[index])})"
+    more = f"; {len(errors) - 1} more" if len(errors) > 1 else ""
+    return RestoreFailed(bridge=record.name, reason=reason + more)
+
+
+def _restore_tlv(conn: Connection, record: BridgeRecord, path: Path) -> list[bytes]:
+    saved = b"".join(st.tlv_maps_of_mod(m) for m in read_messages(path))
+    current = current_tlv_maps(conn)
+    if _tlv_set(saved) == _tlv_set(current):
+        return []
+    messages = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
+    if saved:
+        messages.append(st.tlv_table_mod(conn.version, saved))
+    errors = conn.send_all(messages)
+    if errors:
+        raise _fail(conn, record, errors, messages)
+    undo = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
+    if current:
+        undo.append(st.tlv_table_mod(conn.version, current))
+    return undo
+
+
+def _tlv_set(maps: bytes) -> set[bytes]:
+    return {maps[i:i + 8] for i in range(0, len(maps), 8)}
+
+
+def _restore_meters(conn: Connection, record: BridgeRecord, path: Path) -> list[bytes]:
+    """Add or modify the saved meters; return the messages that undo that."""
+    if conn.version < OF13:
+        return []
+    before = {m.meter_id: m for m in current_meters(conn)}
+    messages, undo = [], []
+    for message in read_messages(path):
+        meter_id = st.meter_id_of_mod(message)
+        old = before.get(meter_id)
+        if old is None:
+            messages.append(message)
+            undo.append(st.delete_meter(conn.version, meter_id))
+        elif old.mod(conn.version) != message:
+            messages.append(message[:8] + st.MODIFY.to_bytes(2, "big") + message[10:])
+            undo.append(old.mod(conn.version, st.MODIFY))
+    errors = conn.send_all(messages)
+    if errors:
+        _undo(conn, undo)
+        raise _fail(conn, record, errors, messages)
+    return undo
+
+
+def _delete_unsaved_meters(conn: Connection, path: Path) -> None:
+    if conn.version < OF13:
+        return
+    saved = {st.meter_id_of_mod(m) for m in read_messages(path)}
+    extra = [st.delete_meter(conn.version, m.meter_id)
+             for m in current_meters(conn) if m.meter_id not in saved]
+    if extra:
+        conn.send_all(extra)
+
+
+def _undo(conn: Connection, messages: list[bytes]) -> None:
+    if messages:
+        for _, error in conn.send_all(messages):
+            log.warning("%s: could not undo a change: %s", conn.bridge, describe(error))
+
+
+def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: Path) -> None:
+    version = conn.version
+
+    def messages() -> Iterator[bytes]:
+        if version == OF10:
+            yield st.flow_mod_table_id(version)
+        yield st.delete_all_flows(version)
+        if version >= OF12:
+            yield st.delete_all_groups(version)
+            yield from read_messages(groups)
+        yield from read_messages(flows)
+
+    errors = conn.bundle(messages()) if conn.has_bundles else conn.send_all(messages())
+    if errors:
+        raise _fail(conn, record, errors, _nth_messages(messages(), {i for i, _ in errors}))
+
+
+def _nth_messages(messages: Iterator[bytes], wanted: set[int]) -> list[bytes]:
+    """A list where only the wanted indexes hold their message (for error text)."""
+    out: list[bytes] = []
+    last = max(wanted, default=-1)
+    for index, message in enumerate(messages):
+        if index > last:
+            break
+        out.append(message if index in wanted else b"")
+    return out
+
+
+def _restore_ports(conn: Connection, record: BridgeRecord) -> None:
+    mask = st.port_config_mask(conn.version)
+    saved = {p.name: p.config & mask for p in record.ports}
+    changes = [
+        st.port_mod(conn.version, port, saved[port.name])
+        for port in current_ports(conn)
+        if port.name in saved and port.config & mask != saved[port.name]
+    ]
+    errors = conn.send_all(changes)
+    if errors:
+        raise _fail(conn, record, errors, changes)
+
+
+def is_error(message: bytes) -> bool:
+    return len(message) >= HEADER.size and message[1] == ERROR

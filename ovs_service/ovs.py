@@ -1,0 +1,172 @@
+"""Open vSwitch's own tools, and the facts ovs-service reads from them.
+
+Every tool runs through `ovs_service.run.run`. The tools find their daemons
+through OVS_RUNDIR, OVS_DBDIR, OVS_LOGDIR and OVS_SYSCONFDIR, which they
+inherit from our environment, so a private instance works as a system one does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ovs_service.errors import BridgeNotFound, CommandFailed, OvsUnreachable
+from ovs_service.run import Completed, run
+
+VSCTL_TIMEOUT = "--timeout=10"
+
+
+def rundir() -> Path:
+    return Path(os.environ.get("OVS_RUNDIR", "/var/run/openvswitch"))
+
+
+def mgmt_socket(bridge: str) -> Path:
+    """The unix socket on which ovs-vswitchd serves OpenFlow for `bridge`."""
+    return rundir() / f"{bridge}.mgmt"
+
+
+def vsctl(*args: str) -> Completed:
+    try:
+        return run(["ovs-vsctl", VSCTL_TIMEOUT, *args])
+    except CommandFailed as e:
+        if "database connection failed" in str(e) or "timeout" in str(e):
+            raise OvsUnreachable(what="ovsdb-server", reason=e.fields["stderr"]) from None
+        raise
+
+
+def ofctl(*args: str) -> Completed:
+    return run(["ovs-ofctl", *args])
+
+
+def appctl(*args: str) -> Completed:
+    return run(["ovs-appctl", *args])
+
+
+def dpctl(*args: str) -> Completed:
+    return run(["ovs-dpctl", *args])
+
+
+def _ovsdb_value(value: Any) -> Any:
+    """Turn OVSDB's JSON encoding (["set", …], ["map", …], ["uuid", …]) into Python."""
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+        kind, data = value
+        if kind == "set":
+            return [_ovsdb_value(v) for v in data]
+        if kind == "map":
+            return {_ovsdb_value(k): _ovsdb_value(v) for k, v in data}
+        if kind in ("uuid", "named-uuid"):
+            return data
+    return value
+
+
+def vsctl_list(table: str, columns: Sequence[str], *records: str) -> list[dict[str, Any]]:
+    """Rows of an OVSDB table as dicts, from `ovs-vsctl --format=json`."""
+    out = vsctl(
+        "--format=json", "--data=json", f"--columns={','.join(columns)}", "list", table, *records
+    ).stdout
+    doc = json.loads(out)
+    return [
+        {h: _ovsdb_value(v) for h, v in zip(doc["headings"], row, strict=True)}
+        for row in doc["data"]
+    ]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+OPENFLOW_NAMES = {
+    "OpenFlow10": 1,
+    "OpenFlow11": 2,
+    "OpenFlow12": 3,
+    "OpenFlow13": 4,
+    "OpenFlow14": 5,
+    "OpenFlow15": 6,
+}
+# What ovs-vswitchd enables when a bridge's `protocols` column is empty.
+DEFAULT_PROTOCOLS = tuple(OPENFLOW_NAMES)
+
+
+@dataclass(frozen=True)
+class Bridge:
+    name: str
+    protocols: tuple[str, ...]
+    datapath_type: str
+
+    @property
+    def versions(self) -> frozenset[int]:
+        return frozenset(OPENFLOW_NAMES[p] for p in self.protocols if p in OPENFLOW_NAMES)
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    type: str
+    ofport: int | None
+    ofport_request: int | None
+
+
+def bridges(names: Sequence[str] = ()) -> list[Bridge]:
+    """Every bridge, or the named ones (in that order); unknown names raise."""
+    rows = vsctl_list("Bridge", ["name", "protocols", "datapath_type"])
+    found = {
+        r["name"]: Bridge(
+            name=r["name"],
+            protocols=tuple(_as_list(r["protocols"])) or DEFAULT_PROTOCOLS,
+            datapath_type=r["datapath_type"] or "system",
+        )
+        for r in rows
+    }
+    if not names:
+        return [found[n] for n in sorted(found)]
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise BridgeNotFound(bridge=missing[0])
+    return [found[n] for n in names]
+
+
+def interfaces() -> list[Interface]:
+    rows = vsctl_list("Interface", ["name", "type", "ofport", "ofport_request"])
+    return [
+        Interface(
+            name=r["name"],
+            type=r["type"],
+            ofport=_first_int(r["ofport"]),
+            ofport_request=_first_int(r["ofport_request"]),
+        )
+        for r in rows
+    ]
+
+
+def _first_int(value: Any) -> int | None:
+    values = _as_list(value)
+    return int(values[0]) if values else None
+
+
+def ovs_version() -> str:
+    """The version of the running switch as recorded in its database."""
+    rows = vsctl_list("Open_vSwitch", ["ovs_version"])
+    version = _as_list(rows[0]["ovs_version"]) if rows else []
+    if version:
+        return str(version[0])
+    # Started without ovs-ctl, nothing recorded it: ask the daemon itself.
+    try:
+        return appctl("-t", "ovs-vswitchd", "version").stdout.split()[-1]
+    except (CommandFailed, IndexError):
+        return "unknown"
+
+
+def flow_restore_wait() -> bool:
+    rows = vsctl_list("Open_vSwitch", ["other_config"])
+    return bool(rows) and rows[0]["other_config"].get("flow-restore-wait") == "true"
+
+
+def set_flow_restore_wait(on: bool) -> None:
+    if on:
+        vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+    else:
+        vsctl("--if-exists", "remove", "Open_vSwitch", ".", "other_config", "flow-restore-wait")
