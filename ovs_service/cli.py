@@ -11,7 +11,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) needs these
+from typing import Any, List, NoReturn  # typer 0.7 (Debian 12) needs these
 
 import click
 import typer
@@ -76,7 +76,7 @@ def _emit(as_json: bool, doc: Any, text: str) -> None:
 def save(
     bridge: List[str] = BRIDGE_OPT,
     stage: List[str] = STAGE_OPT,
-    to: Optional[Path] = typer.Option(None, "--to", help="Write the snapshot to this new directory."),
+    to: Path | None = typer.Option(None, "--to", help="Write the snapshot to this new directory."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Save the OpenFlow state of every bridge (or those named) and print the snapshot's path.
@@ -90,7 +90,7 @@ def save(
 
 @app.command()
 def restore(
-    source: Optional[str] = typer.Option(
+    source: str | None = typer.Option(
         None, "--from", help="Snapshot directory or name. Default: the newest."
     ),
     bridge: List[str] = BRIDGE_OPT,
@@ -129,7 +129,7 @@ def snapshot_list(as_json: bool = JSON_OPT) -> None:
     """List the snapshots in the store, oldest first."""
     root = store.state_dir()
     pending = store.pending_snapshot(root)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in store.snapshots(root):
         try:
             m = store.load(path, verify=False, allow_foreign=True).manifest
@@ -140,7 +140,8 @@ def snapshot_list(as_json: bool = JSON_OPT) -> None:
             rows.append({"name": path.name, "path": str(path), "error": str(e)})
     text = "\n".join(
         f"{r['name']}  {r.get('created', '?')}  {','.join(r.get('bridges', [])) or '-'}"
-        f"{'  (pending restore)' if r.get('pending') else ''}{'  ' + r['error'] if 'error' in r else ''}"
+        f"{'  (pending restore)' if r.get('pending') else ''}"
+        f"{'  ' + r['error'] if 'error' in r else ''}"
         for r in rows
     ) or f"no snapshots in {root}"
     _emit(as_json, rows, text)
@@ -148,7 +149,7 @@ def snapshot_list(as_json: bool = JSON_OPT) -> None:
 
 @snapshot_app.command("show")
 def snapshot_show(
-    name: Optional[str] = typer.Argument(None, help="Snapshot path or name. Default: the newest."),
+    name: str | None = typer.Argument(None, help="Snapshot path or name. Default: the newest."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Show a snapshot's manifest and what it holds per bridge (after verifying it)."""
@@ -209,24 +210,121 @@ def _bridge_diff(a: store.Snapshot, ra: flows.BridgeRecord, b: store.Snapshot,
 
 @app.command()
 def status(as_json: bool = JSON_OPT) -> None:
-    """Show the newest snapshot, whether a restore is pending, and flow-restore-wait."""
+    """Show the units, the newest snapshot, pending or failed restores, flow-restore-wait."""
+    from ovs_service import journal
+
     root = store.state_dir()
     found = store.snapshots(root)
-    pending = store.pending_snapshot(root)
+    pending, failed = store.pending_snapshot(root), store.failed_snapshot(root)
     try:
         frw: bool | None = ovs.flow_restore_wait()
     except OvsServiceError:
         frw = None
-    doc = {"state_dir": str(root), "newest": str(found[-1]) if found else None,
+    tx = journal.read(root)
+    units = _unit_states()
+    doc: dict[str, Any] = {"state_dir": str(root), "newest": str(found[-1]) if found else None,
            "snapshots": len(found), "pending": str(pending) if pending else None,
-           "flow_restore_wait": frw}
-    text = "\n".join([
+           "failed": str(failed) if failed else None, "flow_restore_wait": frw,
+           "units": units,
+           "transaction": None if tx is None else {
+               "op": tx.op, "pid": tx.pid, "step": tx.step, "state": tx.state,
+               "running": tx.alive}}
+    lines = [f"{u['name']}: {u['active_state']} ({u['sub_state']})" for u in units or []]
+    lines += [
         f"store: {root} ({len(found)} snapshots)",
         f"newest: {found[-1].name if found else '-'}",
         f"pending restore: {pending.name if pending else 'no'}",
         f"flow-restore-wait: {'unknown (ovsdb unreachable)' if frw is None else frw}",
-    ])
-    _emit(as_json, doc, text)
+    ]
+    if failed:
+        lines.append(f"LAST RESTORE FAILED: snapshot {failed} kept; "
+                     f"fix, then: ovs-service restore --from {failed}")
+    if tx is not None:
+        lines.append(f"transaction {tx.op} at step {tx.step} ({tx.state}), "
+                     f"{'running' if tx.alive else 'INTERRUPTED: run ovs-service recover'}")
+    _emit(as_json, doc, "\n".join(lines))
+
+
+def _unit_states() -> List[dict[str, Any]] | None:
+    from ovs_service.systemd import Systemd
+
+    try:
+        with Systemd() as sd:
+            return [sd.unit(u).__dict__ for u in
+                    ("openvswitch.service", "ovsdb-server.service", "ovs-vswitchd.service")]
+    except OvsServiceError:
+        return None
+
+
+def _progress(as_json: bool) -> Any:
+    def show(step: Any) -> None:
+        if not as_json:
+            mark = "ok" if step.ok else "FAILED"
+            typer.echo(f"  {step.name:<26} {step.seconds * 1000:8.1f} ms  {mark}", err=True)
+    return show
+
+
+WAIT_OPT = typer.Option(0.0, "--wait", help="Wait up to this many seconds for another "
+                        "transaction to finish (default: fail at once).")
+DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Print the plan and change nothing.")
+
+
+def _plan(op: str, as_json: bool) -> None:
+    from ovs_service import transaction
+
+    steps = transaction.plan(op)
+    _emit(as_json, {"op": op, "dry_run": True, "steps": [{"name": n, "description": d}
+                                                         for n, d in steps]},
+          "\n".join(f"{i}. {n}: {d}" for i, (n, d) in enumerate(steps, 1)))
+
+
+@app.command()
+def restart(
+    dry_run: bool = DRY_RUN_OPT,
+    wait: float = WAIT_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Restart Open vSwitch through systemd and keep every flow.
+
+    Saves, restarts ovsdb-server, stops ovs-vswitchd, starts it with
+    flow-restore-wait, restores every bridge, clears flow-restore-wait.
+    Example: ovs-service restart --dry-run
+    """
+    from ovs_service import transaction
+
+    if dry_run:
+        _plan("restart", as_json)
+        return
+    outcome = transaction.restart(
+        on_step=_progress(as_json), wait=wait,
+        on_wait=lambda: typer.echo("waiting for another transaction to finish...", err=True))
+    total = sum(s.seconds for s in outcome.steps)
+    _emit(as_json, {"op": "restart", "ok": outcome.ok, "snapshot": outcome.snapshot,
+                    "seconds": total,
+                    "steps": [{"name": s.name, "seconds": s.seconds, "ok": s.ok}
+                              for s in outcome.steps],
+                    "bridges": [b.__dict__ for b in outcome.bridges]},
+          f"restarted in {total:.3f}s; {len(outcome.bridges)} bridges restored "
+          f"from {outcome.snapshot}")
+
+
+@app.command()
+def recover(wait: float = WAIT_OPT, as_json: bool = JSON_OPT) -> None:
+    """Finish a transaction that was interrupted (killed, power loss): roll it forward.
+
+    Starts the daemons if they are down, restores the pending snapshot,
+    clears flow-restore-wait. Safe to run at any time.
+    """
+    from ovs_service import transaction
+
+    result = transaction.recover(wait)
+    found = result.found
+    _emit(as_json, {"interrupted": None if found is None else
+                    {"op": found.op, "step": found.step, "state": found.state},
+                    "actions": result.actions,
+                    "bridges": [b.__dict__ for b in result.bridges]},
+          (f"interrupted {found.op} at step {found.step}\n" if found else "")
+          + "\n".join(result.actions))
 
 
 def _fail(error: BaseException, code: int, debug: bool) -> NoReturn:

@@ -60,3 +60,8 @@ class SnapshotNotFound(OvsServiceError):
 
 class UsageError(OvsServiceError):
     exit_code = 2
+
+
+class Busy(OvsServiceError):
+    template = "another ovs-service transaction holds the lock ({holder}); retry, or use --wait"
+    exit_code = 6

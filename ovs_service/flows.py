@@ -202,7 +202,8 @@ def check_framing(snapshot: Snapshot, record: BridgeRecord) -> None:
                     raise ValueError(f"{kind}.ofp: message of another OpenFlow version")
                 count += 1
         except (OSError, ValueError) as e:
-            raise SnapshotInvalid(path=snapshot.path, reason=f"bridge {record.name!r}: {e}") from None
+            reason = f"bridge {record.name!r}: {e}"
+            raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
         if count != record.counts.get(kind, 0):
             raise SnapshotInvalid(
                 path=snapshot.path,
@@ -218,7 +219,8 @@ class BridgeRestore:
     bridge: str
     ok: bool
     counts: dict[str, int]
-    error: str = ""
+    error: str = ""  # the whole message
+    reason: str = ""  # what the switch refused, without the bridge's name
 
 
 def restore(snapshot: Snapshot, selected: Sequence[BridgeRecord]) -> list[BridgeRestore]:
@@ -232,7 +234,8 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord) -> BridgeRestore:
         restore_bridge(snapshot, record)
     except OvsServiceError as e:
         log.error("%s", e)
-        return BridgeRestore(record.name, False, record.counts, str(e))
+        reason = str(e.fields.get("reason") or e.fields.get("message") or e)
+        return BridgeRestore(record.name, False, record.counts, str(e), reason)
     return BridgeRestore(record.name, True, record.counts)
 
 

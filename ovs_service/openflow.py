@@ -144,7 +144,7 @@ class Connection:
     def _take(self) -> Message | None:
         if len(self._buf) < HEADER.size:
             return None
-        version, type_, length, xid = HEADER.unpack_from(self._buf)
+        version, type_, length, _ = HEADER.unpack_from(self._buf)
         if len(self._buf) < length:
             return None
         data = bytes(self._buf[:length])
@@ -324,6 +324,6 @@ def describe(message: bytes) -> str:
     try:
         text = run(["ovs-ofctl", "ofp-print", message.hex()]).stdout
     except OvsServiceError:
-        version, type_, length, xid = HEADER.unpack_from(message)
+        version, type_, length, _ = HEADER.unpack_from(message)
         return f"OpenFlow message type {type_} (version {version}, {length} bytes)"
     return " ".join(text.split())

@@ -64,9 +64,16 @@ class RestoreOutcome:
 
 
 def prepare_restore(
-    path: Path, bridge_names: Sequence[str] = (), allow_foreign: bool = False
+    path: Path,
+    bridge_names: Sequence[str] = (),
+    allow_foreign: bool = False,
+    skip_missing: bool = False,
 ) -> tuple[store.Snapshot, list[flows.BridgeRecord]]:
-    """Everything a restore checks before it touches the switch."""
+    """Everything a restore checks before it touches the switch.
+
+    A bridge of the snapshot that the switch no longer has is refused, or,
+    with `skip_missing` (the unit hooks), left out with a warning.
+    """
     snapshot = store.load(path, allow_foreign=allow_foreign)
     records = flows.records(snapshot)
     by_name = {r.name: r for r in records}
@@ -75,9 +82,13 @@ def prepare_restore(
         raise UsageError(message=f"bridge {missing[0]!r} is not in snapshot {path}")
     selected = [by_name[n] for n in bridge_names] if bridge_names else records
     existing = {b.name for b in ovs.bridges()}
+    gone = [r.name for r in selected if r.name not in existing]
+    if gone and not skip_missing:
+        raise BridgeNotFound(bridge=gone[0])
+    if gone:
+        log.warning("bridges no longer present, not restored: %s", ", ".join(gone))
+    selected = [r for r in selected if r.name in existing]
     for record in selected:
-        if record.name not in existing:
-            raise BridgeNotFound(bridge=record.name)
         flows.check_framing(snapshot, record)
     return snapshot, selected
 
@@ -100,6 +111,6 @@ def raise_for(outcome: RestoreOutcome) -> None:
         first = failed[0]
         raise RestoreFailed(
             bridge=first.bridge,
-            reason=first.error.split(": ", 1)[-1]
+            reason=first.reason
             + (f" (and {len(failed) - 1} other bridges)" if len(failed) > 1 else ""),
         )

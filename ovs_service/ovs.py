@@ -29,6 +29,16 @@ def mgmt_socket(bridge: str) -> Path:
     return rundir() / f"{bridge}.mgmt"
 
 
+def daemon_running(name: str) -> bool:
+    """Whether the daemon named in its pidfile under the run directory is alive."""
+    try:
+        pid = int((rundir() / f"{name}.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def vsctl(*args: str) -> Completed:
     try:
         return run(["ovs-vsctl", VSCTL_TIMEOUT, *args])
@@ -170,3 +180,17 @@ def set_flow_restore_wait(on: bool) -> None:
         vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
     else:
         vsctl("--if-exists", "remove", "Open_vSwitch", ".", "other_config", "flow-restore-wait")
+
+
+def pin_ofports(wanted: dict[str, int]) -> list[str]:
+    """Request the OpenFlow port number each named interface had; return those moved."""
+    moved = [
+        i for i in interfaces()
+        if i.name in wanted and i.ofport is not None and i.ofport != wanted[i.name]
+    ]
+    if moved:
+        args: list[str] = []
+        for i in moved:
+            args += ["--", "set", "Interface", i.name, f"ofport_request={wanted[i.name]}"]
+        vsctl(*args)
+    return [i.name for i in moved]

@@ -9,6 +9,8 @@ without a valid manifest is never a snapshot.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -23,13 +25,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from ovs_service import __version__
-from ovs_service.errors import SnapshotInvalid, SnapshotNotFound, UsageError
+from ovs_service.errors import Busy, SnapshotInvalid, SnapshotNotFound, UsageError
 
 SCHEMA = 1
 DEFAULT_STATE_DIR = Path("/var/lib/ovs-service")
 DEFAULT_KEEP = 5
 MANIFEST = "manifest.json"
 PENDING = "pending"
+FAILED = "failed"
 _CHUNK = 1 << 20
 
 
@@ -72,9 +75,8 @@ class Manifest:
         if not isinstance(doc, dict):
             raise SnapshotInvalid(path=path, reason="manifest is not a JSON object")
         if doc.get("schema") != SCHEMA:
-            raise SnapshotInvalid(
-                path=path, reason=f"unknown schema version {doc.get('schema')!r} (expected {SCHEMA})"
-            )
+            reason = f"unknown schema version {doc.get('schema')!r} (expected {SCHEMA})"
+            raise SnapshotInvalid(path=path, reason=reason)
         try:
             files = {
                 str(name): FileEntry(sha256=str(e["sha256"]), size=int(e["size"]))
@@ -286,9 +288,9 @@ def resolve(store: Path, name: str | None) -> Path:
 
 def prune(store: Path, keep: int) -> list[Path]:
     """Delete all but the newest `keep` snapshots (never the pending one)."""
-    pending = pending_snapshot(store)
+    kept = {pending_snapshot(store), failed_snapshot(store)}
     found = snapshots(store)
-    doomed = [p for p in found[:-keep] if p != pending] if keep > 0 else []
+    doomed = [p for p in found[:-keep] if p not in kept] if keep > 0 else []
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     for stale in store.glob(".incoming-*"):
@@ -297,20 +299,82 @@ def prune(store: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def mark_pending(store: Path, snapshot: Path) -> None:
-    write_atomic(store / PENDING, f"{snapshot.name}\n".encode())
+def _mark(store: Path, marker: str, snapshot: Path) -> None:
+    write_atomic(ensure_dir(store) / marker, f"{snapshot.name}\n".encode())
 
 
-def pending_snapshot(store: Path) -> Path | None:
+def _marked(store: Path, marker: str) -> Path | None:
     try:
-        name = (store / PENDING).read_text().strip()
+        name = (store / marker).read_text().strip()
     except FileNotFoundError:
         return None
     return store / name if name and "/" not in name else None
 
 
-def clear_pending(store: Path) -> None:
-    path = store / PENDING
+def _unmark(store: Path, marker: str) -> None:
+    path = store / marker
     if path.exists():
         path.unlink()
         _fsync_dir(store)
+
+
+def mark_pending(store: Path, snapshot: Path) -> None:
+    """`snapshot` is to be restored by the next start of ovs-vswitchd."""
+    _mark(store, PENDING, snapshot)
+
+
+def pending_snapshot(store: Path) -> Path | None:
+    return _marked(store, PENDING)
+
+
+def clear_pending(store: Path) -> None:
+    _unmark(store, PENDING)
+
+
+def mark_failed(store: Path, snapshot: Path) -> None:
+    """The restore of `snapshot` failed: keep it, and say so in `status`."""
+    _mark(store, FAILED, snapshot)
+
+
+def failed_snapshot(store: Path) -> Path | None:
+    return _marked(store, FAILED)
+
+
+def clear_failed(store: Path) -> None:
+    _unmark(store, FAILED)
+
+
+LOCK = "lock"
+
+
+@contextmanager
+def lock(store: Path, wait: float = 0.0, on_wait: Any = None) -> Iterator[None]:
+    """Hold the store's lock: one transaction at a time, across CLI and hooks.
+
+    Waits up to `wait` seconds (calling `on_wait()` once when it has to wait),
+    then raises Busy naming the holder.
+    """
+    ensure_dir(store)
+    fd = os.open(store / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise Busy(holder=holder)
+            if on_wait and not told:
+                on_wait()
+                told = True
+            time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

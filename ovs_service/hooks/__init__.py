@@ -1,0 +1,47 @@
+"""Hooks that ovs-vswitchd's unit runs: `ovs-service-hook save|prestart|poststart`.
+
+They import little (no typer, no pystemd) so they start fast, log to the
+journal with priorities, report progress with sdnotify's STATUS=, and never
+leave flow-restore-wait set when they end.
+
+- save (ExecStop=, before the daemon stops): snapshot every bridge and mark
+  the snapshot pending.
+- prestart (ExecStartPre=): if a snapshot is pending, set flow-restore-wait
+  so the new daemon keeps its datapath flows and installs none of its own.
+- poststart (ExecStartPost=): put OpenFlow port numbers back where they moved,
+  restore the pending snapshot, clear flow-restore-wait.
+- stoppost (ExecStopPost=): clear flow-restore-wait if a start failed midway;
+  the pending snapshot stays for the next successful start.
+
+While an `ovs-service` transaction runs (its journal names a live process),
+the hooks leave the saving and restoring to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from ovs_service import log as logsetup
+from ovs_service.errors import OvsServiceError
+
+log = logging.getLogger("ovs_service.hooks")
+
+USAGE = "usage: ovs-service-hook save|prestart|poststart|stoppost"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    logsetup.setup(debug="--debug" in args)
+    args = [a for a in args if a != "--debug"]
+    if len(args) != 1 or args[0] not in ("save", "prestart", "poststart", "stoppost"):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    from ovs_service.hooks import unit_hooks
+
+    try:
+        code = getattr(unit_hooks, args[0])()
+    except OvsServiceError as e:
+        log.error("ovs-service-hook %s: %s", args[0], e)
+        code = e.exit_code
+    sys.exit(code)

@@ -1,0 +1,139 @@
+"""What each hook of ovs-vswitchd's unit does (see the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ovs_service import flows, journal, operations, ovs, store
+from ovs_service.errors import Busy, OvsServiceError
+
+log = logging.getLogger("ovs_service.hooks")
+
+OFPP_LOCAL = (0xFFFE, 0xFFFFFFFE)
+
+
+def _status(text: str) -> None:
+    log.info("%s", text)
+    try:
+        import sdnotify
+
+        sdnotify.SystemdNotifier().notify(f"STATUS={text}")
+    except Exception:  # progress reports never stop a hook
+        pass
+
+
+LOCK_WAIT = 120.0
+
+
+def _under_lock(what: str, action: Callable[[Path], int]) -> int:
+    """Run `action` holding the store's lock, unless a live transaction does the work.
+
+    The transaction holds the lock while systemd runs these hooks for it, so
+    waiting for the lock alone would deadlock: the journal tells them apart.
+    """
+    root = store.state_dir()
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        if journal.active(root):
+            _status(f"a transaction is running; it does the {what} itself")
+            return 0
+        try:
+            with store.lock(root):
+                return action(root)
+        except Busy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def save() -> int:
+    return _under_lock("save", _save)
+
+
+def _save(root: Path) -> int:
+    if not ovs.daemon_running("ovs-vswitchd"):
+        _status("ovs-vswitchd is not running: nothing to save")
+        return 0
+    if store.pending_snapshot(root) and ovs.flow_restore_wait():
+        # The daemon never got its tables back: saving now would save less.
+        _status("a restore is still pending; keeping its snapshot")
+        return 0
+    start = time.monotonic()
+    snapshot = operations.take_snapshot()
+    store.mark_pending(root, snapshot.path)
+    _status(f"saved {len(snapshot.manifest.bridges)} bridges to {snapshot.path} "
+            f"in {time.monotonic() - start:.3f}s")
+    return 0
+
+
+def prestart() -> int:
+    root = store.state_dir()
+    pending = store.pending_snapshot(root)
+    if pending is None:
+        _status("no snapshot pending")
+        return 0
+    ovs.set_flow_restore_wait(True)
+    _status(f"flow-restore-wait set; will restore {pending.name}")
+    return 0
+
+
+def stoppost() -> int:
+    """After the daemon stopped, or failed to start: never leave flow-restore-wait set."""
+    try:
+        if ovs.flow_restore_wait():
+            ovs.set_flow_restore_wait(False)
+            _status("cleared flow-restore-wait (the start did not finish)")
+    except OvsServiceError as e:
+        log.warning("could not check flow-restore-wait: %s", e)
+    return 0
+
+
+def poststart() -> int:
+    return _under_lock("restore", _poststart)
+
+
+def _poststart(root: Path) -> int:
+    try:
+        return _restore_pending(root)
+    finally:
+        ovs.set_flow_restore_wait(False)
+
+
+def _restore_pending(root: Path) -> int:
+    pending = store.pending_snapshot(root)
+    if pending is None:
+        _status("no snapshot pending")
+        return 0
+    start = time.monotonic()
+    try:
+        outcome = restore_with_ofports(pending)
+    except OvsServiceError as e:
+        log.error("restore of %s refused: %s", pending, e)
+        store.mark_failed(root, pending)
+        store.clear_pending(root)
+        return 0
+    for bridge in outcome.bridges:
+        if not bridge.ok:
+            log.error("%s", bridge.error)
+    if outcome.ok:
+        store.clear_failed(root)
+    else:
+        store.mark_failed(root, pending)
+    store.clear_pending(root)
+    restored = sum(b.ok for b in outcome.bridges)
+    _status(f"restored {restored}/{len(outcome.bridges)} bridges from {pending.name} "
+            f"in {time.monotonic() - start:.3f}s")
+    return 0
+
+
+def restore_with_ofports(path: Path) -> operations.RestoreOutcome:
+    """Restore a snapshot, first pinning interfaces back to their saved port numbers."""
+    snapshot, records = operations.prepare_restore(path, skip_missing=True)
+    wanted = {p.name: p.port_no for r in records for p in r.ports if p.port_no not in OFPP_LOCAL}
+    moved = ovs.pin_ofports(wanted)
+    if moved:
+        log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
+    return operations.RestoreOutcome(snapshot.path, flows.restore(snapshot, records))

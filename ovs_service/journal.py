@@ -1,0 +1,102 @@
+"""The transaction journal: which step of which transaction is running.
+
+Written atomically next to the snapshots before and after every step, so
+that after a crash `ovs-service recover` (or the unit hooks, on their own)
+can tell what was happening and finish it. The unit hooks also read it to
+leave a live transaction's work to the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ovs_service import store
+
+JOURNAL = "transaction.json"
+FAULT_ENV = "OVS_SERVICE_FAULT"  # tests only: "STEP" or "STEP:after" kills us there
+
+
+@dataclass(frozen=True)
+class Record:
+    op: str
+    pid: int
+    started: float
+    snapshot: str | None = None
+    step: str | None = None
+    state: str = "begun"  # running | done, of `step`
+    done: list[str] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _path(root: Path) -> Path:
+    return root / JOURNAL
+
+
+def read(root: Path) -> Record | None:
+    try:
+        doc = json.loads(_path(root).read_text())
+        return Record(**doc)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        return Record(op="unknown", pid=0, started=0.0, state="unreadable")
+
+
+def active(root: Path) -> Record | None:
+    """The journal of a transaction whose process still runs, if any."""
+    record = read(root)
+    return record if record and record.pid and record.alive else None
+
+
+def _write(root: Path, record: Record) -> None:
+    store.write_atomic(_path(root), json.dumps(asdict(record)).encode())
+
+
+def _fault(step: str, when: str) -> None:
+    target = os.environ.get(FAULT_ENV, "")
+    if target and target == (step if when == "before" else f"{step}:after"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Journal:
+    def __init__(self, root: Path, op: str) -> None:
+        self.root = store.ensure_dir(root)
+        self.record = Record(op=op, pid=os.getpid(), started=time.time())
+        _write(self.root, self.record)
+
+    def set_snapshot(self, snapshot: Path) -> None:
+        self.record = replace(self.record, snapshot=snapshot.name)
+        _write(self.root, self.record)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        _fault(name, "before")
+        self.record = replace(self.record, step=name, state="running")
+        _write(self.root, self.record)
+        yield
+        self.record = replace(self.record, state="done", done=[*self.record.done, name])
+        _write(self.root, self.record)
+        _fault(name, "after")
+
+    def finish(self) -> None:
+        clear(self.root)
+
+
+def clear(root: Path) -> None:
+    _path(root).unlink(missing_ok=True)

@@ -1,0 +1,123 @@
+"""systemd's D-Bus API, through pystemd: start, stop and restart units and
+wait for each job's result (the JobRemoved signal), no `systemctl` involved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ovs_service.errors import OvsServiceError
+
+log = logging.getLogger(__name__)
+
+DESTINATION = b"org.freedesktop.systemd1"
+MANAGER_PATH = b"/org/freedesktop/systemd1"
+MANAGER_IFACE = b"org.freedesktop.systemd1.Manager"
+
+
+class SystemdError(OvsServiceError):
+    template = "systemd: {message}"
+    exit_code = 5
+
+
+class JobFailed(OvsServiceError):
+    template = "systemd job {action} {unit} ended with {result!r}; see: journalctl -u {unit}"
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class UnitState:
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    main_pid: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Systemd:
+    """A connection to the system manager that can run jobs and wait for them."""
+
+    def __init__(self) -> None:
+        try:
+            from pystemd.dbuslib import DBus
+            from pystemd.systemd1 import Manager
+        except ImportError as e:
+            raise SystemdError(message=f"pystemd is not installed ({e})") from None
+        self._removed: dict[bytes, str] = {}
+        try:
+            self._bus = DBus()
+            self._bus.open()
+            self._manager = Manager(bus=self._bus, _autoload=True)
+            self._bus.match_signal(
+                DESTINATION, MANAGER_PATH, MANAGER_IFACE, b"JobRemoved", self._on_job_removed, None
+            )
+            self._manager.Manager.Subscribe()
+        except Exception as e:  # pystemd raises many kinds
+            reason = f"cannot reach the system manager over D-Bus ({e})"
+            raise SystemdError(message=reason) from None
+
+    def close(self) -> None:
+        self._bus.close()
+
+    def __enter__(self) -> Systemd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_job_removed(self, msg: Any, error: Any = None, userdata: Any = None) -> None:
+        msg.process_reply(False)
+        _id, job, _unit, result = msg.body
+        self._removed[job] = _text(result)
+
+    def _pump(self, timeout: float) -> None:
+        while not self._bus.process().is_empty():
+            pass
+        self._bus.wait(int(timeout * 1_000_000))
+        while not self._bus.process().is_empty():
+            pass
+
+    def job(self, action: str, unit: str, mode: str = "replace", timeout: float = 300.0) -> str:
+        """Run StartUnit/StopUnit/RestartUnit and wait for the job to end.
+
+        Raises JobFailed unless the job's result is "done".
+        """
+        method = getattr(self._manager.Manager, f"{action.capitalize()}Unit")
+        try:
+            job_path = method(unit.encode(), mode.encode())
+        except Exception as e:
+            raise SystemdError(message=f"{action} {unit}: {e}") from None
+        deadline = time.monotonic() + timeout
+        while job_path not in self._removed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobFailed(action=action, unit=unit, result="timeout")
+            self._pump(min(remaining, 1.0))
+        result = self._removed.pop(job_path)
+        if result != "done":
+            raise JobFailed(action=action, unit=unit, result=result)
+        return result
+
+    def unit(self, name: str) -> UnitState:
+        from pystemd.systemd1 import Unit
+
+        unit = Unit(name.encode(), bus=self._bus, _autoload=True)
+        pid = 0
+        try:
+            pid = int(unit.Service.MainPID)
+        except Exception:  # not a service, or not loaded
+            pid = 0
+        return UnitState(
+            name=name,
+            load_state=_text(unit.Unit.LoadState),
+            active_state=_text(unit.Unit.ActiveState),
+            sub_state=_text(unit.Unit.SubState),
+            main_pid=pid,
+        )

@@ -1,0 +1,153 @@
+"""The `restart` transaction, driven through systemd's D-Bus API.
+
+save → restart ovsdb-server (alone) → stop ovs-vswitchd → start it with
+flow-restore-wait → restore → clear flow-restore-wait. Each step is written
+to the journal before and after it runs; flow-restore-wait is cleared on
+every way out once it has been set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ovs_service import flows, journal, operations, ovs, store
+from ovs_service.errors import RestoreFailed
+from ovs_service.hooks.unit_hooks import OFPP_LOCAL
+from ovs_service.log import StepLog, StepRecord
+
+log = logging.getLogger(__name__)
+
+OVSDB_UNIT = "ovsdb-server.service"
+VSWITCHD_UNIT = "ovs-vswitchd.service"
+
+RESTART_PLAN: list[tuple[str, str]] = [
+    ("save", "save every bridge's OpenFlow state to a new snapshot and verify it"),
+    ("restart-ovsdb-server", f"restart {OVSDB_UNIT} alone (job mode ignore-dependencies)"),
+    ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT}"),
+    ("start-ovs-vswitchd", f"start {VSWITCHD_UNIT} with other_config:flow-restore-wait=true"),
+    ("restore", "pin moved OpenFlow port numbers; restore every bridge, in parallel"),
+    ("clear-flow-restore-wait", "clear flow-restore-wait: the switch runs its flows again"),
+]
+
+
+@dataclass
+class Outcome:
+    op: str
+    snapshot: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    bridges: list[flows.BridgeRestore] = field(default_factory=list)
+    ok: bool = False
+
+
+def restart(
+    on_step: Callable[[StepRecord], None] | None = None,
+    wait: float = 0.0,
+    on_wait: Callable[[], None] | None = None,
+) -> Outcome:
+    from ovs_service.systemd import Systemd
+
+    root = store.state_dir()
+    steps = StepLog(on_step=on_step)
+    outcome = Outcome(op="restart", steps=steps.steps)
+    with store.lock(root, wait, on_wait), Systemd() as sd:
+        tx = journal.Journal(root, "restart")
+        with tx.step("save"), steps.step("save"):
+            snapshot = operations.take_snapshot()
+            store.mark_pending(root, snapshot.path)
+            tx.set_snapshot(snapshot.path)
+            outcome.snapshot = str(snapshot.path)
+            prepared = operations.prepare_restore(snapshot.path, skip_missing=True)
+        with tx.step("restart-ovsdb-server"), steps.step("restart-ovsdb-server"):
+            sd.job("restart", OVSDB_UNIT, "ignore-dependencies")
+        with tx.step("stop-ovs-vswitchd"), steps.step("stop-ovs-vswitchd"):
+            sd.job("stop", VSWITCHD_UNIT)
+        try:
+            with tx.step("start-ovs-vswitchd"), steps.step("start-ovs-vswitchd"):
+                ovs.set_flow_restore_wait(True)
+                sd.job("start", VSWITCHD_UNIT)
+            with tx.step("restore"), steps.step("restore"):
+                outcome.bridges = restore_prepared(*prepared)
+        finally:
+            with tx.step("clear-flow-restore-wait"), steps.step("clear-flow-restore-wait"):
+                ovs.set_flow_restore_wait(False)
+        finish_restore(root, snapshot.path, outcome.bridges)
+        tx.finish()
+    outcome.ok = True
+    return outcome
+
+
+def restore_prepared(
+    snapshot: store.Snapshot, records: list[flows.BridgeRecord]
+) -> list[flows.BridgeRestore]:
+    wanted = {p.name: p.port_no for r in records for p in r.ports if p.port_no not in OFPP_LOCAL}
+    moved = ovs.pin_ofports(wanted)
+    if moved:
+        log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
+    return flows.restore(snapshot, records)
+
+
+def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore]) -> None:
+    """Settle the markers after a restore; raise if a bridge failed."""
+    store.clear_pending(root)
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        store.clear_failed(root)
+        return
+    store.mark_failed(root, snapshot)
+    raise RestoreFailed(bridge=failed[0].bridge, reason=failed[0].reason
+                        + f"; snapshot kept: ovs-service restore --from {snapshot}")
+
+
+def plan(op: str) -> list[tuple[str, str]]:
+    return RESTART_PLAN
+
+
+@dataclass
+class Recovery:
+    found: journal.Record | None
+    actions: list[str] = field(default_factory=list)
+    bridges: list[flows.BridgeRestore] = field(default_factory=list)
+
+
+def recover(wait: float = 0.0) -> Recovery:
+    """Finish an interrupted transaction by rolling it forward.
+
+    The journal says what was running. Whatever the step, the end state is
+    the same: ovsdb-server and ovs-vswitchd running, the pending snapshot
+    restored, flow-restore-wait cleared, the journal gone.
+    """
+    from ovs_service.systemd import Systemd
+
+    root = store.state_dir()
+    with store.lock(root, wait):
+        record = journal.read(root)
+        result = Recovery(found=record)
+        if record is not None and record.alive and record.pid != __import__("os").getpid():
+            from ovs_service.errors import Busy
+
+            raise Busy(holder=f"pid {record.pid}, {record.op} at {record.step}")
+        journal.clear(root)  # from here on the unit hooks act on their own again
+        if not ovs.daemon_running("ovs-vswitchd"):
+            with Systemd() as sd:
+                sd.job("start", OVSDB_UNIT)
+                sd.job("start", VSWITCHD_UNIT)
+            result.actions.append(f"started {OVSDB_UNIT} and {VSWITCHD_UNIT} "
+                                  "(their hooks restored the pending snapshot)")
+        pending = store.pending_snapshot(root)
+        if pending is not None:
+            try:
+                snapshot, records = operations.prepare_restore(pending, skip_missing=True)
+                result.bridges = restore_prepared(snapshot, records)
+                result.actions.append(f"restored {pending}")
+            finally:
+                ovs.set_flow_restore_wait(False)
+            finish_restore(root, pending, result.bridges)
+        if ovs.flow_restore_wait():
+            ovs.set_flow_restore_wait(False)
+            result.actions.append("cleared flow-restore-wait")
+        if not result.actions:
+            result.actions.append("nothing to recover")
+    return result
