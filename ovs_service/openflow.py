@@ -144,7 +144,7 @@ class Connection:
     def _take(self) -> Message | None:
         if len(self._buf) < HEADER.size:
             return None
-        version, type_, length, _ = HEADER.unpack_from(self._buf)
+        version, type_, length, xid = HEADER.unpack_from(self._buf)
         if len(self._buf) < length:
             return None
         data = bytes(self._buf[:length])
