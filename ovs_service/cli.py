@@ -11,7 +11,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, List, NoReturn  # typer 0.7 (Debian 12) needs these
+from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) reads these
 
 import click
 import typer
@@ -76,7 +76,9 @@ def _emit(as_json: bool, doc: Any, text: str) -> None:
 def save(
     bridge: List[str] = BRIDGE_OPT,
     stage: List[str] = STAGE_OPT,
-    to: Path | None = typer.Option(None, "--to", help="Write the snapshot to this new directory."),
+    to: Optional[Path] = typer.Option(
+        None, "--to", help="Write the snapshot to this new directory."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Save the OpenFlow state of every bridge (or those named) and print the snapshot's path.
@@ -90,7 +92,7 @@ def save(
 
 @app.command()
 def restore(
-    source: str | None = typer.Option(
+    source: Optional[str] = typer.Option(
         None, "--from", help="Snapshot directory or name. Default: the newest."
     ),
     bridge: List[str] = BRIDGE_OPT,
@@ -149,7 +151,7 @@ def snapshot_list(as_json: bool = JSON_OPT) -> None:
 
 @snapshot_app.command("show")
 def snapshot_show(
-    name: str | None = typer.Argument(None, help="Snapshot path or name. Default: the newest."),
+    name: Optional[str] = typer.Argument(None, help="Snapshot path or name. Default: the newest."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Show a snapshot's manifest and what it holds per bridge (after verifying it)."""
@@ -217,7 +219,7 @@ def status(as_json: bool = JSON_OPT) -> None:
     found = store.snapshots(root)
     pending, failed = store.pending_snapshot(root), store.failed_snapshot(root)
     try:
-        frw: bool | None = ovs.flow_restore_wait()
+        frw: Optional[bool] = ovs.flow_restore_wait()
     except OvsServiceError:
         frw = None
     tx = journal.read(root)
@@ -245,7 +247,7 @@ def status(as_json: bool = JSON_OPT) -> None:
     _emit(as_json, doc, "\n".join(lines))
 
 
-def _unit_states() -> List[dict[str, Any]] | None:
+def _unit_states() -> Optional[List[dict[str, Any]]]:
     from ovs_service.systemd import Systemd
 
     try:
