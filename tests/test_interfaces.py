@@ -153,7 +153,9 @@ def netns() -> Iterator[Namespace]:
 def view(ns: Namespace) -> dict[str, Any]:
     """Links, addresses and routes as `ip -json` shows them, minus what
     legitimately differs after re-creation: ifindexes, lifetimes counting down."""
-    links = {link.pop("ifname"): _without(link, "ifindex") for link in ns.json("-d", "link", "show")}
+    links = {
+        link.pop("ifname"): _without(link, "ifindex") for link in ns.json("-d", "link", "show")
+    }
     addresses = {
         entry["ifname"]: [_lifetimes(a) for a in entry.get("addr_info", [])]
         for entry in ns.json("addr", "show")
@@ -168,8 +170,9 @@ def view(ns: Namespace) -> dict[str, Any]:
 
 def assert_same(after: dict[str, Any], before: dict[str, Any]) -> None:
     """Equal views, or a message naming just what differs."""
-    diffs = [f"route only before: {r}" for r in sorted(set(before["routes"]) - set(after["routes"]))]
-    diffs += [f"route only after: {r}" for r in sorted(set(after["routes"]) - set(before["routes"]))]
+    old, new = set(before["routes"]), set(after["routes"])
+    diffs = [f"route only before: {r}" for r in sorted(old - new)]
+    diffs += [f"route only after: {r}" for r in sorted(new - old)]
     for part in ("links", "addresses"):
         for name in sorted(before[part].keys() | after[part].keys()):
             if before[part].get(name) != after[part].get(name):
@@ -204,7 +207,9 @@ def settle(ns: Namespace, timeout: float = 15.0) -> None:
     raise AssertionError(f"IPv6 addresses still tentative after {timeout}s")
 
 
-def reload_taps(ns: Namespace, names: Sequence[str], *, recreate: Sequence[str] | None = None) -> None:
+def reload_taps(
+    ns: Namespace, names: Sequence[str], *, recreate: Sequence[str] | None = None
+) -> None:
     """What a module reload does to internal ports: gone, then back bare."""
     ns.release_taps(names)
     for name in names:
@@ -219,7 +224,8 @@ def configure(ns: Namespace) -> None:
     ns.add_taps(ODD, LONG, UMLAUT)
     ns.add_taps("other0")
     ip = ns.ip
-    ip("link", "set", "dev", ODD, "address", "02:00:00:0a:00:01", "mtu", "1400", "txqueuelen", "321")
+    ip("link", "set", "dev", ODD, "address", "02:00:00:0a:00:01", "mtu", "1400",
+       "txqueuelen", "321")
     ip("addr", "add", "192.0.2.1/24", "brd", "+", "dev", ODD, "label", f"{ODD}:1")
     ip("addr", "add", "192.0.2.2/24", "dev", ODD)  # a secondary
     ip("addr", "add", "198.51.100.1/25", "broadcast", "198.51.100.127", "dev", ODD)
@@ -237,7 +243,8 @@ def configure(ns: Namespace) -> None:
     ip("addr", "add", "2001:db8:15::1/64", "dev", LONG, "nodad")
     ip("link", "set", "dev", LONG, "up")
 
-    ip("link", "set", "dev", UMLAUT, "mtu", "1280", "txqueuelen", "42", "address", "02:00:00:20:00:01")
+    ip("link", "set", "dev", UMLAUT, "mtu", "1280", "txqueuelen", "42",
+       "address", "02:00:00:20:00:01")
     ip("link", "set", "dev", UMLAUT, "arp", "off")
     ip("addr", "add", "172.20.0.1/16", "dev", UMLAUT)
     ip("addr", "add", "2001:db8:20::1/64", "dev", UMLAUT, "nodad")  # stays down
@@ -260,7 +267,8 @@ def configure(ns: Namespace) -> None:
     ip("route", "add", "blackhole", "10.90.0.0/16")  # through no interface
     ip("-6", "route", "add", "2001:db8:200::/48", "via", "2001:db8:b::fe", "dev", ODD,
        "metric", "20", "mtu", "1400", "table", "200")
-    ip("-6", "route", "add", "default", "via", "fe80::1", "dev", LONG, "metric", "1", "table", "200")
+    ip("-6", "route", "add", "default", "via", "fe80::1", "dev", LONG, "metric", "1",
+       "table", "200")
     ip("-6", "route", "add", "2001:db8:300::/48", "nexthop", "via", "fe80::1", "dev", ODD,
        "nexthop", "via", "fe80::2", "dev", LONG)
     ip("-6", "route", "add", "2001:db8:400::/48", "from", "2001:db8:401::/48", "dev", LONG)
@@ -298,7 +306,8 @@ def test_restore_after_reload_matches_ip_view(netns: Namespace, tmp_path: Path) 
 
     report = netns.restore(snapshot_file)
     assert report["ok"], report["problems"]
-    assert {i["name"]: i["status"] for i in report["interfaces"]} == dict.fromkeys(SAVED, "restored")
+    statuses = {i["name"]: i["status"] for i in report["interfaces"]}
+    assert statuses == dict.fromkeys(SAVED, "restored")
     assert report["routes_added"] == len(doc["routes"]) > 10
     settle(netns)
     assert_same(view(netns), before)
