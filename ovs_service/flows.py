@@ -35,7 +35,6 @@ from ovs_service.openflow import (
     FEATURES_REPLY,
     HEADER,
     OF10,
-    OF12,
     OF13,
     VERSION_NAME,
     VERSIONS_SPOKEN,
@@ -75,6 +74,7 @@ class BridgeRecord:
     directory: str
     counts: dict[str, int]
     ports: list[PortSetting]
+    port_version: int  # OpenFlow 1.0 where enabled: only it shows no-flood, no-stp...
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +88,7 @@ class BridgeRecord:
             counts={str(k): int(v) for k, v in doc["counts"].items()},
             ports=[PortSetting(str(p["name"]), int(p["port_no"]), int(p["config"]))
                    for p in doc["ports"]],
+            port_version=int(doc["port_version"]),
         )
 
 
@@ -104,15 +105,17 @@ def save(writer: SnapshotWriter, bridges: Sequence[ovs.Bridge]) -> list[BridgeRe
 
 def save_bridge(writer: SnapshotWriter, bridge: ovs.Bridge, directory: str) -> BridgeRecord:
     version = choose_version(bridge)
+    port_version = OF10 if OF10 in bridge.versions else version
     counts: dict[str, int] = {}
     with Connection(ovs.mgmt_socket(bridge.name), version, bridge.name) as conn:
         counts["tlv"] = _write(writer, f"{directory}/tlv.ofp", _tlv_mods(conn))
         counts["meters"] = _write(writer, f"{directory}/meters.ofp", _meter_mods(conn))
         counts["groups"] = _write(writer, f"{directory}/groups.ofp", _group_mods(conn))
         counts["flows"] = _write(writer, f"{directory}/flows.ofp", _flow_mods(conn))
+    with Connection(ovs.mgmt_socket(bridge.name), port_version, bridge.name) as conn:
         ports = [PortSetting(p.name, p.port_no, p.config) for p in current_ports(conn)]
     log.debug("saved %s at %s: %s", bridge.name, VERSION_NAME[version], counts)
-    return BridgeRecord(bridge.name, version, directory, counts, ports)
+    return BridgeRecord(bridge.name, version, directory, counts, ports, port_version)
 
 
 def _write(writer: SnapshotWriter, relpath: str, messages: Iterable[bytes]) -> int:
@@ -147,8 +150,6 @@ def current_meters(conn: Connection) -> list[st.Meter]:
 
 
 def _group_mods(conn: Connection) -> Iterator[bytes]:
-    if conn.version < OF12:
-        return
     for body in conn.multipart(st.group_desc_request(conn.version)):
         yield from st.group_mods(conn.version, body)
 
@@ -233,7 +234,7 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord) -> BridgeRestore:
     try:
         restore_bridge(snapshot, record)
     except OvsServiceError as e:
-        log.error("%s", e)
+        log.debug("%s", e)
         reason = str(e.fields.get("reason") or e.fields.get("message") or e)
         return BridgeRestore(record.name, False, record.counts, str(e), reason)
     return BridgeRestore(record.name, True, record.counts)
@@ -250,17 +251,18 @@ def restore_bridge(snapshot: Snapshot, record: BridgeRecord) -> None:
             _undo(conn, undo_meters + undo_tlv)
             raise
         _delete_unsaved_meters(conn, files["meters"])
-        _restore_ports(conn, record)
         conn.barrier()
+    with Connection(ovs.mgmt_socket(record.name), record.port_version, record.name) as conn:
+        _restore_ports(conn, record)
 
 
 def _fail(conn: Connection, record: BridgeRecord, errors: list[tuple[int, bytes]],
           sent: Sequence[bytes] | None = None) -> RestoreFailed:
     index, error = errors[0]
-    reason = describe(error)
+    reason = f"the switch answered {describe(error, brief=True)}"
     if sent is not None and 0 <= index < len(sent) and sent[index]:
-        reason += f" (refused: {describe(sent[index])})"
-    more = f"; {len(errors) - 1} more" if len(errors) > 1 else ""
+        reason += f" to: {describe(sent[index], brief=True)}"
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
     return RestoreFailed(bridge=record.name, reason=reason + more)
 
 
@@ -330,9 +332,8 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
         if version == OF10:
             yield st.flow_mod_table_id(version)
         yield st.delete_all_flows(version)
-        if version >= OF12:
-            yield st.delete_all_groups(version)
-            yield from read_messages(groups)
+        yield st.delete_all_groups(version)
+        yield from read_messages(groups)
         yield from read_messages(flows)
 
     errors = conn.bundle(messages()) if conn.has_bundles else conn.send_all(messages())

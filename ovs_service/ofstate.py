@@ -44,7 +44,8 @@ EMPTY_OXM_MATCH = struct.pack("!HH4x", 1, 4)
 # Nicira extension subtypes.
 NXT_FLOW_MOD, NXT_FLOW_MOD_TABLE_ID = 13, 15
 NXT_TLV_TABLE_MOD, NXT_TLV_TABLE_REQUEST, NXT_TLV_TABLE_REPLY = 24, 25, 26
-NXST_FLOW = 0
+NXT_GROUP_MOD = 31
+NXST_FLOW, NXST_GROUP_DESC = 0, 8
 NXTTMC_ADD, NXTTMC_CLEAR = 0, 2
 
 # Multipart types.
@@ -146,30 +147,43 @@ def delete_all_flows(version: int) -> bytes:
 
 # -- groups ---------------------------------------------------------------------
 
+# OpenFlow 1.0 has groups through Nicira extensions, in OpenFlow 1.5's layout.
+
 def group_desc_request(version: int) -> bytes:
+    if version == OF10:
+        return (struct.pack("!H", MP_VENDOR) + struct.pack("!II4x", NX_VENDOR, NXST_GROUP_DESC)
+                + struct.pack("!I4x", OFPG_ALL))
     if version >= OF15:
         return struct.pack("!HI4x", MP_GROUP_DESC, OFPG_ALL)
     return struct.pack("!H", MP_GROUP_DESC)
 
 
+def _group_mod(version: int, body: bytes) -> bytes:
+    if version == OF10:
+        return _nx(version, NXT_GROUP_MOD, body)
+    return encode(version, GROUP_MOD, body)
+
+
 def group_mods(version: int, reply_body: bytes) -> Iterator[bytes]:
+    if version == OF10:
+        reply_body = reply_body[12:]  # vendor, subtype, padding
     for entry in _entries(reply_body):
         length, type_, group_id = struct.unpack_from("!HBxI", entry)
-        if version >= OF15:
+        if version >= OF15 or version == OF10:
             (bucket_len,) = struct.unpack_from("!H", entry, 8)
             body = struct.pack("!HBxIH2xI", ADD, type_, group_id, bucket_len, OFPG15_BUCKET_ALL)
-            yield encode(version, GROUP_MOD, body + entry[16:length])
+            yield _group_mod(version, body + entry[16:length])
         else:
             body = struct.pack("!HBxI", ADD, type_, group_id)
             yield encode(version, GROUP_MOD, body + entry[8:length])
 
 
 def delete_all_groups(version: int) -> bytes:
-    if version >= OF15:
+    if version >= OF15 or version == OF10:
         body = struct.pack("!HBxIH2xI", GROUP_DELETE, 0, OFPG_ALL, 0, OFPG15_BUCKET_ALL)
     else:
         body = struct.pack("!HBxI", GROUP_DELETE, 0, OFPG_ALL)
-    return encode(version, GROUP_MOD, body)
+    return _group_mod(version, body)
 
 
 # -- meters ---------------------------------------------------------------------

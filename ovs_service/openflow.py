@@ -316,8 +316,12 @@ class Connection:
         return OpenFlowError(bridge=self.bridge, message=describe(msg.data))
 
 
-def describe(message: bytes) -> str:
-    """A one-line text for an OpenFlow message, as Open vSwitch would print it."""
+def describe(message: bytes, brief: bool = False) -> str:
+    """A one-line text for an OpenFlow message, as Open vSwitch would print it.
+
+    `brief` keeps only what follows the message's name on its first line:
+    for an error, its name (OFPBAC_BAD_OUT_GROUP); for a flow_mod, the flow.
+    """
     from ovs_service.errors import OvsServiceError
     from ovs_service.run import run
 
@@ -326,4 +330,6 @@ def describe(message: bytes) -> str:
     except OvsServiceError:
         version, type_, length, _ = HEADER.unpack_from(message)
         return f"OpenFlow message type {type_} (version {version}, {length} bytes)"
+    if brief:
+        text = text.splitlines()[0].split("): ", 1)[-1] if text.strip() else text
     return " ".join(text.split())
