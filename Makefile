@@ -1,0 +1,72 @@
+# ovs-service: one target per test lane, plus lint, bench, packaging and the demo.
+# Debian's own Python and Debian's packages; see .ci/run for a fresh machine.
+
+PYTHON ?= /usr/bin/python3
+PYTEST_ARGS ?=
+PYTEST = $(PYTHON) -m pytest
+
+# Everything the full suite needs on a fresh Debian 12 (CI runs `make install-deps`).
+APT_PACKAGES = \
+	openvswitch-switch \
+	python3 python3-pip python3-setuptools python3-wheel python3-all \
+	python3-typer python3-pystemd python3-pyroute2 python3-sdnotify python3-pytest \
+	libsystemd-dev pkg-config gcc build-essential \
+	iproute2 iputils-ping iptables nftables procps \
+	systemd dbus \
+	debhelper dh-python lintian \
+	qemu-system-x86 busybox-static cpio kmod \
+	bash-completion ca-certificates
+PIP_TOOLS = ruff mypy
+
+DEB_WORK = .cache/deb
+
+.PHONY: all test test-fast test-systemd test-kmod lint bench deb demo install-deps clean
+
+all: test
+
+# The whole suite: what CI and the README run.
+test:
+	$(PYTEST) $(PYTEST_ARGS)
+
+test-fast:
+	$(PYTEST) -m "not slow and not systemd and not vm" $(PYTEST_ARGS)
+
+test-systemd:
+	$(PYTEST) -m systemd $(PYTEST_ARGS)
+
+test-kmod:
+	$(PYTEST) -m vm $(PYTEST_ARGS)
+
+lint:
+	$(PYTHON) -m ruff check ovs_service tests
+	$(PYTHON) -m mypy
+
+bench:
+	$(PYTHON) bench/run.py
+
+# Build the binary package in a scratch copy, so the tree stays clean.
+deb:
+	@test -d packaging/debian || { echo "packaging/debian is missing" >&2; exit 1; }
+	rm -rf $(DEB_WORK)
+	mkdir -p $(DEB_WORK)/src dist
+	tar -cf - --exclude=./.git --exclude=./.cache --exclude=./dist --exclude=./build \
+		--exclude='*.egg-info' --exclude=__pycache__ . | tar -xf - -C $(DEB_WORK)/src
+	rm -rf $(DEB_WORK)/src/debian
+	cp -a packaging/debian $(DEB_WORK)/src/debian
+	cd $(DEB_WORK)/src && dpkg-buildpackage -us -uc -b
+	cp $(DEB_WORK)/*.deb dist/
+	@ls -l dist/*.deb
+
+demo:
+	$(PYTHON) -m ovs_service.demo
+
+install-deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
+	$(PYTHON) -m pip install --break-system-packages $(PIP_TOOLS)
+	$(PYTHON) -m pip install --break-system-packages --no-deps -e .
+
+clean:
+	rm -rf .cache build dist .pytest_cache .mypy_cache .ruff_cache bench/out
+	rm -rf *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
