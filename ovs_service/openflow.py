@@ -130,7 +130,7 @@ class Connection:
         self.close()
 
     def next_xid(self) -> int:
-        self._xid = self._xid % 0xFFFFFFF0 + 1
+        self._xid += 1  # never wraps: a bridge's state is far from 2**32 messages
         return self._xid
 
     # -- receiving -----------------------------------------------------------
@@ -225,20 +225,19 @@ class Connection:
 
         Returns (index, error message) for every message the switch refused.
         """
-        sent: dict[int, int] = {}
+        first = self._xid + 1
         errors: list[Message] = []
         out = bytearray()
-        for index, message in enumerate(messages):
-            xid = self.next_xid()
-            sent[xid] = index
-            out += with_xid(message, xid)
+        for message in messages:
+            out += with_xid(message, self.next_xid())
             if len(out) >= 1 << 18:
                 self._sock.sendall(out)
                 out.clear()
                 errors += self._pending_errors()
         self._sock.sendall(out)
+        last = self._xid
         errors += self._drain_until_barrier()
-        return [(sent.get(e.xid, -1), e.data) for e in errors]
+        return [(_index(e.xid, first, last), e.data) for e in errors]
 
     def _drain_until_barrier(self) -> list[Message]:
         barrier_type, reply_type = (
@@ -294,26 +293,31 @@ class Connection:
         errors = self._bundle_control(bundle_id, 0, flags)  # open
         if errors:
             return [(-1, e.data) for e in errors]
-        sent: dict[int, int] = {}
+        first = self._xid + 1
         out = bytearray()
         prefix = struct.pack("!IHH", bundle_id, 0, flags)
-        for index, message in enumerate(messages):
+        for message in messages:
             xid = self.next_xid()
-            sent[xid] = index
             out += self._bundle_message(BUNDLE_ADD_MESSAGE, prefix + with_xid(message, xid), xid)
             if len(out) >= 1 << 18:
                 self._sock.sendall(out)
                 out.clear()
                 errors += self._pending_errors()
         self._sock.sendall(out)
+        last = self._xid
         if errors:
             self._bundle_control(bundle_id, 6, flags)  # discard
         else:
             errors = self._bundle_control(bundle_id, 4, flags)  # commit
-        return [(sent.get(e.xid, -1), e.data) for e in errors]
+        return [(_index(e.xid, first, last), e.data) for e in errors]
 
     def error(self, msg: Message) -> OpenFlowError:
         return OpenFlowError(bridge=self.bridge, message=describe(msg.data))
+
+
+def _index(xid: int, first: int, last: int) -> int:
+    """Which of the messages sent with xids first..last an error answers; -1 if none."""
+    return xid - first if first <= xid <= last else -1
 
 
 def describe(message: bytes, brief: bool = False) -> str:

@@ -1,0 +1,134 @@
+"""Save and restore of N flows: ovs-service against the stock `ovs-save`.
+
+On one private switch (netdev datapath), for each table size, alternating
+the two tools and repeating each: the stock `ovs-save save-flows BRIDGE`
+(which prints a restore script) and that script, against `ovs-service save`
+and `ovs-service restore`. Prints medians, the ratios (ovs-service / stock;
+below 1 is faster) and ovs-service's peak resident memory.
+
+    python3 bench/flows_bench.py [--sizes 10000,100000,1000000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.ovsbed import OvsBed  # noqa: E402
+
+OVS_SAVE = "/usr/share/openvswitch/scripts/ovs-save"
+BRIDGE = "bench0"
+
+
+def timed(argv: list[str], env: dict[str, str], stdout: int | None = None) -> tuple[float, int]:
+    """Run argv; return its wall time and its peak RSS in KiB (that process tree's largest)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=stdout or subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - start
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv[:4]} failed: {stderr.strip()}")
+    return elapsed, usage.ru_maxrss
+
+
+def build_table(bed: OvsBed, count: int, work: Path) -> None:
+    bed.ofctl("del-flows", BRIDGE)
+    path = work / "flows.txt"
+    with open(path, "w") as f:
+        for i in range(count):
+            table = i % 4
+            f.write(f"table={table},priority={i % 1000 + 1},ip,nw_dst=10.{i >> 16 & 255}."
+                    f"{i >> 8 & 255}.{i & 255},tcp,tp_dst={i % 60000 + 1},"
+                    f"actions=mod_nw_tos:{(i % 63) * 4},resubmit(,{table + 1})\n")
+    bed.ofctl("-O", "OpenFlow15", "add-flows", BRIDGE, str(path))
+
+
+def flow_count(bed: OvsBed) -> int:
+    out = bed.ofctl("-O", "OpenFlow15", "dump-aggregate", BRIDGE)
+    return int(out.split("flow_count=")[1].split()[0])
+
+
+def run_size(bed: OvsBed, count: int, repeat: int, work: Path) -> dict[str, object]:
+    env = {**os.environ, **bed.env, "OVS_SERVICE_STATE_DIR": str(work / "state"),
+           "PYTHONPATH": str(REPO)}
+    build_table(bed, count, work)
+    total = flow_count(bed)
+    times: dict[str, list[float]] = {k: [] for k in ("stock_save", "stock_restore",
+                                                      "ours_save", "ours_restore")}
+    peak_kib = 0
+    for i in range(repeat):
+        # Stock: the save prints a script that restores from files it wrote.
+        script = work / f"restore-{i}.sh"
+        with open(script, "w") as out:
+            t, _ = timed([OVS_SAVE, "save-flows", BRIDGE], env, stdout=out.fileno())
+        times["stock_save"].append(t)
+        bed.ofctl("-O", "OpenFlow15", "del-flows", BRIDGE)
+        t, _ = timed(["sh", str(script)], env)
+        times["stock_restore"].append(t)
+        assert flow_count(bed) == total, "stock restore lost flows"
+
+        snap = work / f"snap-{i}"
+        t, rss = timed([sys.executable, "-m", "ovs_service", "save", "--to", str(snap)], env)
+        times["ours_save"].append(t)
+        peak_kib = max(peak_kib, rss)
+        bed.ofctl("-O", "OpenFlow15", "del-flows", BRIDGE)
+        t, rss = timed([sys.executable, "-m", "ovs_service", "restore", "--from", str(snap)], env)
+        times["ours_restore"].append(t)
+        peak_kib = max(peak_kib, rss)
+        assert flow_count(bed) == total, "ovs-service restore lost flows"
+        subprocess.run(["rm", "-rf", str(snap)], check=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "flows": total,
+        "median_s": med,
+        "ratio_save": med["ours_save"] / med["stock_save"],
+        "ratio_restore": med["ours_restore"] / med["stock_restore"],
+        "peak_rss_mib": peak_kib / 1024,
+        "runs": times,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", "10000,100000,1000000"))
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", "3")))
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "flows.json")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ovs-bench-", dir="/var/tmp") as tmp, OvsBed() as bed:
+        bed.add_bridge(BRIDGE, protocols=("OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"))
+        for count in sizes:
+            results.append(run_size(bed, count, args.repeat, Path(tmp)))
+            r = results[-1]
+            print(f"{r['flows']:>9} flows: save {r['median_s']['ours_save']:.2f}s vs "
+                  f"{r['median_s']['stock_save']:.2f}s (ratio {r['ratio_save']:.2f}), restore "
+                  f"{r['median_s']['ours_restore']:.2f}s vs {r['median_s']['stock_restore']:.2f}s "
+                  f"(ratio {r['ratio_restore']:.2f}), peak RSS {r['peak_rss_mib']:.1f} MiB",
+                  flush=True)
+    print("\n| flows | ovs-service save | ovs-save | ratio | ovs-service restore | stock script "
+          "| ratio | peak RSS |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        m = r["median_s"]
+        print(f"| {r['flows']:,} | {m['ours_save']:.2f} s | {m['stock_save']:.2f} s | "
+              f"{r['ratio_save']:.2f} | {m['ours_restore']:.2f} s | {m['stock_restore']:.2f} s | "
+              f"{r['ratio_restore']:.2f} | {r['peak_rss_mib']:.0f} MiB |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
