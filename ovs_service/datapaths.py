@@ -1,0 +1,219 @@
+"""The datapaths stage: datapath port numbers and OpenFlow port numbers.
+
+Saved: every datapath (name, type) with its ports (number, name, type,
+options), and for every interface its bridge, type, options, OpenFlow port
+number and datapath port number. Secrets among the options (IPsec
+pre-shared keys and certificates) go to a separate 0600 file and are never
+logged or printed.
+
+Restored: kernel (`system`) datapaths are re-created with their ports at
+their old numbers before ovs-vswitchd starts (it adopts existing ports);
+OpenFlow port numbers are pinned with `ofport_request` where they would
+move. Afterwards both numberings are compared with the snapshot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ovs_service import ovs
+from ovs_service.errors import CommandFailed
+
+SCHEMA = 1
+STAGE = "datapaths"
+SECRET_OPTIONS = frozenset({"psk", "peer_cert", "certificate", "private_key", "use_ssl_cert"})
+LOCAL_OFPORT = 65534
+RECREATED_TYPES = frozenset({"", "system", "internal"})
+
+_DP_HEADER = re.compile(r"^(?P<type>[\w-]+)@(?P<name>[^:]+):\s*$")
+_DP_PORT = re.compile(r"^\s+port (?P<no>\d+): (?P<name>\S+)(?: \((?P<desc>.*)\))?\s*$")
+_BRIDGE_LINE = re.compile(r"^  (?P<bridge>\S+):\s*$")
+_IFACE_LINE = re.compile(
+    r"^    (?P<name>\S+) (?P<ofport>\d+)/(?P<dp>\d+|none): \((?P<desc>.*)\)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class DatapathPort:
+    number: int
+    name: str
+    type: str
+    options: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Datapath:
+    name: str
+    type: str
+    ports: list[DatapathPort]
+
+
+@dataclass(frozen=True)
+class InterfaceNumbers:
+    bridge: str
+    name: str
+    type: str
+    ofport: int
+    dp_port: int | None
+    options: dict[str, str]  # without secrets
+
+
+@dataclass(frozen=True)
+class DatapathsSnapshot:
+    datapaths: list[Datapath]
+    interfaces: list[InterfaceNumbers]
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # kept apart on disk
+    schema: int = SCHEMA
+
+    def public_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("secrets")
+        return doc
+
+    def secrets_json(self) -> dict[str, dict[str, str]]:
+        return self.secrets
+
+    @classmethod
+    def from_json(
+        cls, doc: dict[str, Any], secrets: dict[str, dict[str, str]]
+    ) -> DatapathsSnapshot:
+        if doc.get("schema") != SCHEMA:
+            raise ValueError(f"unknown datapaths schema {doc.get('schema')!r}")
+        return cls(
+            datapaths=[
+                Datapath(d["name"], d["type"],
+                         [DatapathPort(int(p["number"]), p["name"], p["type"], dict(p["options"]))
+                          for p in d["ports"]])
+                for d in doc["datapaths"]
+            ],
+            interfaces=[
+                InterfaceNumbers(i["bridge"], i["name"], i["type"], int(i["ofport"]),
+                                 None if i["dp_port"] is None else int(i["dp_port"]),
+                                 dict(i["options"]))
+                for i in doc["interfaces"]
+            ],
+            secrets={k: dict(v) for k, v in secrets.items()},
+        )
+
+
+def _options(desc: str) -> tuple[str, dict[str, str]]:
+    """'gre: key=5, remote_ip=10.9.9.9' → ('gre', {...})."""
+    kind, _, rest = desc.partition(":")
+    options = {}
+    for item in rest.split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep:
+            options[key] = value
+    return kind.strip(), options
+
+
+def parse_dpctl_show(text: str) -> list[Datapath]:
+    datapaths: list[Datapath] = []
+    for line in text.splitlines():
+        if m := _DP_HEADER.match(line):
+            datapaths.append(Datapath(m["name"], m["type"], []))
+        elif (m := _DP_PORT.match(line)) and datapaths:
+            kind, options = _options(m["desc"] or "")
+            datapaths[-1].ports.append(DatapathPort(int(m["no"]), m["name"], kind, options))
+    return datapaths
+
+
+def parse_dpif_show(text: str) -> dict[str, tuple[str, int, int | None]]:
+    """Interface name → (bridge, OpenFlow port, datapath port)."""
+    found: dict[str, tuple[str, int, int | None]] = {}
+    bridge = ""
+    for line in text.splitlines():
+        if m := _BRIDGE_LINE.match(line):
+            bridge = m["bridge"]
+        elif m := _IFACE_LINE.match(line):
+            dp = None if m["dp"] == "none" else int(m["dp"])
+            found[m["name"]] = (bridge, int(m["ofport"]), dp)
+    return found
+
+
+def save() -> DatapathsSnapshot:
+    """Needs ovs-vswitchd running (its view of both numberings)."""
+    datapaths = parse_dpctl_show(ovs.appctl("dpctl/show").stdout)
+    numbers = parse_dpif_show(ovs.appctl("dpif/show").stdout)
+    rows = ovs.vsctl_list("Interface", ["name", "type", "options"])
+    interfaces, secrets = [], {}
+    for row in rows:
+        name = row["name"]
+        if name not in numbers:
+            continue
+        options = row["options"] if isinstance(row["options"], dict) else {}
+        secret = {k: v for k, v in options.items() if k in SECRET_OPTIONS}
+        if secret:
+            secrets[name] = secret
+        bridge, ofport, dp_port = numbers[name]
+        interfaces.append(InterfaceNumbers(
+            bridge, name, row["type"], ofport, dp_port,
+            {k: v for k, v in options.items() if k not in SECRET_OPTIONS},
+        ))
+    interfaces.sort(key=lambda i: (i.bridge, i.ofport))
+    return DatapathsSnapshot(datapaths, interfaces, secrets)
+
+
+def recreate_kernel_datapaths(snapshot: DatapathsSnapshot) -> list[str]:
+    """Before ovs-vswitchd starts: kernel datapaths with ports at their old numbers.
+
+    Returns what could not be done; ovs-vswitchd creates the rest itself,
+    possibly at other numbers (the verification reports it).
+    """
+    problems = []
+    for dp in snapshot.datapaths:
+        if dp.type != "system":
+            continue
+        full = f"system@{dp.name}"
+        try:
+            ovs.dpctl("add-dp", full)
+        except CommandFailed as e:
+            if "exists" not in str(e):
+                problems.append(f"{full}: {e}")
+                continue
+        for port in dp.ports:
+            if port.number == 0:
+                continue  # the datapath's own local port comes with it
+            if port.type not in RECREATED_TYPES:
+                # Tunnel vports are shared and named by ovs-vswitchd; it makes them.
+                continue
+            spec = ",".join([port.name, f"type={port.type or 'system'}", f"port_no={port.number}"])
+            try:
+                ovs.dpctl("add-if", full, spec)
+            except CommandFailed as e:
+                problems.append(f"{full} port {port.number} ({port.name}): {e.fields['stderr']}")
+    return problems
+
+
+def pin_ofports(snapshot: DatapathsSnapshot) -> list[str]:
+    wanted = {i.name: i.ofport for i in snapshot.interfaces if i.ofport != LOCAL_OFPORT}
+    return ovs.pin_ofports(wanted)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    interface: str
+    what: str  # "ofport" | "dp_port" | "missing"
+    saved: int | None
+    now: int | None
+
+
+def verify(snapshot: DatapathsSnapshot, names: Sequence[str] = ()) -> list[Mismatch]:
+    """Compare both numberings of every saved interface with the running switch."""
+    numbers = parse_dpif_show(ovs.appctl("dpif/show").stdout)
+    out = []
+    for iface in snapshot.interfaces:
+        if names and iface.name not in names:
+            continue
+        now = numbers.get(iface.name)
+        if now is None:
+            out.append(Mismatch(iface.name, "missing", iface.ofport, None))
+            continue
+        if now[1] != iface.ofport:
+            out.append(Mismatch(iface.name, "ofport", iface.ofport, now[1]))
+        if iface.dp_port is not None and now[2] != iface.dp_port:
+            out.append(Mismatch(iface.name, "dp_port", iface.dp_port, now[2]))
+    return out
