@@ -15,6 +15,11 @@ through one of the interfaces (their output interface, or any leg of a
 multipath route), in every table, except those the kernel derives from
 addresses and router advertisements (protocol `kernel`, `ra`, `redirect`).
 
+Not saved: per-interface sysctls (net.ipv4.conf.*, net.ipv6.conf.*), queueing
+disciplines, neighbour entries, routes using nexthop objects or encapsulation
+(logged and skipped), and the address attributes older pyroute2 (0.7) cannot
+parse: the prefix-route metric of an address (IFA_RT_PRIORITY) and IFA_PROTO.
+
 Interfaces are matched by name on restore; a name is data, never part of a
 command line. Restore is idempotent (what is present is left alone) and goes
 on past failures, which are reported with their errno names.
