@@ -62,7 +62,10 @@ JSON_OPT = typer.Option(False, "--json", help="Print a JSON document instead of 
 BRIDGE_OPT = typer.Option(
     [], "--bridge", "-b", help="Only this bridge (repeat for more). Default: every bridge."
 )
-STAGE_OPT = typer.Option([], "--stage", help="Only this stage (repeat). Known: flows.")
+STAGE_OPT = typer.Option(
+    [], "--stage",
+    help="Only this stage (repeat): flows, datapaths, interfaces. "
+    "Default: flows and datapaths to save; what the snapshot holds to restore.")
 
 
 def _emit(as_json: bool, doc: Any, text: str) -> None:
@@ -115,8 +118,17 @@ def restore(
         f"{b.counts.get('meters', 0)} meters){'' if b.ok else ': ' + b.error}"
         for b in outcome.bridges
     ]
+    lines += [f"port number moved: {m.interface} {m.what} {m.saved} -> {m.now}"
+              for m in outcome.port_mismatches]
+    if outcome.interfaces is not None:
+        problems = outcome.interfaces["interfaces"]["problems"]
+        lines.append(f"interfaces: {'restored' if not problems else 'PROBLEMS'}")
+        lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
+                  for p in problems]
     doc = {"snapshot": str(outcome.snapshot), "ok": outcome.ok,
-           "bridges": [b.__dict__ for b in outcome.bridges]}
+           "bridges": [b.__dict__ for b in outcome.bridges],
+           "port_mismatches": [m.__dict__ for m in outcome.port_mismatches],
+           "interfaces": outcome.interfaces}
     if not outcome.ok and not as_json:
         typer.echo("\n".join(lines))
     if not outcome.ok:

@@ -5,24 +5,43 @@ The CLI and the unit hooks both call these; neither talks to a stage directly.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ovs_service import flows, ovs, store
-from ovs_service.errors import BridgeNotFound, RestoreFailed, UsageError
+from ovs_service import datapaths, flows, ovs, store
+from ovs_service.errors import BridgeNotFound, RestoreFailed, SnapshotInvalid, UsageError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("flows",)
+STAGES = ("flows", "datapaths", "interfaces")
+DEFAULT_STAGES = ("flows", "datapaths")  # interfaces matter when the kernel module reloads
+DATAPATHS_FILE, SECRETS_FILE = "datapaths/datapaths.json", "datapaths/secrets.json"
+INTERFACES_FILE, FIREWALL_FILE = "interfaces/interfaces.json", "interfaces/firewall.json"
 
 
-def _check_stages(stages: Sequence[str]) -> list[str]:
+def _check_stages(stages: Sequence[str], default: Sequence[str] = DEFAULT_STAGES) -> list[str]:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UsageError(message=f"unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
-    return list(stages) or list(STAGES)
+    return [s for s in STAGES if s in stages] if stages else list(default)
+
+
+def internal_interfaces() -> list[str]:
+    """OVS internal interfaces: bridge local ports and `type=internal` interfaces."""
+    return sorted(i.name for i in ovs.interfaces() if i.type == "internal")
+
+
+def save_interfaces_stage(writer: store.SnapshotWriter) -> None:
+    from ovs_service import firewall, interfaces
+
+    with writer.open(INTERFACES_FILE) as f:
+        f.write(interfaces.save_interfaces(internal_interfaces()).to_json().encode())
+    with writer.open(FIREWALL_FILE) as f:
+        f.write(firewall.save_firewall().to_json().encode())
 
 
 def take_snapshot(
@@ -38,7 +57,13 @@ def take_snapshot(
     version = ovs.ovs_version()
     writer = store.SnapshotWriter(to or store.new_snapshot_path(store_dir))
     try:
-        records = flows.save(writer, bridges)
+        records = flows.save(writer, bridges) if "flows" in stages else []
+        if "datapaths" in stages:
+            dps = datapaths.save()
+            writer.write_json(DATAPATHS_FILE, dps.public_json())
+            writer.write_json(SECRETS_FILE, dps.secrets_json())
+        if "interfaces" in stages:
+            save_interfaces_stage(writer)
         snapshot = writer.commit(
             ovs_version=version,
             stages=stages,
@@ -57,10 +82,40 @@ def take_snapshot(
 class RestoreOutcome:
     snapshot: Path
     bridges: list[flows.BridgeRestore]
+    port_mismatches: list[datapaths.Mismatch] = field(default_factory=list)
+    interfaces: dict[str, Any] | None = None  # the interfaces stage's report
 
     @property
     def ok(self) -> bool:
-        return all(b.ok for b in self.bridges)
+        return all(b.ok for b in self.bridges) and (
+            self.interfaces is None or bool(self.interfaces.get("ok"))
+        )
+
+
+def load_datapaths(snapshot: store.Snapshot) -> datapaths.DatapathsSnapshot | None:
+    if DATAPATHS_FILE not in snapshot.manifest.files:
+        return None
+    try:
+        doc = json.loads(snapshot.file(DATAPATHS_FILE).read_text())
+        secrets = json.loads(snapshot.file(SECRETS_FILE).read_text())
+        return datapaths.DatapathsSnapshot.from_json(doc, secrets)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = f"datapaths stage unreadable ({e})"
+        raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
+
+
+def restore_interfaces_stage(snapshot: store.Snapshot) -> dict[str, Any]:
+    """Put back internal interfaces' kernel state and the firewall; a report, never a raise."""
+    from ovs_service import firewall, interfaces
+
+    if INTERFACES_FILE not in snapshot.manifest.files:
+        raise SnapshotInvalid(path=snapshot.path, reason="has no interfaces stage")
+    saved = interfaces.InterfacesSnapshot.from_json(snapshot.file(INTERFACES_FILE).read_text())
+    report = interfaces.restore_interfaces(saved).to_dict()
+    fw = firewall.FirewallSnapshot.from_json(snapshot.file(FIREWALL_FILE).read_text())
+    fw_report = firewall.restore_firewall(fw).to_dict()
+    return {"ok": bool(report["ok"] and fw_report["ok"]), "interfaces": report,
+            "firewall": fw_report}
 
 
 def prepare_restore(
@@ -99,10 +154,23 @@ def restore_snapshot(
     stages: Sequence[str] = (),
     allow_foreign: bool = False,
 ) -> RestoreOutcome:
-    _check_stages(stages)
+    """Restore the stages a snapshot holds (or those named): ports pinned first,
+    then flows, then interfaces; port numbers verified at the end."""
     snapshot, selected = prepare_restore(path, bridge_names, allow_foreign)
-    results = flows.restore(snapshot, selected)
-    return RestoreOutcome(snapshot.path, results)
+    wanted = _check_stages(stages, default=snapshot.manifest.stages)
+    dps = load_datapaths(snapshot) if "datapaths" in wanted else None
+    if dps is not None:
+        moved = datapaths.pin_ofports(dps)
+        if moved:
+            log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
+    results = flows.restore(snapshot, selected) if "flows" in wanted else []
+    report = restore_interfaces_stage(snapshot) if "interfaces" in wanted else None
+    mismatches = []
+    if dps is not None:
+        restored = {r.name for r in selected}
+        names = [i.name for i in dps.interfaces if i.bridge in restored]
+        mismatches = datapaths.verify(dps, names) if names else []
+    return RestoreOutcome(snapshot.path, results, mismatches, report)
 
 
 def raise_for(outcome: RestoreOutcome) -> None:
