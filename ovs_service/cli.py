@@ -322,6 +322,66 @@ def restart(
           f"from {outcome.snapshot}")
 
 
+@app.command("force-reload-kmod")
+def force_reload_kmod(
+    dry_run: bool = DRY_RUN_OPT,
+    wait: float = WAIT_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Reload the openvswitch kernel module and put everything back.
+
+    Saves flows, datapaths, internal interfaces and the firewall, stops the
+    switch, reloads the module, re-creates the datapaths at their port
+    numbers, restores flows and interfaces, and reports processes bound to
+    interfaces that vanished. Example: ovs-service force-reload-kmod --dry-run
+    """
+    from ovs_service import transaction
+
+    if dry_run:
+        _plan("force-reload-kmod", as_json)
+        return
+    outcome = transaction.force_reload_kmod(
+        on_step=_progress(as_json), wait=wait,
+        on_wait=lambda: typer.echo("waiting for another transaction to finish...", err=True))
+    total = sum(s.seconds for s in outcome.steps)
+    lines = [f"force-reload-kmod done in {total:.3f}s; module "
+             f"{'reloaded' if outcome.module_reloaded else 'not reloaded'}; "
+             f"{len(outcome.bridges)} bridges restored from {outcome.snapshot}"]
+    lines += [f"note: {n}" for n in outcome.notes]
+    lines += [f"port number moved: {m.interface} {m.what} {m.saved} -> {m.now}"
+              for m in outcome.port_mismatches]
+    lines += [f"dead interface: pid {d.pid} ({d.command}) bound to ifindex {d.ifindex}"
+              for d in outcome.dead_sockets]
+    _emit(as_json, {"op": "force-reload-kmod", "ok": outcome.ok, "snapshot": outcome.snapshot,
+                    "module_reloaded": outcome.module_reloaded, "notes": outcome.notes,
+                    "seconds": total,
+                    "steps": [{"name": s.name, "seconds": s.seconds, "ok": s.ok,
+                               "detail": s.detail} for s in outcome.steps],
+                    "bridges": [b.__dict__ for b in outcome.bridges],
+                    "interfaces": outcome.interfaces,
+                    "port_mismatches": [m.__dict__ for m in outcome.port_mismatches],
+                    "dead_sockets": [d.__dict__ for d in outcome.dead_sockets]},
+          "\n".join(lines))
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command("check-dead-ifs")
+def check_dead_ifs(as_json: bool = JSON_OPT) -> None:
+    """List processes whose packet sockets are bound to interfaces that no longer exist.
+
+    Exits 1 if there are any. Example: ovs-service check-dead-ifs --json
+    """
+    from ovs_service import deadifs
+
+    dead = deadifs.check_dead_ifs()
+    _emit(as_json, [d.__dict__ for d in dead],
+          "\n".join(f"pid {d.pid} ({d.command}) is bound to vanished ifindex {d.ifindex}"
+                    for d in dead) or "no process is bound to a vanished interface")
+    if dead:
+        raise typer.Exit(1)
+
+
 @app.command()
 def recover(wait: float = WAIT_OPT, as_json: bool = JSON_OPT) -> None:
     """Finish a transaction that was interrupted (killed, power loss): roll it forward.

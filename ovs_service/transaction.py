@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovs_service import flows, journal, operations, ovs, store
+from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, store
 from ovs_service.errors import RestoreFailed
 from ovs_service.hooks.unit_hooks import OFPP_LOCAL
 from ovs_service.log import StepLog, StepRecord
@@ -102,7 +102,7 @@ def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore
 
 
 def plan(op: str) -> list[tuple[str, str]]:
-    return RESTART_PLAN
+    return KMOD_PLAN if op == "force-reload-kmod" else RESTART_PLAN
 
 
 @dataclass
@@ -151,3 +151,99 @@ def recover(wait: float = 0.0) -> Recovery:
         if not result.actions:
             result.actions.append("nothing to recover")
     return result
+
+
+KMOD_PLAN: list[tuple[str, str]] = [
+    ("save", "find internal interfaces; save flows, datapaths, interfaces and firewall "
+             "to a new snapshot and verify it (before anything stops)"),
+    ("restart-ovsdb-server", f"restart {OVSDB_UNIT} alone (job mode ignore-dependencies)"),
+    ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT}"),
+    ("delete-datapaths", "delete the kernel datapaths"),
+    ("unload-tunnel-modules", "remove ip_gre and gre if loaded"),
+    ("reload-module", "unload openvswitch and its vport modules, load openvswitch again"),
+    ("restore-datapaths", "re-create kernel datapaths with their ports at the old numbers"),
+    ("start-ovs-vswitchd", f"start {VSWITCHD_UNIT} with other_config:flow-restore-wait=true"),
+    ("restore", "pin moved OpenFlow port numbers; restore every bridge, in parallel"),
+    ("clear-flow-restore-wait", "clear flow-restore-wait: the switch runs its flows again"),
+    ("restore-interfaces", "put back internal interfaces' addresses, routes, link settings "
+                           "and the firewall"),
+    ("check-dead-ifs", "report processes bound to interfaces that no longer exist"),
+]
+
+
+@dataclass
+class KmodOutcome(Outcome):
+    module_reloaded: bool = False
+    notes: list[str] = field(default_factory=list)
+    interfaces: dict[str, object] | None = None
+    port_mismatches: list[datapaths.Mismatch] = field(default_factory=list)
+    dead_sockets: list[deadifs.DeadSocket] = field(default_factory=list)
+
+
+def force_reload_kmod(
+    on_step: Callable[[StepRecord], None] | None = None,
+    wait: float = 0.0,
+    on_wait: Callable[[], None] | None = None,
+) -> KmodOutcome:
+    from ovs_service import kmod
+    from ovs_service.systemd import Systemd
+
+    root = store.state_dir()
+    steps = StepLog(on_step=on_step)
+    outcome = KmodOutcome(op="force-reload-kmod", steps=steps.steps)
+    with store.lock(root, wait, on_wait), Systemd() as sd:
+        tx = journal.Journal(root, "force-reload-kmod")
+        with tx.step("save"), steps.step("save"):
+            # All of it before anything stops: if saving fails, nothing was touched.
+            snapshot = operations.take_snapshot(stages=operations.STAGES)
+            store.mark_pending(root, snapshot.path)
+            tx.set_snapshot(snapshot.path)
+            outcome.snapshot = str(snapshot.path)
+            loaded, records = operations.prepare_restore(snapshot.path, skip_missing=True)
+            saved_dps = operations.load_datapaths(loaded)
+        with tx.step("restart-ovsdb-server"), steps.step("restart-ovsdb-server"):
+            sd.job("restart", OVSDB_UNIT, "ignore-dependencies")
+        with tx.step("stop-ovs-vswitchd"), steps.step("stop-ovs-vswitchd"):
+            sd.job("stop", VSWITCHD_UNIT)
+        has_modules = kmod.module_support()
+        if not has_modules:
+            outcome.notes.append("this kernel has no loadable module support: "
+                                 "module steps skipped, the rest done")
+        with tx.step("delete-datapaths"), steps.step("delete-datapaths") as s:
+            s.detail = ", ".join(_delete_kernel_datapaths()) or "none"
+        with tx.step("unload-tunnel-modules"), steps.step("unload-tunnel-modules") as s:
+            s.detail = ", ".join(kmod.remove(list(kmod.TUNNEL_MODULES))) if has_modules else "-"
+        with tx.step("reload-module"), steps.step("reload-module") as s:
+            if has_modules:
+                s.detail = "reloaded " + ", ".join(kmod.reload_openvswitch())
+                outcome.module_reloaded = True
+        with tx.step("restore-datapaths"), steps.step("restore-datapaths") as s:
+            problems = datapaths.recreate_kernel_datapaths(saved_dps) if saved_dps else []
+            outcome.notes += problems
+            s.detail = f"{len(problems)} problems"
+        try:
+            with tx.step("start-ovs-vswitchd"), steps.step("start-ovs-vswitchd"):
+                ovs.set_flow_restore_wait(True)
+                sd.job("start", VSWITCHD_UNIT)
+            with tx.step("restore"), steps.step("restore"):
+                outcome.bridges = restore_prepared(loaded, records)
+        finally:
+            with tx.step("clear-flow-restore-wait"), steps.step("clear-flow-restore-wait"):
+                ovs.set_flow_restore_wait(False)
+        with tx.step("restore-interfaces"), steps.step("restore-interfaces"):
+            outcome.interfaces = operations.restore_interfaces_stage(loaded)
+            if saved_dps is not None:
+                outcome.port_mismatches = list(datapaths.verify(saved_dps))
+        with tx.step("check-dead-ifs"), steps.step("check-dead-ifs"):
+            outcome.dead_sockets = list(deadifs.check_dead_ifs())
+        finish_restore(root, snapshot.path, outcome.bridges)
+        tx.finish()
+    outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
+    return outcome
+
+
+def _delete_kernel_datapaths() -> list[str]:
+    names = [line.strip() for line in ovs.dpctl("dump-dps").stdout.splitlines() if line.strip()]
+    for name in names:
+        ovs.dpctl("del-dp", name)
+    return names

@@ -1,0 +1,62 @@
+"""The openvswitch kernel module and its companions: is it loaded, reload it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ovs_service.errors import OvsServiceError
+from ovs_service.run import run
+
+PROC_MODULES = Path("/proc/modules")
+MODULE = "openvswitch"
+# Modules that hold the openvswitch module or its tunnels in place.
+VPORT_PREFIX = "vport_"
+TUNNEL_MODULES = ("ip_gre", "gre")
+
+
+class ModuleError(OvsServiceError):
+    template = "kernel module {module}: {reason}"
+
+
+def module_support() -> bool:
+    """Whether this kernel loads modules at all (/proc/modules exists only if so)."""
+    return PROC_MODULES.exists()
+
+
+def loaded() -> dict[str, list[str]]:
+    """Loaded modules → the modules that use them."""
+    modules = {}
+    for line in PROC_MODULES.read_text().splitlines():
+        fields = line.split()
+        users = fields[3].strip(",").split(",") if len(fields) > 3 and fields[3] != "-" else []
+        modules[fields[0]] = [u for u in users if u]
+    return modules
+
+
+def vport_modules() -> list[str]:
+    return sorted(m for m in loaded() if m.startswith(VPORT_PREFIX))
+
+
+def remove(modules: list[str]) -> list[str]:
+    """Unload the named modules that are loaded; return those unloaded."""
+    present = loaded()
+    gone = [m for m in modules if m in present]
+    if gone:
+        run(["modprobe", "-r", *gone])
+    return gone
+
+
+def reload_openvswitch() -> list[str]:
+    """Unload openvswitch with its vport modules, then load it again."""
+    vports = vport_modules()
+    try:
+        run(["modprobe", "-r", *vports, MODULE])
+    except OvsServiceError as e:
+        raise ModuleError(module=MODULE, reason=f"could not unload: {e}") from None
+    if MODULE in loaded():
+        raise ModuleError(module=MODULE, reason="still loaded after modprobe -r")
+    try:
+        run(["modprobe", MODULE])
+    except OvsServiceError as e:
+        raise ModuleError(module=MODULE, reason=f"could not load: {e}") from None
+    return [*vports, MODULE]
