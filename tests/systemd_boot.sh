@@ -184,4 +184,4 @@ for h in $hierarchies; do
 done
 
 exec env container=other /lib/systemd/systemd --system --unit="$TARGET" \
-    --log-target=console --show-status=no
+    --log-target=journal --show-status=no

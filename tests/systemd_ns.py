@@ -339,6 +339,21 @@ class SystemdNamespace:
         """Run Debian's python3 inside (pystemd there talks to this systemd's bus)."""
         return self.run(["/usr/bin/python3", "-c", code], check=check)
 
+    def settle(self, timeout: float = 120) -> None:
+        """Wait until systemd has no job left.
+
+        `systemctl stop X` waits for X's own job only: jobs it propagates
+        (PartOf=, Requires=) may still run when it returns.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.systemctl("list-jobs", "--no-legend", "--plain").stdout.strip()
+            if not jobs:
+                return
+            if time.monotonic() > deadline:
+                raise SystemdNamespaceError(f"jobs still queued after {timeout}s:\n{jobs}")
+            time.sleep(0.05)
+
     def show(self, unit: str, prop: str) -> str:
         return self.systemctl("show", "--value", "-p", prop, unit).stdout.strip()
 
@@ -426,10 +441,13 @@ def booted(**kwargs: object) -> Iterator[SystemdNamespace]:
     """Boot, yield, and always power off and check nothing is left behind."""
     _require_systemd_lane()
     ns = SystemdNamespace(**kwargs)  # type: ignore[arg-type]
-    with ns:
-        yield ns
-    left = ns.leftovers()
-    assert not left, f"systemd namespace left behind: {left}"
+    try:
+        with ns:
+            yield ns
+    finally:
+        left = ns.leftovers()
+        if left:
+            raise SystemdNamespaceError(f"systemd namespace left behind: {left}")
 
 
 @pytest.fixture
