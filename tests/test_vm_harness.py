@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
 
 import pytest
+from vm.build import REPO
 from vm.guest import Guest, GuestCommandFailed, guest_fixture
 
 pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow]
@@ -96,6 +98,16 @@ def test_guest_runs_debians_kernel_with_host_userland(guest: Guest) -> None:
     guest.python("import ovs_service")
     # The guest's switch state starts empty, whatever the host has.
     assert guest.run(["ls", "-A", "/etc/openvswitch"]).stdout == ""
+
+
+def test_guest_cannot_change_the_hosts_files(guest: Guest) -> None:
+    # Writes land in the guest's overlay; the host's root is shared read-only.
+    probe = REPO / ".cache" / f"guest-write-probe-{uuid.uuid4().hex}"
+    guest.run(["touch", str(probe)])
+    assert guest.run(["test", "-e", str(probe)], check=False).ok
+    assert not probe.exists()
+    direct = guest.run(["touch", f"/run/ovsvm/host{probe}"], check=False)
+    assert not direct.ok and "Read-only file system" in direct.stderr
 
 
 def test_harness_reports_status_output_and_timeouts(guest: Guest) -> None:
