@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 
-from ovsbed import OvsBed
+from ovsbed import OvsBed, sh, wait_for
 
 VERSIONS = tuple(f"OpenFlow1{minor}" for minor in range(6))
 # A bridge whose `protocols` column is empty speaks these (Open vSwitch 3.1).
@@ -153,7 +153,14 @@ def wipe(bed: OvsBed, bridge: str) -> None:
     bed.ofctl("-O", version, "del-groups", bridge)
     if has_meters(version):
         bed.ofctl("-O", version, "del-meters", bridge)
-    bed.ofctl("-O", version, "del-tlv-map", bridge)
+    # Deleted flows release their TLV mappings only after an RCU grace period
+    # inside ovs-vswitchd: until then the switch refuses to clear the map.
+    wait_for(
+        f"{bridge}'s TLV map to clear",
+        lambda: sh(["ovs-ofctl", "-O", version, "del-tlv-map", bridge],
+                   env=bed.env, check=False).returncode == 0,
+        timeout=10,
+    )
     for line in port_config(bed, bridge, version):
         name = line.split()[1].split("(", 1)[1][:-1]
         for action in _PORT_RESETS:

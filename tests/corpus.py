@@ -71,29 +71,33 @@ def load_specs(path: Path = SPECS) -> list[Spec]:
     return specs
 
 
-def _install(bed: OvsBed, bridge: str, kind: str, specs: Sequence[Spec], report: CorpusReport,
-             chunk: int = 40) -> None:
-    """Add specs in order: batches of `chunk` through a file, one by one for a batch that fails.
+def _install(
+    bed: OvsBed, bridge: str, kind: str, specs: Sequence[Spec], report: CorpusReport
+) -> None:
+    """Add specs in order, through a file; a batch that fails is split in halves and retried.
 
-    A replayed batch gives the same table as adding its specs one by one, since
-    each add replaces the flow (or group) with the same match (or id).
+    Replaying specs in order gives the same table as adding them one by one:
+    each add replaces the flow (or group) with the same match (or id), so the
+    last spec for a match wins either way.
     """
+    if not specs:
+        return
     batch_file = bed.dir / f"corpus-{bridge}-{kind}s.txt"
-    for start in range(0, len(specs), chunk):
-        part = specs[start : start + chunk]
-        batch_file.write_text("".join(spec.text + "\n" for spec in part))
-        try:
-            bed.ofctl("-O", "OpenFlow15", f"add-{kind}s", bridge, str(batch_file))
-            report.accepted[kind] += len(part)
-            continue
-        except BedError:
-            pass
-        for spec in part:
-            try:
-                bed.ofctl("-O", "OpenFlow15", f"add-{kind}", bridge, spec.text)
-                report.accepted[kind] += 1
-            except BedError:
-                report.refused.append(spec)
+    batch_file.write_text("".join(spec.text + "\n" for spec in specs))
+    command = ["-O", "OpenFlow15", f"add-{kind}s", bridge, str(batch_file)]
+    if len(specs) == 1:
+        command = ["-O", "OpenFlow15", f"add-{kind}", bridge, specs[0].text]
+    try:
+        bed.ofctl(*command)
+        report.accepted[kind] += len(specs)
+        return
+    except BedError:
+        if len(specs) == 1:
+            report.refused.append(specs[0])
+            return
+    half = len(specs) // 2
+    _install(bed, bridge, kind, specs[:half], report)
+    _install(bed, bridge, kind, specs[half:], report)
 
 
 def build_corpus(bed: OvsBed, bridge: str = "br0") -> CorpusReport:

@@ -14,7 +14,7 @@ from pathlib import Path
 import canon
 import pytest
 from corpus import build_corpus
-from ovsbed import Cli, OvsBed, manifest, one_line_error
+from ovsbed import Cli, OvsBed, manifest, one_line_error, pid_alive
 
 ALL_VERSIONS = canon.VERSIONS
 
@@ -121,6 +121,49 @@ def test_corpus_after_vswitchd_restart(ovs: OvsBed, cli: Cli) -> None:
     lost = canon.all_states(ovs)
     assert lost["br0"] != before["br0"] and lost["b15"] != before["b15"]
     cli.restore()  # the newest snapshot
+    assert_same(before, canon.all_states(ovs))
+
+
+def test_corpus_over_a_changed_table(ovs: OvsBed, cli: Cli) -> None:
+    """Restore over live state (not a wiped one): flows still using the TLV map,
+    other groups and meters, other port flags; then a second restore changes nothing."""
+    build_corpus(ovs, "br0")
+    before = canon.all_states(ovs)
+    snapshot = cli.save()
+    of15 = ("-O", "OpenFlow15")
+    ovs.ofctl(*of15, "del-flows", "br0", "table=0")
+    ovs.ofctl(*of15, "add-flow", "br0", "priority=2,tun_metadata0=0x1 actions=drop")
+    ovs.ofctl(*of15, "del-groups", "br0", "group_id=1")
+    ovs.ofctl(*of15, "add-group", "br0", "group_id=77,type=all,bucket=output:4")
+    ovs.ofctl(*of15, "del-meter", "br0", "meter=2")
+    ovs.ofctl(*of15, "add-meter", "br0", "meter=9 kbps bands=type=drop rate=5")
+    ovs.ofctl(*of15, "mod-port", "br0", "4", "receive")
+    ovs.ofctl(*of15, "mod-port", "br0", "5", "no-forward")
+    assert canon.all_states(ovs) != before
+    cli.restore("--from", str(snapshot))
+    assert_same(before, canon.all_states(ovs))
+    cli.restore("--from", str(snapshot))
+    assert_same(before, canon.all_states(ovs))
+
+
+def test_restore_over_chained_delete_learned_flows(ovs: OvsBed, cli: Cli) -> None:
+    """Two flows from the corpus whose learn(delete_learned) cookies chain into each
+    other's table: replacing them in one bundle (delete all, add all) trips an
+    assertion in ovs-vswitchd 3.1 (learned_cookies_update_one__), which exits."""
+    ovs.add_bridge("br0", protocols=("OpenFlow15",))
+    for flow in (
+        "cookie=0x123,table=1,reg0=0x3 actions=learn(table=3,delete_learned,cookie=0x345)",
+        "cookie=0x345,table=3,reg0=0x4 actions=learn(table=5,delete_learned,cookie=0x567)",
+    ):
+        ovs.ofctl("-O", "OpenFlow15", "add-flow", "br0", flow)
+    before = canon.all_states(ovs)
+    snapshot = cli.save()
+    pid = ovs.pid("ovs-vswitchd")
+    result = cli.restore("--from", str(snapshot), check=False)
+    assert pid is not None and pid_alive(pid), "ovs-vswitchd died during the restore:\n" + (
+        ovs.log_tail("ovs-vswitchd", 3)
+    )
+    assert result.returncode == 0, result.describe()
     assert_same(before, canon.all_states(ovs))
 
 
