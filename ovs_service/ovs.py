@@ -175,11 +175,17 @@ def flow_restore_wait() -> bool:
     return bool(rows) and rows[0]["other_config"].get("flow-restore-wait") == "true"
 
 
+def _wait_flag() -> list[str]:
+    """Without ovs-vswitchd, a write must not wait for it to apply the change."""
+    return [] if daemon_running("ovs-vswitchd") else ["--no-wait"]
+
+
 def set_flow_restore_wait(on: bool) -> None:
     if on:
-        vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+        vsctl(*_wait_flag(), "set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
     else:
-        vsctl("--if-exists", "remove", "Open_vSwitch", ".", "other_config", "flow-restore-wait")
+        vsctl(*_wait_flag(), "--if-exists", "remove", "Open_vSwitch", ".", "other_config",
+              "flow-restore-wait")
 
 
 def pin_ofports(wanted: dict[str, int]) -> list[str]:
@@ -192,5 +198,5 @@ def pin_ofports(wanted: dict[str, int]) -> list[str]:
         args: list[str] = []
         for i in moved:
             args += ["--", "set", "Interface", i.name, f"ofport_request={wanted[i.name]}"]
-        vsctl(*args)
+        vsctl(*_wait_flag(), *args)
     return [i.name for i in moved]

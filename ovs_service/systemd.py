@@ -55,8 +55,18 @@ class Systemd:
             self._bus = DBus()
             self._bus.open()
             self._manager = Manager(bus=self._bus, _autoload=True)
+            removed = self._removed
+
+            # pystemd keeps no reference to the callback: we must, for as long
+            # as the bus lives, or the signal finds a freed object.
+            def on_job_removed(msg: Any, error: Any = None, userdata: Any = None) -> None:
+                msg.process_reply(False)
+                _id, job, _unit, result = msg.body
+                removed[job] = _text(result)
+
+            self._callback = on_job_removed
             self._bus.match_signal(
-                DESTINATION, MANAGER_PATH, MANAGER_IFACE, b"JobRemoved", self._on_job_removed, None
+                DESTINATION, MANAGER_PATH, MANAGER_IFACE, b"JobRemoved", self._callback, None
             )
             self._manager.Manager.Subscribe()
         except Exception as e:  # pystemd raises many kinds
@@ -71,11 +81,6 @@ class Systemd:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _on_job_removed(self, msg: Any, error: Any = None, userdata: Any = None) -> None:
-        msg.process_reply(False)
-        _id, job, _unit, result = msg.body
-        self._removed[job] = _text(result)
 
     def _pump(self, timeout: float) -> None:
         while not self._bus.process().is_empty():
