@@ -48,6 +48,8 @@ INNER_UNIT_DIR = "/run/systemd/system"
 INNER_SHADOW_DIR = "/usr/local/sbin"
 INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_STATES = ("running", "degraded")
+# Each namespace's cgroup is CGROUP_PREFIX.<pid of the test process>.<random>.
+CGROUP_PREFIX = "ovs-service-test"
 # The namespace's own tmpfs mounts (see systemd_boot.sh): the only places
 # files are written to from here.
 PRIVATE_DIRS = (
@@ -77,8 +79,8 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def _cgroup_dirs(name: str) -> list[Path]:
-    """The cgroup folders the boot script creates for `name` (same rule as the script)."""
+def _cgroup_bases() -> list[Path]:
+    """Where the boot script creates its cgroup (same rule as the script)."""
     lines = Path("/proc/self/cgroup").read_text().splitlines()
     named = [ln.split(":", 2)[2] for ln in lines if ln.split(":", 2)[1] == "name=systemd"]
     if named and Path("/sys/fs/cgroup/systemd").is_dir():
@@ -90,7 +92,11 @@ def _cgroup_dirs(name: str) -> list[Path]:
         unified = [ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")]
         base = unified[0].rstrip("/") if unified else ""
         roots = [Path("/sys/fs/cgroup")]
-    return [Path(f"{root}{base}/{name}") for root in roots]
+    return [Path(f"{root}{base}") for root in roots]
+
+
+def _cgroup_dirs(name: str) -> list[Path]:
+    return [base / name for base in _cgroup_bases()]
 
 
 def _remove_cgroup_tree(top: Path) -> None:
@@ -99,6 +105,15 @@ def _remove_cgroup_tree(top: Path) -> None:
     for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
         with contextlib.suppress(OSError):
             os.rmdir(dirpath)
+
+
+def _sweep_stale_cgroups() -> None:
+    """Remove the empty cgroups of namespaces whose test process was killed."""
+    for base in _cgroup_bases():
+        for entry in base.glob(f"{CGROUP_PREFIX}.*"):
+            owner = entry.name.split(".")[1]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                _remove_cgroup_tree(entry)
 
 
 def _pid_namespace(pid: int) -> str | None:
@@ -125,7 +140,7 @@ class SystemdNamespace:
         self.network = network
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
-        self.cgroup_name = f"ovs-service-test.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self.cgroup_name = f"{CGROUP_PREFIX}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.pid = 0
         self.boot_seconds = 0.0
         self.system_state = ""
@@ -148,6 +163,7 @@ class SystemdNamespace:
     def start(self) -> SystemdNamespace:
         if os.geteuid() != 0:
             raise SystemdNamespaceError("booting systemd in a namespace needs root")
+        _sweep_stale_cgroups()
         began = time.monotonic()
         argv = [
             # If the test process dies, unshare dies, and --kill-child takes
