@@ -8,13 +8,15 @@
 `systemd_boot.sh` (next to this file) gives the namespace private tmpfs on
 /run, /tmp, /var/tmp, the Open vSwitch folders and /var/lib/ovs-service, a
 minimal target (bus and journal only), masks for every unit the machine has
-enabled, no generators, and its own child cgroup; then it execs systemd.
-Everything else -- /usr, /etc, /sys, /dev -- is the machine's, so tests must
-never write there from inside; `install_units` writes to /run only.
+enabled, no generators, its own child cgroup, a private /sys/fs/cgroup
+tmpfs, a read-only /proc/sys while it boots and a pseudo-terminal (read
+here, see `console_log`) as /dev/console; then it execs systemd. Everything
+else -- /usr, /etc, /sys, /dev -- is the machine's, so tests must never
+write there from inside; `install_units` writes to /run only.
 
 The network namespace is private by default: Open vSwitch's netdev datapath
-creates tap devices (`ovs-netdev`, one per bridge) that would clash with any
-other switch on the machine. `network="host"` shares the machine's instead.
+creates tap devices (`ovs-netdev`, and one per bridge) that would clash with
+any other switch on the machine. `network="host"` shares the machine's instead.
 Either way, traffic tests create their own network namespaces (inside, with
 `ns.run(["ip", "netns", "add", ...])`, or outside, moving a link in with
 `ip link set DEV netns <ns.pid>`).
@@ -22,6 +24,11 @@ Either way, traffic tests create their own network namespaces (inside, with
 Files the namespace must read have to live outside /tmp and /var/tmp (hidden
 by tmpfs inside): pass them in with `install_units`, `write_file` or
 `shadow_command`, which write through /proc/PID/root.
+
+Fixtures: `systemd_ns` (one namespace per test) and `systemd_ns_module`
+(one per module); import them into a conftest. Tests using them carry the
+`systemd` and `root` markers. Boot from the main thread: the namespace dies
+with the thread that started it (so also when the test process is killed).
 """
 
 from __future__ import annotations
