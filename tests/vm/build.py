@@ -128,6 +128,10 @@ def ensure_kernel(package: str) -> tuple[str, Path]:
         if root.exists():
             shutil.rmtree(root)
         unpacked.rename(root)
+    # A new kernel ABI replaces the old one: keep one kernel (400 MB) cached.
+    for old in CACHE.glob("kernel-*"):
+        if old != root:
+            shutil.rmtree(old)
     return version, root
 
 
