@@ -94,8 +94,11 @@ def test_guest_runs_debians_kernel_with_host_userland(guest: Guest) -> None:
     assert guest.run(["uname", "-r"]).stdout.strip() == guest.kernel_version
     modinfo = guest.run(["modinfo", "-n", "openvswitch"]).stdout.strip()
     assert modinfo == f"/lib/modules/{guest.kernel_version}/kernel/net/openvswitch/openvswitch.ko"
-    # The checkout is visible at the same path, and the host's Python sees the project.
-    guest.python("import ovs_service")
+    # The checkout is visible at the same path, and runs on the host's Python.
+    cli = guest.run(
+        ["/usr/bin/python3", "-m", "ovs_service", "--help"], env={"PYTHONPATH": str(REPO)}
+    )
+    assert "force-reload-kmod" in cli.stdout
     # The guest's switch state starts empty, whatever the host has.
     assert guest.run(["ls", "-A", "/etc/openvswitch"]).stdout == ""
 
@@ -118,6 +121,9 @@ def test_harness_reports_status_output_and_timeouts(guest: Guest) -> None:
     assert guest.run(["cat"], input="through stdin").stdout == "through stdin"
     slow = guest.run(["sleep", "60"], timeout=1, check=False)
     assert slow.timed_out and slow.returncode is None
+    pid = guest.spawn(["sh", "-c", "echo started; exec sleep 60"], output="/tmp/spawned.log")
+    guest.sh(f"test -d /proc/{pid}; kill {pid}")
+    assert guest.read_file("/tmp/spawned.log") == b"started\n"
     guest.write_file("/tmp/probe", b"\x00\xffdata", mode=0o600)
     assert guest.read_file("/tmp/probe") == b"\x00\xffdata"
     assert guest.run(["stat", "-c", "%a", "/tmp/probe"]).stdout.strip() == "600"

@@ -306,6 +306,23 @@ class Guest:
         env = {"PYTHONPATH": str(build.REPO), **options.pop("env", {})}
         return self.run([GUEST_PYTHON, "-c", code], env=env, **options)
 
+    def spawn(self, argv: Sequence[str], output: str) -> int:
+        """Start `argv` in the background in the guest, output to the file `output`; its pid.
+
+        For what must run while other commands do (a ping across a reload):
+        read `output` later, stop it with `run(["kill", str(pid)])`.
+        """
+        script = 'output=$1; shift; "$@" </dev/null >"$output" 2>&1 & echo $!'
+        started = self.run(["sh", "-c", script, "spawn", output, *argv])
+        return int(started.stdout)
+
+    def journal(self, lines: int = 200, *units: str) -> str:
+        """systemd mode: the end of this boot's journal, of `units` or of everything."""
+        argv = ["journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-n", str(lines)]
+        for unit in units:
+            argv += ["-u", unit]
+        return self.run(argv, check=False).stdout
+
     def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
         raw = data.encode() if isinstance(data, str) else data
         self._request(
