@@ -368,12 +368,24 @@ class Guest:
         if "ovsvm-init: FAILED" in self.console(200):
             raise GuestBootFailed(f"the guest's init failed\n{self.console()}")
 
+    def _lost_channel(self) -> None:
+        """The agent's socket closed: say why, from qemu's exit and the console."""
+        if self._qemu is not None:
+            # qemu closes the socket a moment before it exits.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._qemu.wait(timeout=5)
+        self._check_alive()
+        raise GuestError(f"the guest closed the agent channel\n{self.console()}")
+
     def _request(self, request: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         if self._sock is None:
             raise GuestError("guest not started (or stopped)")
         self._next_id += 1
         request = {"id": self._next_id, **request}
-        self._sock.sendall(json.dumps(request).encode() + b"\n")
+        try:
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError:
+            self._lost_channel()
         deadline = time.monotonic() + timeout
         while True:
             line = self._read_line(deadline, request)
@@ -400,9 +412,10 @@ class Guest:
             except TimeoutError:
                 self._check_alive()
                 continue
+            except OSError:
+                chunk = b""
             if not chunk:
-                self._check_alive()
-                raise GuestError(f"the guest closed the agent channel\n{self.console()}")
+                self._lost_channel()
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
