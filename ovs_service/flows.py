@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ovs_service import ofstate as st
-from ovs_service import ovs
+from ovs_service import ovs, tablediff
 from ovs_service.errors import (
     OvsServiceError,
     RestoreFailed,
@@ -325,17 +325,59 @@ def _undo(conn: Connection, messages: list[bytes]) -> None:
             log.warning("%s: could not undo a change: %s", conn.bridge, describe(error))
 
 
+def _flow_count(conn: Connection) -> int:
+    body = next(iter(conn.multipart(st.aggregate_request(conn.version))))
+    return st.aggregate_flow_count(conn.version, body)
+
+
 def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: Path) -> None:
+    """Flows and groups in one bundle: all of them onto an empty bridge (after a
+    restart), or only the difference onto a live one (see `tablediff`).
+
+    Groups the snapshot lacks are deleted in a second step: Open vSwitch 3.1
+    checks a bundled flow's groups against the table as it was before the
+    bundle, and aborts if the same bundle deleted one of them.
+    """
     version = conn.version
+    prefix = [st.flow_mod_table_id(version)] if version == OF10 else []
+    live_groups = list(_group_mods(conn))
+    if _flow_count(conn) == 0 and not live_groups:
+        def messages() -> Iterator[bytes]:
+            yield from prefix
+            yield from read_messages(groups)
+            yield from read_messages(flows)
+        _apply(conn, record, messages)
+        return
+    flow_deletes, flow_adds = tablediff.flow_changes(
+        version, _flow_mods(conn), lambda: read_messages(flows))
+    group_deletes, group_changes = tablediff.group_changes(
+        version, live_groups, read_messages(groups))
+    if group_changes:
+        # Changing a group can remove the flows that use it: send every saved
+        # flow again, so the bundle either restores them all or fails.
+        def flow_adds() -> Iterator[bytes]:
+            return read_messages(flows)
 
-    def messages() -> Iterator[bytes]:
-        if version == OF10:
-            yield st.flow_mod_table_id(version)
-        yield st.delete_all_flows(version)
-        yield st.delete_all_groups(version)
-        yield from read_messages(groups)
-        yield from read_messages(flows)
+    def changes() -> Iterator[bytes]:
+        yield from prefix
+        yield from flow_deletes
+        yield from group_changes
+        yield from flow_adds()
 
+    _apply(conn, record, changes)
+    if group_deletes:
+        _apply(conn, record, lambda: iter(group_deletes))
+        left = _flow_count(conn)
+        if left != record.counts["flows"]:
+            raise RestoreFailed(
+                bridge=record.name,
+                reason=f"{record.counts['flows'] - left} saved flows use groups the snapshot "
+                "does not hold, and went with them",
+            )
+
+
+def _apply(conn: Connection, record: BridgeRecord,
+           messages: Callable[[], Iterator[bytes]]) -> None:
     errors = conn.bundle(messages()) if conn.has_bundles else conn.send_all(messages())
     if errors:
         raise _fail(conn, record, errors, _nth_messages(messages(), {i for i, _ in errors}))

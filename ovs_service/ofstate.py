@@ -299,3 +299,72 @@ def port_mod(version: int, port: PortConfig, config: int) -> bytes:
 
 
 FEATURES = FEATURES_REPLY
+
+
+# -- what a restore needs to compare tables ---------------------------------------
+
+DELETE_STRICT = 4
+GROUP_MODIFY = 1
+
+
+def aggregate_request(version: int) -> bytes:
+    """Flow count of every table (OFPMP_AGGREGATE; NXST_AGGREGATE at 1.0)."""
+    if version == OF10:
+        return (struct.pack("!H", MP_VENDOR) + struct.pack("!II4x", NX_VENDOR, 1)
+                + struct.pack("!HHB3x", OFPP10_NONE, 0, OFPTT_ALL))
+    return struct.pack("!HB3xII4xQQ", 2, OFPTT_ALL, ANY32, ANY32, 0, 0) + EMPTY_OXM_MATCH
+
+
+OXS_FLOW_COUNT = 3
+
+
+def aggregate_flow_count(version: int, reply_body: bytes) -> int:
+    if version >= OF15:
+        # OXS stats: reserved(2), length(2), then fields (class, field << 1, length).
+        end = int.from_bytes(reply_body[2:4], "big")
+        offset = 4
+        while offset + 4 <= end:
+            field, length = reply_body[offset + 2] >> 1, reply_body[offset + 3]
+            if field == OXS_FLOW_COUNT:
+                return int.from_bytes(reply_body[offset + 4:offset + 4 + length], "big")
+            offset += 4 + length
+        raise ValueError("aggregate reply without a flow count")
+    offset = 12 if version == OF10 else 0
+    return int.from_bytes(reply_body[offset + 16:offset + 20], "big")
+
+
+def flow_delete_strict(version: int, flow_mod: bytes) -> bytes:
+    """The DELETE_STRICT that removes exactly the flow `flow_mod` adds."""
+    out = bytearray(flow_mod)
+    if version == OF10:
+        match_len = int.from_bytes(flow_mod[40:42], "big")
+        del out[48 + _padded(match_len):]
+        out[25] = DELETE_STRICT  # low byte of (table << 8 | command)
+    else:
+        match_len = int.from_bytes(flow_mod[50:52], "big")
+        del out[48 + _padded(match_len):]
+        out[25] = DELETE_STRICT
+    out[2:4] = len(out).to_bytes(2, "big")
+    return bytes(out)
+
+
+def _group_body_offset(version: int) -> int:
+    return 16 if version == OF10 else 8  # Nicira header, or the plain one
+
+
+def group_id_of_mod(version: int, group_mod: bytes) -> int:
+    offset = _group_body_offset(version) + 4
+    return int.from_bytes(group_mod[offset:offset + 4], "big")
+
+
+def group_with_command(version: int, group_mod: bytes, command: int) -> bytes:
+    offset = _group_body_offset(version)
+    return group_mod[:offset] + command.to_bytes(2, "big") + group_mod[offset + 2:]
+
+
+def delete_group(version: int, group_id: int) -> bytes:
+    if version >= OF15 or version == OF10:
+        body = struct.pack("!HBxIH2xI", GROUP_DELETE, 0, group_id, 0, OFPG15_BUCKET_ALL)
+    else:
+        body = struct.pack("!HBxI", GROUP_DELETE, 0, group_id)
+    return _group_mod(version, body)
