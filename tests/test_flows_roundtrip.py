@@ -146,18 +146,39 @@ def test_corpus_over_a_changed_table(ovs: OvsBed, cli: Cli) -> None:
     assert_same(before, canon.all_states(ovs))
 
 
-def test_restore_over_chained_delete_learned_flows(ovs: OvsBed, cli: Cli) -> None:
-    """Two flows from the corpus whose learn(delete_learned) cookies chain into each
-    other's table: replacing them in one bundle (delete all, add all) trips an
-    assertion in ovs-vswitchd 3.1 (learned_cookies_update_one__), which exits."""
-    ovs.add_bridge("br0", protocols=("OpenFlow15",))
-    for flow in (
-        "cookie=0x123,table=1,reg0=0x3 actions=learn(table=3,delete_learned,cookie=0x345)",
-        "cookie=0x345,table=3,reg0=0x4 actions=learn(table=5,delete_learned,cookie=0x567)",
-    ):
+# Two flows from the corpus: deleting LEARNER also deletes every flow with
+# cookie 0x345 in table 3 (delete_learned), which is where LEARNED lives.
+LEARNER = "cookie=0x123,table=1,reg0=0x3 actions=learn(table=3,delete_learned,cookie=0x345)"
+LEARNED = "cookie=0x345,table=3,reg0=0x4 actions=learn(table=5,delete_learned,cookie=0x567)"
+LEARNED_CHANGED = LEARNED + ",output:1"
+
+
+@pytest.mark.parametrize(
+    ("saved", "live"),
+    [
+        ((LEARNER, LEARNED), (LEARNER, LEARNED)),
+        ((LEARNER, LEARNED), (LEARNER, LEARNED_CHANGED)),
+        ((LEARNER, LEARNED), ()),
+        ((LEARNED,), (LEARNER, LEARNED_CHANGED)),
+        ((LEARNED,), (LEARNER, LEARNED)),
+    ],
+    ids=["same", "learned-changed", "wiped", "learner-gone", "learner-gone-same"],
+)
+def test_restore_over_delete_learned_flows(
+    ovs: OvsBed, cli: Cli, saved: tuple[str, ...], live: tuple[str, ...]
+) -> None:
+    """Replacing such flows in one bundle (delete all, add all) trips an assertion
+    in ovs-vswitchd 3.1 (learned_cookies_update_one__), which then exits; and a
+    bundle that deletes LEARNER takes LEARNED with it, whatever else it adds."""
+    ovs.add_bridge("br0", protocols=("OpenFlow15",), ports={"p1": 1})
+    for flow in saved:
         ovs.ofctl("-O", "OpenFlow15", "add-flow", "br0", flow)
     before = canon.all_states(ovs)
     snapshot = cli.save()
+    ovs.ofctl("-O", "OpenFlow15", "del-flows", "br0")
+    ovs.ofctl("-O", "OpenFlow15", "add-flow", "br0", "priority=0 actions=NORMAL")
+    for flow in live:
+        ovs.ofctl("-O", "OpenFlow15", "add-flow", "br0", flow)
     pid = ovs.pid("ovs-vswitchd")
     result = cli.restore("--from", str(snapshot), check=False)
     assert pid is not None and pid_alive(pid), "ovs-vswitchd died during the restore:\n" + (
