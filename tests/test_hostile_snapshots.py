@@ -29,7 +29,7 @@ def _edit_manifest(snapshot: Path, change: Callable[[dict[str, Any]], None]) -> 
 
 def _largest_data_file(snapshot: Path) -> Path:
     files = manifest(snapshot)["files"]
-    relpath = max(files, key=lambda name: (files[name]["size"], name))
+    relpath: str = max(files, key=lambda name: (files[name]["size"], name))
     assert files[relpath]["size"] > 0
     return snapshot / relpath
 
