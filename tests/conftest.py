@@ -38,7 +38,7 @@ def _why_no_ovs() -> str | None:
 
 
 @pytest.fixture
-def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsBed]:
+def ovs() -> Iterator[OvsBed]:
     """A running private ovsdb-server + ovs-vswitchd, stopped by pid afterwards."""
     if reason := _why_no_ovs():
         pytest.skip(reason)
