@@ -13,7 +13,7 @@ APT_PACKAGES = \
 	libsystemd-dev pkg-config gcc build-essential \
 	iproute2 iputils-ping iptables nftables procps \
 	systemd dbus \
-	debhelper dh-python lintian \
+	debhelper dh-python pybuild-plugin-pyproject lintian \
 	qemu-system-x86 busybox-static cpio kmod \
 	bash-completion ca-certificates
 PIP_TOOLS = ruff mypy
