@@ -271,8 +271,10 @@ def _unit_states() -> Optional[List[dict[str, Any]]]:
 
 
 def _progress(as_json: bool) -> Any:
+    """Each step with its time, on a terminal; the journal gets the log lines."""
     def show(step: Any) -> None:
-        if not as_json:
+        log.debug("step %s: %.1f ms %s", step.name, step.seconds * 1000, step.ok)
+        if not as_json and sys.stderr.isatty():
             mark = "ok" if step.ok else "FAILED"
             typer.echo(f"  {step.name:<26} {step.seconds * 1000:8.1f} ms  {mark}", err=True)
     return show

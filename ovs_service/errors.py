@@ -43,6 +43,10 @@ class OpenFlowError(OvsServiceError):
     template = "{bridge}: {message}"
 
 
+class SwitchGone(OpenFlowError):
+    """The switch went away mid-conversation (it crashed or was stopped)."""
+
+
 class RestoreFailed(OvsServiceError):
     template = "restore of bridge {bridge!r} failed: {reason}"
     exit_code = 4

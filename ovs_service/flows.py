@@ -25,8 +25,10 @@ from ovs_service import ofstate as st
 from ovs_service import ovs, tablediff
 from ovs_service.errors import (
     OvsServiceError,
+    OvsUnreachable,
     RestoreFailed,
     SnapshotInvalid,
+    SwitchGone,
     UnsupportedProtocols,
 )
 from ovs_service.openflow import (
@@ -47,7 +49,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "flows"
 KINDS = ("tlv", "meters", "groups", "flows")
-METER_EXISTS = (12, 1)  # OFPET_METER_MOD_FAILED, OFPMMFC_METER_EXISTS
+METER_EXISTS = (12, 1)
+MAX_ROUNDS = 4  # OFPET_METER_MOD_FAILED, OFPMMFC_METER_EXISTS
 
 
 def choose_version(bridge: ovs.Bridge) -> int:
@@ -222,6 +225,7 @@ class BridgeRestore:
     counts: dict[str, int]
     error: str = ""  # the whole message
     reason: str = ""  # what the switch refused, without the bridge's name
+    transient: bool = False  # the switch went away: trying again later may work
 
 
 def restore(snapshot: Snapshot, selected: Sequence[BridgeRecord]) -> list[BridgeRestore]:
@@ -236,7 +240,8 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord) -> BridgeRestore:
     except OvsServiceError as e:
         log.debug("%s", e)
         reason = str(e.fields.get("reason") or e.fields.get("message") or e)
-        return BridgeRestore(record.name, False, record.counts, str(e), reason)
+        transient = isinstance(e, SwitchGone | OvsUnreachable)
+        return BridgeRestore(record.name, False, record.counts, str(e), reason, transient)
     return BridgeRestore(record.name, True, record.counts)
 
 
@@ -331,12 +336,15 @@ def _flow_count(conn: Connection) -> int:
 
 
 def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: Path) -> None:
-    """Flows and groups in one bundle: all of them onto an empty bridge (after a
-    restart), or only the difference onto a live one (see `tablediff`).
+    """Onto an empty bridge (after a restart): every group and flow in one bundle.
 
-    Groups the snapshot lacks are deleted in a second step: Open vSwitch 3.1
-    checks a bundled flow's groups against the table as it was before the
-    bundle, and aborts if the same bundle deleted one of them.
+    Onto a live bridge: only the difference (see `tablediff`), in an order that
+    never takes a saved flow away: one bundle adds what is missing or changed,
+    then what the snapshot lacks is deleted, flow by flow, outside any bundle
+    (Open vSwitch 3.1 aborts on some deletions inside bundles: flows whose
+    `learn` uses `delete_learned`, groups that bundled flows use). Deletions
+    can take saved flows with them (learned cookies, groups), so the table is
+    compared again until it matches.
     """
     version = conn.version
     prefix = [st.flow_mod_table_id(version)] if version == OF10 else []
@@ -348,32 +356,39 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
             yield from read_messages(flows)
         _apply(conn, record, messages)
         return
-    flow_deletes, flow_adds = tablediff.flow_changes(
-        version, _flow_mods(conn), lambda: read_messages(flows))
-    group_deletes, group_changes = tablediff.group_changes(
-        version, live_groups, read_messages(groups))
-    if group_changes:
-        # Changing a group can remove the flows that use it: send every saved
-        # flow again, so the bundle either restores them all or fails.
-        def flow_adds() -> Iterator[bytes]:
-            return read_messages(flows)
+    for _ in range(MAX_ROUNDS):
+        flow_deletes, flow_adds = tablediff.flow_changes(
+            version, _flow_mods(conn), lambda: read_messages(flows))
+        group_deletes, group_changes = tablediff.group_changes(
+            version, live_groups, read_messages(groups))
+        if group_changes:
+            # Changing a group can remove the flows that use it: send every
+            # saved flow again, so the bundle either restores them all or fails.
+            def flow_adds() -> Iterator[bytes]:
+                return read_messages(flows)
 
-    def changes() -> Iterator[bytes]:
-        yield from prefix
-        yield from flow_deletes
-        yield from group_changes
-        yield from flow_adds()
+        def additions(changes: list[bytes] = group_changes,
+                      adds: Callable[[], Iterator[bytes]] = flow_adds) -> Iterator[bytes]:
+            yield from prefix
+            yield from changes
+            yield from adds()
 
-    _apply(conn, record, changes)
-    if group_deletes:
-        _apply(conn, record, lambda: iter(group_deletes))
-        left = _flow_count(conn)
-        if left != record.counts["flows"]:
-            raise RestoreFailed(
-                bridge=record.name,
-                reason=f"{record.counts['flows'] - left} saved flows use groups the snapshot "
-                "does not hold, and went with them",
-            )
+        adding = bool(group_changes) or next(flow_adds(), None) is not None
+        if not adding and not flow_deletes and not group_deletes:
+            return
+        if adding:
+            _apply(conn, record, additions)
+        deletions = [*flow_deletes, *group_deletes]
+        if deletions:
+            errors = conn.send_all([*prefix, *deletions])
+            if errors:
+                raise _fail(conn, record, errors, [*prefix, *deletions])
+        live_groups = list(_group_mods(conn))
+    raise RestoreFailed(
+        bridge=record.name,
+        reason=f"the table still differs from the snapshot after {MAX_ROUNDS} rounds "
+        "(flows that delete or learn each other?)",
+    )
 
 
 def _apply(conn: Connection, record: BridgeRecord,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovs_service.errors import OpenFlowError, OvsUnreachable
+from ovs_service.errors import OpenFlowError, OvsUnreachable, SwitchGone
 
 OF10, OF11, OF12, OF13, OF14, OF15 = 1, 2, 3, 4, 5, 6
 VERSIONS_SPOKEN = frozenset({OF10, OF12, OF13, OF14, OF15})
@@ -99,7 +99,7 @@ class Connection:
         except OSError as e:
             self._sock.close()
             raise OvsUnreachable(what=f"bridge {bridge!r} at {path}", reason=e.strerror) from None
-        self._sock.sendall(_hello(version))
+        self._send(_hello(version))
         hello = self._recv()
         if hello.type == ERROR or not self._peer_speaks(hello):
             self.close()
@@ -135,10 +135,24 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------
 
+    def _lost(self, e: OSError) -> OpenFlowError:
+        return SwitchGone(
+            bridge=self.bridge, message=f"lost the connection to the switch ({e.strerror or e})"
+        )
+
+    def _send(self, data: bytes | bytearray) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as e:
+            raise self._lost(e) from None
+
     def _fill(self) -> None:
-        chunk = self._sock.recv(1 << 20)
+        try:
+            chunk = self._sock.recv(1 << 20)
+        except OSError as e:
+            raise self._lost(e) from None
         if not chunk:
-            raise OpenFlowError(bridge=self.bridge, message="the switch closed the connection")
+            raise SwitchGone(bridge=self.bridge, message="the switch closed the connection")
         self._buf += chunk
 
     def _take(self) -> Message | None:
@@ -158,7 +172,7 @@ class Connection:
                 self._fill()
                 continue
             if msg.type == ECHO_REQUEST:
-                self._sock.sendall(encode(msg.version, ECHO_REPLY, msg.body, msg.xid))
+                self._send(encode(msg.version, ECHO_REPLY, msg.body, msg.xid))
                 continue
             return msg
 
@@ -177,7 +191,7 @@ class Connection:
     def request(self, message: bytes, reply_type: int) -> Message:
         """Send one message and wait for its reply (or its error)."""
         xid = self.next_xid()
-        self._sock.sendall(with_xid(message, xid))
+        self._send(with_xid(message, xid))
         while True:
             msg = self._recv()
             if msg.xid != xid:
@@ -199,7 +213,7 @@ class Connection:
         else:
             req_type, rep_type, pad = MULTIPART_REQUEST, MULTIPART_REPLY, bytes(4)
         xid = self.next_xid()
-        self._sock.sendall(encode(self.version, req_type, body[:2] + b"\0\0" + pad + body[2:], xid))
+        self._send(encode(self.version, req_type, body[:2] + b"\0\0" + pad + body[2:], xid))
         skip = HEADER.size + 4 + len(pad)
         while True:
             msg = self._recv()
@@ -231,10 +245,10 @@ class Connection:
         for message in messages:
             out += with_xid(message, self.next_xid())
             if len(out) >= 1 << 18:
-                self._sock.sendall(out)
+                self._send(out)
                 out.clear()
                 errors += self._pending_errors()
-        self._sock.sendall(out)
+        self._send(out)
         last = self._xid
         errors += self._drain_until_barrier()
         return [(_index(e.xid, first, last), e.data) for e in errors]
@@ -245,7 +259,7 @@ class Connection:
             else (BARRIER_REQUEST, BARRIER_REPLY)
         )
         xid = self.next_xid()
-        self._sock.sendall(encode(self.version, barrier_type, b"", xid))
+        self._send(encode(self.version, barrier_type, b"", xid))
         errors = []
         while True:
             msg = self._recv()
@@ -271,7 +285,7 @@ class Connection:
         """Send a bundle control request; return the errors that came before its reply."""
         xid = self.next_xid()
         body = struct.pack("!IHH", bundle_id, ctrl, flags)
-        self._sock.sendall(self._bundle_message(BUNDLE_CONTROL, body, xid))
+        self._send(self._bundle_message(BUNDLE_CONTROL, body, xid))
         errors = []
         while True:
             msg = self._recv()
@@ -300,10 +314,10 @@ class Connection:
             xid = self.next_xid()
             out += self._bundle_message(BUNDLE_ADD_MESSAGE, prefix + with_xid(message, xid), xid)
             if len(out) >= 1 << 18:
-                self._sock.sendall(out)
+                self._send(out)
                 out.clear()
                 errors += self._pending_errors()
-        self._sock.sendall(out)
+        self._send(out)
         last = self._xid
         if errors:
             self._bundle_control(bundle_id, 6, flags)  # discard

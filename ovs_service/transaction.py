@@ -90,9 +90,17 @@ def restore_prepared(
 
 
 def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore]) -> None:
-    """Settle the markers after a restore; raise if a bridge failed."""
-    store.clear_pending(root)
+    """Settle the markers after a restore; raise if a bridge failed.
+
+    If the switch went away mid-restore, the snapshot stays pending: the next
+    start of ovs-vswitchd (its hooks) or `ovs-service recover` restores it.
+    """
     failed = [r for r in results if not r.ok]
+    gone = [r for r in failed if r.transient]
+    if gone:
+        raise RestoreFailed(bridge=gone[0].bridge, reason=gone[0].reason + "; the snapshot "
+                            "stays pending for the next start, or: ovs-service recover")
+    store.clear_pending(root)
     if not failed:
         store.clear_failed(root)
         return
@@ -129,18 +137,21 @@ def recover(wait: float = 0.0) -> Recovery:
             from ovs_service.errors import Busy
 
             raise Busy(holder=f"pid {record.pid}, {record.op} at {record.step}")
-        journal.clear(root)  # from here on the unit hooks act on their own again
+        # Our own journal replaces the dead one: the unit hooks leave the
+        # restore to us (they would wait for the lock we hold).
+        tx = journal.Journal(root, "recover")
         if not ovs.daemon_running("ovs-vswitchd"):
-            with Systemd() as sd:
+            # With a snapshot pending, the prestart hook sets flow-restore-wait.
+            with tx.step("start-units"), Systemd() as sd:
                 sd.job("start", OVSDB_UNIT)
                 sd.job("start", VSWITCHD_UNIT)
-            result.actions.append(f"started {OVSDB_UNIT} and {VSWITCHD_UNIT} "
-                                  "(their hooks restored the pending snapshot)")
+            result.actions.append(f"started {OVSDB_UNIT} and {VSWITCHD_UNIT}")
         pending = store.pending_snapshot(root)
         if pending is not None:
             try:
-                snapshot, records = operations.prepare_restore(pending, skip_missing=True)
-                result.bridges = restore_prepared(snapshot, records)
+                with tx.step("restore"):
+                    snapshot, records = operations.prepare_restore(pending, skip_missing=True)
+                    result.bridges = restore_prepared(snapshot, records)
                 result.actions.append(f"restored {pending}")
             finally:
                 ovs.set_flow_restore_wait(False)
@@ -148,6 +159,7 @@ def recover(wait: float = 0.0) -> Recovery:
         if ovs.flow_restore_wait():
             ovs.set_flow_restore_wait(False)
             result.actions.append("cleared flow-restore-wait")
+        tx.finish()
         if not result.actions:
             result.actions.append("nothing to recover")
     return result

@@ -118,6 +118,9 @@ def _restore_pending(root: Path) -> int:
     for bridge in outcome.bridges:
         if not bridge.ok:
             log.error("%s", bridge.error)
+    if any(b.transient for b in outcome.bridges):
+        _status(f"the switch went away during the restore; {pending.name} stays pending")
+        return 0
     if outcome.ok:
         store.clear_failed(root)
     else:
