@@ -57,8 +57,9 @@ deb:
 	cp $(DEB_WORK)/*.deb dist/
 	@ls -l dist/*.deb
 
+# The live demo; demo.sh runs install-deps first when a tool it needs is missing.
 demo:
-	$(PYTHON) -m ovs_service.demo
+	PYTHON=$(PYTHON) ./demo.sh
 
 install-deps:
 	apt-get update
