@@ -57,6 +57,10 @@ class SnapshotInvalid(OvsServiceError):
     exit_code = 2
 
 
+class SnapshotWriteFailed(OvsServiceError):
+    template = "cannot write a snapshot in {path}: {reason}; nothing was changed"
+
+
 class SnapshotNotFound(OvsServiceError):
     template = "no snapshot {what}"
     exit_code = 2

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ovs_service import datapaths, flows, ovs, store
-from ovs_service.errors import BridgeNotFound, RestoreFailed, SnapshotInvalid, UsageError
+from ovs_service.errors import (
+    BridgeNotFound,
+    RestoreFailed,
+    SnapshotInvalid,
+    SnapshotWriteFailed,
+    UsageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,9 @@ def take_snapshot(
             bridges=[b.name for b in bridges],
             extra={"flows": {r.name: r.counts for r in records}},
         )
+    except OSError as e:
+        writer.abort()
+        raise SnapshotWriteFailed(path=writer.final.parent, reason=e.strerror or str(e)) from None
     except BaseException:
         writer.abort()
         raise
