@@ -14,7 +14,7 @@ own units and `systemctl restart openvswitch-switch`.
 Nothing touches the machine's own switch or network; the namespaces are
 powered off and checked for leftovers on every way out (Ctrl-C too).
 Exit status: 0 when ovs-service kept the state and traffic came back, 1 when
-not, 2 when the demo could not run, 130 when interrupted.
+not, 2 when the demo could not run, 128 + the signal when interrupted.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from systemd_ns import (  # noqa: E402
     CommandError,
     SystemdNamespace,
     SystemdNamespaceError,
-    booted,
 )
 
 TRAFFIC_BRIDGE = "brt"
@@ -176,9 +175,29 @@ def stream(ns: SystemdNamespace, argv: Sequence[str], timeout: float = 120) -> i
     return proc.returncode
 
 
+@contextlib.contextmanager
+def throwaway_systemd() -> Iterator[SystemdNamespace]:
+    """Like the tests' `booted()`: boot, yield, power off, and fail if anything is left.
+
+    After an interrupt, the namespace's processes can take a moment to be
+    reaped, keeping its cgroup busy: retry the clean-up for a few seconds.
+    """
+    ns = SystemdNamespace()
+    try:
+        with ns:
+            yield ns
+    finally:
+        deadline = time.monotonic() + 10
+        while ns.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ns.stop()
+        if left := ns.leftovers():
+            raise SystemdNamespaceError(f"systemd namespace left behind: {left}")
+
+
 def scenario(units: Sequence[Path], start_unit: str, restart: Sequence[str], *,
              show_state: bool) -> Result:
-    with booted() as ns:
+    with throwaway_systemd() as ns:
         switch = NsSwitch(ns)
         hosts: Hosts | None = None
         try:
@@ -249,8 +268,8 @@ def gap_text(seconds: float) -> str:
 
 def run(with_contrast: bool) -> int:
     if not corpus.SPECS.exists():
-        say(f"  (corpus not found at {corpus.CORPUS_DIR}: set OVS_SERVICE_CORPUS to add "
-            "its bridge; showing the traffic bridge only)")
+        say(f"  (no corpus at {corpus.CORPUS_DIR}: the traffic bridge only;\n"
+            "   set OVS_SERVICE_CORPUS to a corpus folder to add the corpus bridge)")
 
     heading("1. ovs-service restart, under systemd, with ovs-service's units")
     ours = scenario(UNITS, "openvswitch.service", ["ovs-service", "restart"], show_state=True)
@@ -294,15 +313,25 @@ def run(with_contrast: bool) -> int:
                         if stock else "ovs-service restart"))
     for label in columns[0]:
         say(f"  {label:<22}" + "".join(f"{cells[label]:<28}" for cells in columns).rstrip())
+    if stock and stock.talks and steering(stock.after) == "NORMAL only":
+        say(f"  (with Debian's units, traffic resumes through NORMAL: {TRAFFIC_BRIDGE}'s own "
+            "flows are gone)")
     say()
     mark(passed, "ovs-service kept every flow, group and meter across the restart" if passed
          else "ovs-service did NOT keep the state: see above")
     return 0 if passed else 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so that every namespace is powered off."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _terminate(signum: int, _frame: object) -> None:
-    # Unwind like Ctrl-C so that every namespace is powered off.
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,10 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(_paint("1", "ovs-service live demo: restart Open vSwitch and keep its OpenFlow state"))
     try:
         code = run(with_contrast=not args.no_contrast)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         say()
         say("interrupted: namespaces powered off")
-        return 130
+        return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
     except Exception as error:
         say()
         say(f"{BAD} demo failed: {error}")
