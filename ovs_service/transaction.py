@@ -141,9 +141,11 @@ def recover(wait: float = 0.0) -> Recovery:
         # restore to us (they would wait for the lock we hold).
         tx = journal.Journal(root, "recover")
         if not ovs.daemon_running("ovs-vswitchd"):
-            # With a snapshot pending, the prestart hook sets flow-restore-wait.
+            # The hooks leave everything to a running transaction, this one too.
             with tx.step("start-units"), Systemd() as sd:
                 sd.job("start", OVSDB_UNIT)
+                if store.pending_snapshot(root):
+                    ovs.set_flow_restore_wait(True)
                 sd.job("start", VSWITCHD_UNIT)
             result.actions.append(f"started {OVSDB_UNIT} and {VSWITCHD_UNIT}")
         pending = store.pending_snapshot(root)

@@ -49,7 +49,8 @@ def test_hundred_restarts() -> None:
             assert hosts.ping()
             before = canon.all_states(switch)
             with hosts.prober(interval=0.01) as gap:
-                proc = ns.python(SOAK.format(repo=str(REPO), n=RESTARTS))
+                code = SOAK.format(repo=str(REPO), n=RESTARTS)
+                proc = ns.run(["/usr/bin/python3", "-c", code], timeout=1200)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             ns.settle()
             after = canon.all_states(switch)

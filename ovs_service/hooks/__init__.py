@@ -30,6 +30,25 @@ log = logging.getLogger("ovs_service.hooks")
 USAGE = "usage: ovs-service-hook save|prestart|poststart|stoppost"
 
 
+def _transaction_running() -> bool:
+    """Whether an ovs-service transaction runs now (its journal names a live
+    process). Read with the standard library only: while a transaction runs,
+    the hooks sit in the switch's outage window and must cost nothing."""
+    import json
+    import os
+
+    root = os.environ.get("OVS_SERVICE_STATE_DIR") or "/var/lib/ovs-service"
+    try:
+        with open(os.path.join(root, "transaction.json")) as f:
+            pid = int(json.load(f)["pid"])
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return pid > 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logsetup.setup(debug="--debug" in args)
@@ -37,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1 or args[0] not in ("save", "prestart", "poststart", "stoppost"):
         print(USAGE, file=sys.stderr)
         sys.exit(2)
+    if _transaction_running():
+        log.info("ovs-service-hook %s: a transaction is running and does this itself", args[0])
+        sys.exit(0)
     from ovs_service.hooks import unit_hooks
 
     try:
