@@ -10,6 +10,13 @@ Restored: kernel (`system`) datapaths are re-created with their ports at
 their old numbers before ovs-vswitchd starts (it adopts existing ports);
 OpenFlow port numbers are pinned with `ofport_request` where they would
 move. Afterwards both numberings are compared with the snapshot.
+
+`ovs-dpctl add-if` brings every port it adds up. A port it creates (an
+internal one) then comes up with a random MAC, from which the kernel derives
+an IPv6 link-local address that stays after the interfaces stage puts the old
+MAC back; so each port goes back down unless it was up before, as
+ovs-vswitchd would have created it, and the interfaces stage sets its MAC
+before it brings it up.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ STAGE = "datapaths"
 SECRET_OPTIONS = frozenset({"psk", "peer_cert", "certificate", "private_key", "use_ssl_cert"})
 LOCAL_OFPORT = 65534
 RECREATED_TYPES = frozenset({"", "system", "internal"})
+IFF_UP = 0x1  # if.h
 
 _DP_HEADER = re.compile(r"^(?P<type>[\w-]+)@(?P<name>[^:]+):\s*$")
 _DP_PORT = re.compile(r"^\s+port (?P<no>\d+): (?P<name>\S+)(?: \((?P<desc>.*)\))?\s*$")
@@ -181,11 +189,46 @@ def recreate_kernel_datapaths(snapshot: DatapathsSnapshot) -> list[str]:
                 # Tunnel vports are shared and named by ovs-vswitchd; it makes them.
                 continue
             spec = ",".join([port.name, f"type={port.type or 'system'}", f"port_no={port.number}"])
+            was_up = _up_or_unknown(port.name)
             try:
                 ovs.dpctl("add-if", full, spec)
             except CommandFailed as e:
                 problems.append(f"{full} port {port.number} ({port.name}): {e.fields['stderr']}")
+                continue
+            if not was_up:
+                problems += _set_down(port.name)
     return problems
+
+
+def _up_or_unknown(name: str) -> bool:
+    """Whether the link exists and is administratively up, or netlink cannot
+    tell (then add-if's doing is left alone rather than a live link taken down)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            indexes = ipr.link_lookup(ifname=name)
+            if not indexes:
+                return False
+            return bool(next(iter(ipr.get_links(indexes[0])))["flags"] & IFF_UP)
+    except (NetlinkError, OSError):
+        return True
+
+
+def _set_down(name: str) -> list[str]:
+    """Take the link down; what went wrong, if anything."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            indexes = ipr.link_lookup(ifname=name)
+            if indexes:
+                ipr.link("set", index=indexes[0], flags=0, change=IFF_UP)
+    except (NetlinkError, OSError) as e:
+        return [f"{name}: could not set it down after ovs-dpctl add-if: {e}"]
+    return []
 
 
 def pin_ofports(snapshot: DatapathsSnapshot) -> list[str]:

@@ -3,6 +3,10 @@
 After the kernel module reloads, internal interfaces are new devices with new
 ifindexes: a DHCP client or capture tool still bound to the old one receives
 nothing. This finds them, as Open vSwitch's `ovs-check-dead-ifs` does.
+
+When a bound interface is unregistered the kernel resets the socket's binding
+to ifindex -1 (/proc/net/packet shows -1): the old index is not known after a
+module reload, only that the interface is gone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class DeadSocket:
     pid: int
     command: str
     ifindex: int
+    """The index the socket is bound to: -1 once its interface was unregistered."""
     inode: int
 
 

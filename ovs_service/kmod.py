@@ -1,4 +1,12 @@
-"""The openvswitch kernel module and its companions: is it loaded, reload it."""
+"""The openvswitch kernel module and its companions: is it loaded, reload it.
+
+Modules are unloaded one by one, never with their dependencies: `modprobe -r`
+also unloads every dependency left unused, and unloading a module that
+provides a kind of network device deletes every device of that kind, in
+every namespace, with no reference count to stop it. `modprobe -r vport_gre`
+takes ip_gre along, and with it every GRE tunnel of the host, Open vSwitch's
+or not.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,11 @@ PROC_MODULES = Path("/proc/modules")
 MODULE = "openvswitch"
 # Modules that hold the openvswitch module or its tunnels in place.
 VPORT_PREFIX = "vport_"
-TUNNEL_MODULES = ("ip_gre", "gre")
+# Tunnel modules that an out-of-tree openvswitch module (gone since Open
+# vSwitch 3.0) conflicted with. The in-tree module shares them with the rest of
+# the kernel, and unloading ip_gre deletes every GRE device of the host: none
+# is unloaded.
+TUNNEL_MODULES: tuple[str, ...] = ()
 
 
 class ModuleError(OvsServiceError):
@@ -38,23 +50,24 @@ def vport_modules() -> list[str]:
 
 
 def remove(modules: list[str]) -> list[str]:
-    """Unload the named modules that are loaded; return those unloaded."""
+    """Unload the named modules that are loaded, not their dependencies; return those unloaded."""
     present = loaded()
     gone = [m for m in modules if m in present]
     if gone:
-        run(["modprobe", "-r", *gone])
+        run(["rmmod", *gone])
     return gone
 
 
 def reload_openvswitch() -> list[str]:
-    """Unload openvswitch with its vport modules, then load it again."""
+    """Unload openvswitch with its vport modules (not their dependencies), then load it again."""
     vports = vport_modules()
     try:
-        run(["modprobe", "-r", *vports, MODULE])
+        # vport modules first: each of them holds openvswitch.
+        run(["rmmod", *vports, MODULE])
     except OvsServiceError as e:
         raise ModuleError(module=MODULE, reason=f"could not unload: {e}") from None
     if MODULE in loaded():
-        raise ModuleError(module=MODULE, reason="still loaded after modprobe -r")
+        raise ModuleError(module=MODULE, reason="still loaded after rmmod")
     try:
         run(["modprobe", MODULE])
     except OvsServiceError as e:

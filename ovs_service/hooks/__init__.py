@@ -30,23 +30,44 @@ log = logging.getLogger("ovs_service.hooks")
 USAGE = "usage: ovs-service-hook save|prestart|poststart|stoppost"
 
 
-def _transaction_running() -> bool:
-    """Whether an ovs-service transaction runs now (its journal names a live
-    process). Read with the standard library only: while a transaction runs,
-    the hooks sit in the switch's outage window and must cost nothing."""
+# The steps in which a transaction starts ovs-vswitchd and restores itself.
+TRANSACTION_STARTS = ("start-ovs-vswitchd", "start-units")
+
+
+def _running_transaction() -> dict[str, object] | None:
+    """The journal of the ovs-service transaction running now, if any.
+
+    Read with the standard library only: while a transaction runs, the hooks
+    sit in the switch's outage window and must cost nothing.
+    """
     import json
     import os
 
     root = os.environ.get("OVS_SERVICE_STATE_DIR") or "/var/lib/ovs-service"
     try:
         with open(os.path.join(root, "transaction.json")) as f:
-            pid = int(json.load(f)["pid"])
-        os.kill(pid, 0)
+            record = json.load(f)
+        os.kill(int(record["pid"]), 0)
     except PermissionError:
-        return True
+        return dict(record)
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dict(record) if int(record["pid"]) > 0 else None
+
+
+def _left_to_transaction(hook: str) -> bool:
+    """Whether the running transaction does this hook's work itself: it saved
+    before stopping the daemon, it manages flow-restore-wait, and it restores
+    after starting the daemon. An operator's concurrent `systemctl restart`
+    runs the hooks at other steps: then they do their work."""
+    tx = _running_transaction()
+    if tx is None:
         return False
-    return pid > 0
+    if hook == "save":
+        return bool(tx.get("snapshot"))
+    if hook in ("prestart", "poststart"):
+        return tx.get("step") in TRANSACTION_STARTS
+    return hook == "stoppost"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1 or args[0] not in ("save", "prestart", "poststart", "stoppost"):
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    if _transaction_running():
+    if _left_to_transaction(args[0]):
         log.info("ovs-service-hook %s: a transaction is running and does this itself", args[0])
         sys.exit(0)
     from ovs_service.hooks import unit_hooks

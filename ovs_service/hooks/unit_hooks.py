@@ -28,18 +28,22 @@ def _status(text: str) -> None:
 LOCK_WAIT = 120.0
 
 
-def _under_lock(what: str, action: Callable[[Path], int]) -> int:
-    """Run `action` holding the store's lock, unless a live transaction does the work.
+def _under_lock(action: Callable[[Path], int]) -> int:
+    """Run `action` holding the store's lock; without it while a transaction runs.
 
-    The transaction holds the lock while systemd runs these hooks for it, so
-    waiting for the lock alone would deadlock: the journal tells them apart.
+    A running transaction holds the lock while systemd runs these hooks, for
+    it or for an operator's concurrent `systemctl restart`: waiting for the
+    lock then would deadlock. The package's `main` has already returned for
+    the hooks that the transaction does itself; what is left here (a save
+    before the transaction has saved, a restore it did not start) is safe
+    to do alongside it: snapshots are written apart and restores are
+    idempotent.
     """
     root = store.state_dir()
     deadline = time.monotonic() + LOCK_WAIT
     while True:
         if journal.active(root):
-            _status(f"a transaction is running; it does the {what} itself")
-            return 0
+            return action(root)
         try:
             with store.lock(root):
                 return action(root)
@@ -50,7 +54,7 @@ def _under_lock(what: str, action: Callable[[Path], int]) -> int:
 
 
 def save() -> int:
-    return _under_lock("save", _save)
+    return _under_lock(_save)
 
 
 def _save(root: Path) -> int:
@@ -92,7 +96,7 @@ def stoppost() -> int:
 
 
 def poststart() -> int:
-    return _under_lock("restore", _poststart)
+    return _under_lock(_poststart)
 
 
 def _poststart(root: Path) -> int:
