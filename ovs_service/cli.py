@@ -140,7 +140,7 @@ def restore(
 
 @snapshot_app.command("list")
 def snapshot_list(as_json: bool = JSON_OPT) -> None:
-    """List the snapshots in the store, oldest first."""
+    """List the snapshots in the store, oldest first. Example: ovs-service snapshot list"""
     root = store.state_dir()
     pending = store.pending_snapshot(root)
     rows: list[dict[str, Any]] = []
@@ -166,7 +166,10 @@ def snapshot_show(
     name: Optional[str] = typer.Argument(None, help="Snapshot path or name. Default: the newest."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Show a snapshot's manifest and what it holds per bridge (after verifying it)."""
+    """Show a snapshot's manifest and what it holds per bridge (after verifying it).
+
+    Example: ovs-service snapshot show --json
+    """
     snap = store.load(store.resolve(store.state_dir(), name), allow_foreign=True)
     recs = flows.records(snap)
     m = snap.manifest
@@ -190,7 +193,10 @@ def snapshot_diff(
     limit: int = typer.Option(10, "--limit", help="Differing messages to print per bridge."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Show what differs between two snapshots, bridge by bridge."""
+    """Show what differs between two snapshots, bridge by bridge, decoded.
+
+    Example: ovs-service snapshot diff 20261125T101500.1 20261125T121500.2
+    """
     root = store.state_dir()
     a = store.load(store.resolve(root, old), allow_foreign=True)
     b = store.load(store.resolve(root, new), allow_foreign=True)
@@ -224,7 +230,10 @@ def _bridge_diff(a: store.Snapshot, ra: flows.BridgeRecord, b: store.Snapshot,
 
 @app.command()
 def status(as_json: bool = JSON_OPT) -> None:
-    """Show the units, the newest snapshot, pending or failed restores, flow-restore-wait."""
+    """Show the units, the newest snapshot, pending or failed restores, flow-restore-wait.
+
+    Example: ovs-service status --json
+    """
     from ovs_service import journal
 
     root = store.state_dir()
@@ -390,6 +399,7 @@ def recover(wait: float = WAIT_OPT, as_json: bool = JSON_OPT) -> None:
 
     Starts the daemons if they are down, restores the pending snapshot,
     clears flow-restore-wait. Safe to run at any time.
+    Example: ovs-service recover --wait 60
     """
     from ovs_service import transaction
 
