@@ -119,6 +119,16 @@ class Run:
     load: float = 0.0
 
 
+def code_version() -> str:
+    """The commit measured, and whether the tree differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "ovs_service", "units")
+    return git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if changed else "")
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -597,30 +607,6 @@ def timed_lines(bed: Bed, argv: Sequence[str]) -> list[tuple[float, str]]:
     return lines
 
 
-def _first(events: Sequence[tuple[float, str, str]], who: str, pattern: str
-           ) -> float | None:
-    for t, w, msg in events:
-        if w == who and re.search(pattern, msg):
-            return t
-    return None
-
-
-# What the journal, systemd and the harness say about an `ovs-service restart`:
-# (label, source, pattern).
-OUR_EVENTS = (
-    ("ovsdb-server: ovs-ctl stop asked it to exit", "ovs-ctl", r"^Exiting ovsdb-server"),
-    ("ovsdb-server: stop job done", "systemd", r"^Stopped ovsdb-server"),
-    ("ovsdb-server: start job began", "systemd", r"^Starting ovsdb-server"),
-    ("ovsdb-server: start job done", "systemd", r"^Started ovsdb-server"),
-    ("ovs-vswitchd: stop job began", "systemd", r"^Stopping ovs-vswitchd"),
-    ("ovs-vswitchd: save hook done (skipped its work)", "ovs-service-hook",
-     r"does the save itself"),
-    ("ovs-vswitchd: ovs-ctl stop asked it to exit", "ovs-ctl", r"^Exiting ovs-vswitchd"),
-    ("ovs-vswitchd: stop job done (after stoppost hook)", "systemd", r"^Stopped ovs-vswitchd"),
-    ("ovs-vswitchd: start job began", "systemd", r"^Starting ovs-vswitchd"),
-    ("ovs-vswitchd: start job done (after poststart hook)", "systemd",
-     r"^Started ovs-vswitchd"),
-)
 STOCK_EVENTS = (
     ("flows saved (ovs-save)", r"^Saving flows"),
     ("ovsdb-server asked to exit", r"^Exiting ovsdb-server"),
@@ -635,22 +621,22 @@ STOCK_EVENTS = (
 
 
 def our_timeline(doc: dict[str, Any]) -> list[tuple[str, float]]:
-    """The events of one instrumented run, in seconds from the command's start."""
+    """The events of one instrumented run, in seconds from the command's start:
+    the forwarding gap, the transaction's steps, the start commands of
+    ovs-vswitchd.service and every journal line of both units."""
     out: list[tuple[str, float]] = []
     gap = doc["gap"]
     if gap["from"] is not None:
         out.append(("forwarding stops (last reply)", gap["from"]))
-    for label, who, pattern in OUR_EVENTS:
-        t = _first(doc["journal"], who, pattern)
-        if t is not None:
-            out.append((label, t))
+    for t, who, msg in doc["journal"]:
+        msg = re.sub(r" - Open vSwitch[^.]*", "", msg)  # unit descriptions
+        out.append((f"[{who}] {msg[:90]}", t))
     for key, (a, b) in doc["exec"].items():
-        what = key.split(" ", 1)[1] if " " in key else key
-        out.append((f"ovs-vswitchd: {what} began", a))
-        out.append((f"ovs-vswitchd: {what} done", b))
+        out.append((f"(systemd) {key} began", a))
+        out.append((f"(systemd) {key} done", b))
     offset = doc["began"] - doc["t0"]
     for name, t in doc["marks"]:
-        out.append((f"step {name} done", t + offset))
+        out.append((f"== step {name} done", t + offset))
     if gap["to"] is not None:
         out.append(("forwarding back (first reply)", gap["to"]))
     return sorted(out, key=lambda e: e[1])
@@ -677,12 +663,24 @@ def exec_times(bed: Bed, t0: float) -> dict[str, list[float]]:
                        "ExecStartPre,ExecStart,ExecStartPost", "ovs-vswitchd.service"]).stdout
     for line in text.splitlines():
         name = line.split("=", 1)[0]
-        args = re.search(r"argv\[\]=(\S+ \S+)", line)
+        args = re.search(r"argv\[\]=([^;]*)", line)
         stamps = re.findall(r"(?:start|stop)_time=\[([^\]]+)\]", line)
         if len(stamps) == 2 and "n/a" not in stamps:
-            key = f"{name} {args.group(1).split('/')[-1] if args else ''}".strip()
-            out[key] = [_epoch(bed, s) - t0 for s in stamps]
+            out[f"{name} {_command_name(args.group(1) if args else '')}"] = [
+                _epoch(bed, s) - t0 for s in stamps]
     return out
+
+
+def _command_name(argv: str) -> str:
+    """`ovs-service-hook prestart`, `ovs-vswitchd`, `ovs-ctl`: the program and a
+    first argument that is a word (not an option, not a path)."""
+    words = argv.split()
+    if not words:
+        return "?"
+    name = words[0].rsplit("/", 1)[-1]
+    if len(words) > 1 and re.fullmatch(r"[a-z][a-z-]*", words[1]):
+        name += f" {words[1]}"
+    return name
 
 
 def _epoch(bed: Bed, stamp: str) -> float:
@@ -1096,13 +1094,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                      (c.split("x") for c in args.profile_cells.split(",") if c)
                      ] if args.profile or args.profile_only else []
     info = machine()
+    info["code"] = code_version()
     began = time.monotonic()
 
     def log(text: str) -> None:
         print(f"[{time.monotonic() - began:7.1f}s] {text}", flush=True)
 
     log(f"machine: {info['cpu']}, {info['cores']} cores, kernel {info['kernel']}, "
-        f"{info['ovs']}")
+        f"{info['ovs']}; ovs-service at {info['code']}")
     log(f"cells (flows x bridges): {', '.join(f'{n:,}x{b}' for n, b in cells) or '-'}; "
         f"methods: {', '.join(m.label for m in methods)}; {args.repeat} runs each")
     work = REPO / ".cache" / f"gap-bench-{os.getpid()}"
@@ -1113,7 +1112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def save() -> None:
         doc.update({
-            "machine": info, "command": " ".join(sys.argv), "argv": argv and list(argv),
+            "machine": info, "code_at_end": code_version(),
+            "command": " ".join(sys.argv), "argv": argv and list(argv),
             "repeat": args.repeat, "interval_s": args.interval, "with_meter": args.with_meter,
             "methods": {m.key: {"label": m.label, "argv": list(m.argv), "units": m.units}
                         for m in methods},
@@ -1156,7 +1156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         subprocess.run(["rm", "-rf", str(work)], check=False)
         save()
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores, kernel {info['kernel']}, "
-          f"{info['ovs']}")
+          f"{info['ovs']}; ovs-service at {info['code']}")
+    if doc["code_at_end"] != info["code"]:
+        print(f"warning: the code changed during the run (now {doc['code_at_end']}): "
+              "the runs measured a mix of versions")
     print(f"ping every {args.interval * 1000:g} ms; medians of {args.repeat} runs; ratios "
           f"against {METHODS[BASELINE].label} in the same run (below 1: better)")
     print_table(doc["summary"])
