@@ -9,14 +9,19 @@ every way out once it has been set.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, store
 from ovs_service.errors import RestoreFailed
 from ovs_service.hooks.unit_hooks import OFPP_LOCAL
 from ovs_service.log import StepLog, StepRecord
+
+if TYPE_CHECKING:
+    from ovs_service.systemd import Systemd
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,54 @@ class Outcome:
     ok: bool = False
 
 
+class _Run:
+    """One transaction's steps: each journalled on disk and timed for the caller."""
+
+    def __init__(self, root: Path, op: str, steps: StepLog) -> None:
+        self.root = root
+        self.tx = journal.Journal(root, op)
+        self.steps = steps
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[StepRecord]:
+        with self.tx.step(name), self.steps.step(name) as record:
+            yield record
+
+
+Prepared = tuple[store.Snapshot, list[flows.BridgeRecord]]
+
+
+def _save(run: _Run, outcome: Outcome, stages: Sequence[str] = ()) -> Prepared:
+    """Save and verify everything before anything stops: if this fails, nothing
+    was touched. The snapshot is pending from here on."""
+    with run.step("save"):
+        snapshot = operations.take_snapshot(stages=stages)
+        store.mark_pending(run.root, snapshot.path)
+        run.tx.set_snapshot(snapshot.path)
+        outcome.snapshot = str(snapshot.path)
+        return operations.prepare_restore(snapshot.path, skip_missing=True)
+
+
+def _stop(run: _Run, sd: Systemd) -> None:
+    with run.step("restart-ovsdb-server"):
+        sd.job("restart", OVSDB_UNIT, "ignore-dependencies")
+    with run.step("stop-ovs-vswitchd"):
+        sd.job("stop", VSWITCHD_UNIT)
+
+
+def _start_and_restore(run: _Run, sd: Systemd, outcome: Outcome, prepared: Prepared) -> None:
+    """Start with flow-restore-wait, restore, and clear it on every way out."""
+    try:
+        with run.step("start-ovs-vswitchd"):
+            ovs.set_flow_restore_wait(True)
+            sd.job("start", VSWITCHD_UNIT)
+        with run.step("restore"):
+            outcome.bridges = restore_prepared(*prepared)
+    finally:
+        with run.step("clear-flow-restore-wait"):
+            ovs.set_flow_restore_wait(False)
+
+
 def restart(
     on_step: Callable[[StepRecord], None] | None = None,
     wait: float = 0.0,
@@ -53,28 +106,12 @@ def restart(
     steps = StepLog(on_step=on_step)
     outcome = Outcome(op="restart", steps=steps.steps)
     with store.lock(root, wait, on_wait), Systemd() as sd:
-        tx = journal.Journal(root, "restart")
-        with tx.step("save"), steps.step("save"):
-            snapshot = operations.take_snapshot()
-            store.mark_pending(root, snapshot.path)
-            tx.set_snapshot(snapshot.path)
-            outcome.snapshot = str(snapshot.path)
-            prepared = operations.prepare_restore(snapshot.path, skip_missing=True)
-        with tx.step("restart-ovsdb-server"), steps.step("restart-ovsdb-server"):
-            sd.job("restart", OVSDB_UNIT, "ignore-dependencies")
-        with tx.step("stop-ovs-vswitchd"), steps.step("stop-ovs-vswitchd"):
-            sd.job("stop", VSWITCHD_UNIT)
-        try:
-            with tx.step("start-ovs-vswitchd"), steps.step("start-ovs-vswitchd"):
-                ovs.set_flow_restore_wait(True)
-                sd.job("start", VSWITCHD_UNIT)
-            with tx.step("restore"), steps.step("restore"):
-                outcome.bridges = restore_prepared(*prepared)
-        finally:
-            with tx.step("clear-flow-restore-wait"), steps.step("clear-flow-restore-wait"):
-                ovs.set_flow_restore_wait(False)
-        finish_restore(root, snapshot.path, outcome.bridges)
-        tx.finish()
+        run = _Run(root, "restart", steps)
+        prepared = _save(run, outcome)
+        _stop(run, sd)
+        _start_and_restore(run, sd, outcome, prepared)
+        finish_restore(root, prepared[0].path, outcome.bridges)
+        run.tx.finish()
     outcome.ok = True
     return outcome
 
@@ -206,52 +243,35 @@ def force_reload_kmod(
     steps = StepLog(on_step=on_step)
     outcome = KmodOutcome(op="force-reload-kmod", steps=steps.steps)
     with store.lock(root, wait, on_wait), Systemd() as sd:
-        tx = journal.Journal(root, "force-reload-kmod")
-        with tx.step("save"), steps.step("save"):
-            # All of it before anything stops: if saving fails, nothing was touched.
-            snapshot = operations.take_snapshot(stages=operations.STAGES)
-            store.mark_pending(root, snapshot.path)
-            tx.set_snapshot(snapshot.path)
-            outcome.snapshot = str(snapshot.path)
-            loaded, records = operations.prepare_restore(snapshot.path, skip_missing=True)
-            saved_dps = operations.load_datapaths(loaded)
-        with tx.step("restart-ovsdb-server"), steps.step("restart-ovsdb-server"):
-            sd.job("restart", OVSDB_UNIT, "ignore-dependencies")
-        with tx.step("stop-ovs-vswitchd"), steps.step("stop-ovs-vswitchd"):
-            sd.job("stop", VSWITCHD_UNIT)
+        run = _Run(root, "force-reload-kmod", steps)
+        prepared = _save(run, outcome, operations.STAGES)
+        saved_dps = operations.load_datapaths(prepared[0])
+        _stop(run, sd)
         has_modules = kmod.module_support()
         if not has_modules:
             outcome.notes.append("this kernel has no loadable module support: "
                                  "module steps skipped, the rest done")
-        with tx.step("delete-datapaths"), steps.step("delete-datapaths") as s:
+        with run.step("delete-datapaths") as s:
             s.detail = ", ".join(_delete_kernel_datapaths()) or "none"
-        with tx.step("unload-tunnel-modules"), steps.step("unload-tunnel-modules") as s:
+        with run.step("unload-tunnel-modules") as s:
             s.detail = ", ".join(kmod.remove(list(kmod.TUNNEL_MODULES))) if has_modules else "-"
-        with tx.step("reload-module"), steps.step("reload-module") as s:
+        with run.step("reload-module") as s:
             if has_modules:
                 s.detail = "reloaded " + ", ".join(kmod.reload_openvswitch())
                 outcome.module_reloaded = True
-        with tx.step("restore-datapaths"), steps.step("restore-datapaths") as s:
+        with run.step("restore-datapaths") as s:
             problems = datapaths.recreate_kernel_datapaths(saved_dps) if saved_dps else []
             outcome.notes += problems
             s.detail = f"{len(problems)} problems"
-        try:
-            with tx.step("start-ovs-vswitchd"), steps.step("start-ovs-vswitchd"):
-                ovs.set_flow_restore_wait(True)
-                sd.job("start", VSWITCHD_UNIT)
-            with tx.step("restore"), steps.step("restore"):
-                outcome.bridges = restore_prepared(loaded, records)
-        finally:
-            with tx.step("clear-flow-restore-wait"), steps.step("clear-flow-restore-wait"):
-                ovs.set_flow_restore_wait(False)
-        with tx.step("restore-interfaces"), steps.step("restore-interfaces"):
-            outcome.interfaces = operations.restore_interfaces_stage(loaded)
+        _start_and_restore(run, sd, outcome, prepared)
+        with run.step("restore-interfaces"):
+            outcome.interfaces = operations.restore_interfaces_stage(prepared[0])
             if saved_dps is not None:
                 outcome.port_mismatches = list(datapaths.verify(saved_dps))
-        with tx.step("check-dead-ifs"), steps.step("check-dead-ifs"):
+        with run.step("check-dead-ifs"):
             outcome.dead_sockets = list(deadifs.check_dead_ifs())
-        finish_restore(root, snapshot.path, outcome.bridges)
-        tx.finish()
+        finish_restore(root, prepared[0].path, outcome.bridges)
+        run.tx.finish()
     outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
     return outcome
 
