@@ -550,7 +550,8 @@ def _restore_link(
     if not state.up and flags & IFF_UP:
         step("set down", lambda: ipr.link("set", index=index, flags=0, change=IFF_UP))
     if state.mac is not None and str(link.get_attr("IFLA_ADDRESS")).lower() != state.mac.lower():
-        step(f"set mac {state.mac}", lambda: _set_mac(ipr, index, state.mac or ""))
+        step(f"set mac {state.mac}",
+             lambda: _set_mac(ipr, index, state.mac or "", bool(flags & IFF_UP)))
     if int(link.get_attr("IFLA_MTU")) != state.mtu:
         step(f"set mtu {state.mtu}", lambda: ipr.link("set", index=index, mtu=state.mtu))
     if int(link.get_attr("IFLA_TXQLEN") or 0) != state.txqlen:
@@ -564,16 +565,15 @@ def _restore_link(
              lambda: ipr.link("set", index=index, flags=state.flags & others, change=others))
 
 
-def _set_mac(ipr: Any, index: int, mac: str) -> None:
-    """Some drivers refuse a new MAC while the link is up: then take it down
-    for the change; the link state is set at the end of the restore anyway."""
-    try:
-        ipr.link("set", index=index, address=mac)
-    except NetlinkError as e:
-        if e.code != errno.EBUSY:
-            raise
+def _set_mac(ipr: Any, index: int, mac: str, up: bool) -> None:
+    """Change the MAC with the link down: the kernel derives the IPv6 link-local
+    address from the MAC when the link comes up and keeps it across a MAC
+    change (and some drivers refuse a new MAC while up). The link's IPv6
+    addresses go with the down; the saved ones are added next, and the link
+    state is set at the end of the restore."""
+    if up:
         ipr.link("set", index=index, flags=0, change=IFF_UP)
-        ipr.link("set", index=index, address=mac)
+    ipr.link("set", index=index, address=mac)
 
 
 def _restore_order(addresses: Sequence[AddressState]) -> list[AddressState]:

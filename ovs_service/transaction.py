@@ -31,7 +31,7 @@ VSWITCHD_UNIT = "ovs-vswitchd.service"
 RESTART_PLAN: list[tuple[str, str]] = [
     ("save", "save every bridge's OpenFlow state to a new snapshot and verify it"),
     ("restart-ovsdb-server", f"restart {OVSDB_UNIT} alone (job mode ignore-dependencies)"),
-    ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT}"),
+    ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT} alone (job mode ignore-dependencies)"),
     ("start-ovs-vswitchd", f"start {VSWITCHD_UNIT} with other_config:flow-restore-wait=true"),
     ("restore", "pin moved OpenFlow port numbers; restore every bridge, in parallel"),
     ("clear-flow-restore-wait", "clear flow-restore-wait: the switch runs its flows again"),
@@ -79,7 +79,10 @@ def _stop(run: _Run, sd: Systemd) -> None:
     with run.step("restart-ovsdb-server"):
         sd.job("restart", OVSDB_UNIT, "ignore-dependencies")
     with run.step("stop-ovs-vswitchd"):
-        sd.job("stop", VSWITCHD_UNIT)
+        # Alone: with Debian's units, openvswitch-switch Requires= ovs-vswitchd
+        # and ovsdb-server is PartOf= it, so a plain stop takes the database
+        # down too, and the rest of the transaction with it.
+        sd.job("stop", VSWITCHD_UNIT, "ignore-dependencies")
 
 
 def _start_and_restore(run: _Run, sd: Systemd, outcome: Outcome, prepared: Prepared) -> None:
@@ -194,6 +197,14 @@ def recover(wait: float = 0.0) -> Recovery:
                 result.actions.append(f"restored {pending}")
             finally:
                 ovs.set_flow_restore_wait(False)
+            if (record is not None and record.op == "force-reload-kmod"
+                    and operations.INTERFACES_FILE in snapshot.manifest.files):
+                # The module reload took the internal interfaces' addresses,
+                # routes and link settings with it.
+                with tx.step("restore-interfaces"):
+                    report = operations.restore_interfaces_stage(snapshot)
+                result.actions.append("restored interfaces and firewall"
+                                      + ("" if report["ok"] else " (with problems)"))
             finish_restore(root, pending, result.bridges)
         if ovs.flow_restore_wait():
             ovs.set_flow_restore_wait(False)
@@ -208,10 +219,10 @@ KMOD_PLAN: list[tuple[str, str]] = [
     ("save", "find internal interfaces; save flows, datapaths, interfaces and firewall "
              "to a new snapshot and verify it (before anything stops)"),
     ("restart-ovsdb-server", f"restart {OVSDB_UNIT} alone (job mode ignore-dependencies)"),
-    ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT}"),
+    ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT} alone (job mode ignore-dependencies)"),
     ("delete-datapaths", "delete the kernel datapaths"),
-    ("unload-tunnel-modules", "remove ip_gre and gre if loaded"),
-    ("reload-module", "unload openvswitch and its vport modules, load openvswitch again"),
+    ("reload-module", "unload openvswitch and its vport modules (not their dependencies), "
+                      "load openvswitch again"),
     ("restore-datapaths", "re-create kernel datapaths with their ports at the old numbers"),
     ("start-ovs-vswitchd", f"start {VSWITCHD_UNIT} with other_config:flow-restore-wait=true"),
     ("restore", "pin moved OpenFlow port numbers; restore every bridge, in parallel"),
@@ -253,8 +264,6 @@ def force_reload_kmod(
                                  "module steps skipped, the rest done")
         with run.step("delete-datapaths") as s:
             s.detail = ", ".join(_delete_kernel_datapaths()) or "none"
-        with run.step("unload-tunnel-modules") as s:
-            s.detail = ", ".join(kmod.remove(list(kmod.TUNNEL_MODULES))) if has_modules else "-"
         with run.step("reload-module") as s:
             if has_modules:
                 s.detail = "reloaded " + ", ".join(kmod.reload_openvswitch())

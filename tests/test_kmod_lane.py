@@ -580,12 +580,6 @@ def test_internal_interfaces_are_back(bed: Bed, reload: Reload) -> None:
     assert report["problems"] == [] and report["routes_failed"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="the restore step's port-mod brings internal ports up with the random MAC "
-           "ovs-dpctl gave them; the kernel derives their IPv6 link-local address from it "
-           "and keeps it when the interfaces stage sets the saved MAC (fix: set the MAC "
-           "with the link down, in interfaces._set_mac)")
 def test_ipv6_link_local_addresses_follow_the_restored_mac(bed: Bed, reload: Reload) -> None:
     before, after = bed.before.addresses(link_local=True), reload.after.addresses(link_local=True)
     assert after == before, differences(before, after)
@@ -675,11 +669,6 @@ def test_check_dead_ifs_reports_the_process_bound_to_the_old_port(
 # -- Debian's units, as the package installs them ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="with Debian's units, stopping ovs-vswitchd stops openvswitch-switch (Requires=) "
-           "and with it ovsdb-server (PartOf=): the transaction then finds no database "
-           "(fix: stop ovs-vswitchd with job mode ignore-dependencies, in transaction.py)")
 def test_with_debians_units_and_the_drop_ins(bed: Bed, reload: Reload) -> None:
     guest = bed.guest
     start = time.monotonic()
