@@ -274,11 +274,18 @@ def _fail(conn: Connection, record: BridgeRecord, errors: list[tuple[int, bytes]
 def _restore_tlv(conn: Connection, record: BridgeRecord, path: Path) -> list[bytes]:
     saved = b"".join(st.tlv_maps_of_mod(m) for m in read_messages(path))
     current = current_tlv_maps(conn)
-    if _tlv_set(saved) == _tlv_set(current):
+    wanted, have = _tlv_set(saved), _tlv_set(current)
+    if wanted == have:
         return []
-    messages = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
-    if saved:
-        messages.append(st.tlv_table_mod(conn.version, saved))
+    if have <= wanted:
+        # Only mappings to add: no clear, which the switch refuses while
+        # flows (or flows being freed) still use a mapping.
+        missing = b"".join(sorted(wanted - have))
+        messages = [st.tlv_table_mod(conn.version, missing)]
+    else:
+        messages = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
+        if saved:
+            messages.append(st.tlv_table_mod(conn.version, saved))
     errors = conn.send_all(messages)
     if errors:
         raise _fail(conn, record, errors, messages)

@@ -23,7 +23,7 @@ from systemd_ns import SystemdNamespace, booted
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
-RESTART_STEPS = ["save", "restart-ovsdb-server", "stop-ovs-vswitchd", "start-ovs-vswitchd",
+RESTART_STEPS = ["save", "stop-ovs-vswitchd", "restart-ovsdb-server", "start-ovs-vswitchd",
                  "restore", "clear-flow-restore-wait"]
 KILL_POINTS = [p for step in RESTART_STEPS for p in (step, f"{step}:after")]
 

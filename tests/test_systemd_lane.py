@@ -94,7 +94,7 @@ def test_restart_reports_steps_as_json(lane: tuple[SystemdNamespace, NsSwitch, H
     before = canon.all_states(switch)
     result = json.loads(ns.run(["ovs-service", "restart", "--json"]).stdout)
     assert result["ok"] and [s["name"] for s in result["steps"]] == [
-        "save", "restart-ovsdb-server", "stop-ovs-vswitchd", "start-ovs-vswitchd", "restore",
+        "save", "stop-ovs-vswitchd", "restart-ovsdb-server", "start-ovs-vswitchd", "restore",
         "clear-flow-restore-wait"]
     assert {b["bridge"] for b in result["bridges"]} == {"br0", "br10", "brt"}
     _check(switch, hosts, before, "ovs-service restart --json")

@@ -19,13 +19,7 @@ the hooks leave the saving and restoring to it.
 
 from __future__ import annotations
 
-import logging
 import sys
-
-from ovs_service import log as logsetup
-from ovs_service.errors import OvsServiceError
-
-log = logging.getLogger("ovs_service.hooks")
 
 USAGE = "usage: ovs-service-hook save|prestart|poststart|stoppost"
 
@@ -72,14 +66,23 @@ def _left_to_transaction(hook: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    logsetup.setup(debug="--debug" in args)
+    debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     if len(args) != 1 or args[0] not in ("save", "prestart", "poststart", "stoppost"):
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     if _left_to_transaction(args[0]):
-        log.info("ovs-service-hook %s: a transaction is running and does this itself", args[0])
+        # The outage's fast path: nothing imported beyond the standard library.
+        print(f"ovs-service-hook {args[0]}: a transaction is running and does this itself",
+              file=sys.stderr)
         sys.exit(0)
+    import logging
+
+    from ovs_service import log as logsetup
+    from ovs_service.errors import OvsServiceError
+
+    logsetup.setup(debug=debug)
+    log = logging.getLogger("ovs_service.hooks")
     from ovs_service.hooks import unit_hooks
 
     try:
