@@ -13,6 +13,7 @@ restore leaves the bridge as it found it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +42,9 @@ from ovs_service.openflow import (
     VERSION_NAME,
     VERSIONS_SPOKEN,
     Connection,
+    PreparedBundle,
     describe,
+    prepare_bundle,
 )
 from ovs_service.store import Snapshot, SnapshotWriter
 
@@ -228,15 +231,42 @@ class BridgeRestore:
     transient: bool = False  # the switch went away: trying again later may work
 
 
-def restore(snapshot: Snapshot, selected: Sequence[BridgeRecord]) -> list[BridgeRestore]:
+PREPARE_BUDGET = 64 << 20  # bytes of encoded bundles kept in memory at most
+
+
+def prepare(snapshot: Snapshot, records: Sequence[BridgeRecord],
+            budget: int = PREPARE_BUDGET) -> dict[str, PreparedBundle]:
+    """Encode, before the switch stops, the bundles that will fill empty bridges,
+    as far as `budget` allows; the rest is streamed from disk as usual."""
+    prepared: dict[str, PreparedBundle] = {}
+    used = 0
+    for record in records:
+        if record.version < OF13:
+            continue  # no bundles
+        files = [snapshot.file(f"{record.directory}/{kind}.ofp") for kind in ("groups", "flows")]
+        size = sum(f.stat().st_size for f in files) + 24 * sum(record.counts.values())
+        if used + size > budget:
+            continue
+        # The same messages, in the same order, as `_restore_table`'s fresh path.
+        messages = (m for f in files for m in read_messages(f))
+        prepared[record.name] = prepare_bundle(
+            record.version, itertools.chain([st.delete_all_flows(record.version)], messages))
+        used += size
+    return prepared
+
+
+def restore(snapshot: Snapshot, selected: Sequence[BridgeRecord],
+            prepared: dict[str, PreparedBundle] | None = None) -> list[BridgeRestore]:
     """Restore bridges in parallel; each result says whether its bridge made it."""
+    ready = prepared or {}
     with ThreadPoolExecutor(max_workers=min(8, len(selected) or 1)) as pool:
-        return list(pool.map(lambda r: _restore_one(snapshot, r), selected))
+        return list(pool.map(lambda r: _restore_one(snapshot, r, ready.get(r.name)), selected))
 
 
-def _restore_one(snapshot: Snapshot, record: BridgeRecord) -> BridgeRestore:
+def _restore_one(snapshot: Snapshot, record: BridgeRecord,
+                 prepared: PreparedBundle | None = None) -> BridgeRestore:
     try:
-        restore_bridge(snapshot, record)
+        restore_bridge(snapshot, record, prepared)
     except OvsServiceError as e:
         log.debug("%s", e)
         reason = str(e.fields.get("reason") or e.fields.get("message") or e)
@@ -245,13 +275,14 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord) -> BridgeRestore:
     return BridgeRestore(record.name, True, record.counts)
 
 
-def restore_bridge(snapshot: Snapshot, record: BridgeRecord) -> None:
+def restore_bridge(snapshot: Snapshot, record: BridgeRecord,
+                   prepared: PreparedBundle | None = None) -> None:
     files = {kind: snapshot.file(f"{record.directory}/{kind}.ofp") for kind in KINDS}
     with Connection(ovs.mgmt_socket(record.name), record.version, record.name) as conn:
         undo_tlv = _restore_tlv(conn, record, files["tlv"])
         undo_meters = _restore_meters(conn, record, files["meters"])
         try:
-            _restore_table(conn, record, files["groups"], files["flows"])
+            _restore_table(conn, record, files["groups"], files["flows"], prepared)
         except RestoreFailed:
             _undo(conn, undo_meters + undo_tlv)
             raise
@@ -342,7 +373,8 @@ def _flow_count(conn: Connection) -> int:
     return st.aggregate_flow_count(conn.version, body)
 
 
-def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: Path) -> None:
+def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: Path,
+                   prepared: PreparedBundle | None = None) -> None:
     """Onto an empty bridge (after a restart): every group and flow in one bundle.
 
     Onto a live bridge: only the difference (see `tablediff`), in an order that
@@ -356,11 +388,18 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
     version = conn.version
     prefix = [st.flow_mod_table_id(version)] if version == OF10 else []
     live_groups = list(_group_mods(conn))
-    if _flow_count(conn) == 0 and not live_groups:
+    if not live_groups and _fresh_table(conn):
         def messages() -> Iterator[bytes]:
             yield from prefix
+            yield st.delete_all_flows(version)  # the default NORMAL flow, if there
             yield from read_messages(groups)
             yield from read_messages(flows)
+        if prepared is not None and prepared.version == version:
+            errors = conn.bundle_prepared(prepared)
+            if errors:
+                raise _fail(conn, record, errors,
+                            _nth_messages(messages(), {i for i, _ in errors}))
+            return
         _apply(conn, record, messages)
         return
     for _ in range(MAX_ROUNDS):
@@ -396,6 +435,15 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
         reason=f"the table still differs from the snapshot after {MAX_ROUNDS} rounds "
         "(flows that delete or learn each other?)",
     )
+
+
+def _fresh_table(conn: Connection) -> bool:
+    """No flows, or only the `priority=0 actions=NORMAL` flow a bridge starts
+    with (as after a restart): then the restore replaces the table whole."""
+    count = _flow_count(conn)
+    if count > 1:
+        return False
+    return count == 0 or all(st.is_default_flow(conn.version, m) for m in _flow_mods(conn))
 
 
 def _apply(conn: Connection, record: BridgeRecord,

@@ -368,3 +368,26 @@ def delete_group(version: int, group_id: int) -> bytes:
     else:
         body = struct.pack("!HBxI", GROUP_DELETE, 0, group_id)
     return _group_mod(version, body)
+
+
+OFPP10_NORMAL, OFPP_NORMAL = 0xFFFA, 0xFFFFFFFA
+
+
+def is_default_flow(version: int, flow_mod: bytes) -> bool:
+    """Whether a flow_mod (as saved) is a bridge's own `priority=0 actions=NORMAL`
+    in table 0: empty match, and its only action output to NORMAL."""
+    if version == OF10:
+        command, priority, match_len = (int.from_bytes(flow_mod[24:26], "big"),
+                                        int.from_bytes(flow_mod[30:32], "big"),
+                                        int.from_bytes(flow_mod[40:42], "big"))
+        # actions: one OFPAT_OUTPUT (type 0, length 8) to NORMAL
+        actions = flow_mod[48:]
+        return (command >> 8 == 0 and priority == 0 and match_len == 0
+                and actions[:6] == struct.pack("!HHH", 0, 8, OFPP10_NORMAL))
+    table, priority = flow_mod[24], int.from_bytes(flow_mod[30:32], "big")
+    match_len = int.from_bytes(flow_mod[50:52], "big")
+    instructions = flow_mod[48 + _padded(match_len):]
+    # one APPLY_ACTIONS (type 4, length 24) holding one OUTPUT (type 0, length 16) to NORMAL
+    return (table == 0 and priority == 0 and match_len == 4
+            and instructions[:4] == struct.pack("!HH", 4, 24)
+            and instructions[8:16] == struct.pack("!HHI", 0, 16, OFPP_NORMAL))

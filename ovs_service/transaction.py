@@ -19,6 +19,7 @@ from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, sto
 from ovs_service.errors import RestoreFailed
 from ovs_service.hooks.unit_hooks import OFPP_LOCAL
 from ovs_service.log import StepLog, StepRecord
+from ovs_service.openflow import PreparedBundle
 
 if TYPE_CHECKING:
     from ovs_service.systemd import Systemd
@@ -61,7 +62,7 @@ class _Run:
             yield record
 
 
-Prepared = tuple[store.Snapshot, list[flows.BridgeRecord]]
+Prepared = tuple[store.Snapshot, list[flows.BridgeRecord], dict[str, PreparedBundle]]
 
 
 def _save(run: _Run, outcome: Outcome, stages: Sequence[str] = ()) -> Prepared:
@@ -72,7 +73,9 @@ def _save(run: _Run, outcome: Outcome, stages: Sequence[str] = ()) -> Prepared:
         store.mark_pending(run.root, snapshot.path)
         run.tx.set_snapshot(snapshot.path)
         outcome.snapshot = str(snapshot.path)
-        return operations.prepare_restore(snapshot.path, skip_missing=True)
+        loaded, records = operations.prepare_restore(snapshot.path, skip_missing=True)
+        # The bundles the empty bridges will need, encoded now, not in the outage.
+        return loaded, records, flows.prepare(loaded, records)
 
 
 def _stop(run: _Run, sd: Systemd) -> None:
@@ -127,13 +130,14 @@ def restart(
 
 
 def restore_prepared(
-    snapshot: store.Snapshot, records: list[flows.BridgeRecord]
+    snapshot: store.Snapshot, records: list[flows.BridgeRecord],
+    bundles: dict[str, PreparedBundle] | None = None,
 ) -> list[flows.BridgeRestore]:
     wanted = {p.name: p.port_no for r in records for p in r.ports if p.port_no not in OFPP_LOCAL}
     moved = ovs.pin_ofports(wanted)
     if moved:
         log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
-    return flows.restore(snapshot, records)
+    return flows.restore(snapshot, records, bundles)
 
 
 def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore]) -> None:
