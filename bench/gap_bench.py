@@ -795,11 +795,11 @@ def inner_profile() -> None:
 
     orig_restore_bridge = flows.restore_bridge
 
-    def restore_bridge(snapshot: Any, record: Any) -> None:
+    def restore_bridge(snapshot: Any, record: Any, *rest: Any) -> None:
         t, c = time.monotonic(), time.thread_time()
         add(record.name, "began_s", t - began)
         try:
-            orig_restore_bridge(snapshot, record)
+            orig_restore_bridge(snapshot, record, *rest)
         finally:
             add(record.name, "wall_s", time.monotonic() - t)
             add(record.name, "thread_cpu_s", time.thread_time() - c)
