@@ -231,7 +231,9 @@ class BridgeRestore:
     transient: bool = False  # the switch went away: trying again later may work
 
 
-PREPARE_BUDGET = 64 << 20  # bytes of encoded bundles kept in memory at most
+# Bytes of encoded bundles kept in memory at most: with the interpreter and a
+# bridge being encoded, the process stays under 100 MiB however big the tables.
+PREPARE_BUDGET = 48 << 20
 
 
 def prepare(snapshot: Snapshot, records: Sequence[BridgeRecord],

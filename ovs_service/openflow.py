@@ -360,7 +360,7 @@ PREPARED_BUNDLE_ID = 0x0F5E0001
 @dataclass(frozen=True)
 class PreparedBundle:
     version: int
-    data: bytes
+    data: bytes | bytearray
     count: int
     bundle_id: int = PREPARED_BUNDLE_ID
     first_xid: int = PREPARED_XID_BASE
@@ -374,7 +374,7 @@ def prepare_bundle(version: int, messages: Iterable[bytes]) -> PreparedBundle:
     for message in messages:
         out += bundle_message(version, BUNDLE_ADD_MESSAGE, prefix + with_xid(message, xid), xid)
         xid += 1
-    return PreparedBundle(version, bytes(out), xid - PREPARED_XID_BASE)
+    return PreparedBundle(version, out, xid - PREPARED_XID_BASE)  # no copy: it may be big
 
 
 def _index(xid: int, first: int, last: int) -> int:
