@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import canon
@@ -46,8 +47,12 @@ def test_traffic_between_namespaces(ovs: OvsBed) -> None:
     ovs.add_bridge("br0")
     a, b = ovs.add_host_pair("br0")
     ovs.wait_ping(a, b)
-    # Without a flow the bridge forwards nothing; NORMAL brings it back.
+    # Without a flow the bridge forwards nothing (once the datapath has dropped
+    # the flows it had cached: revalidation takes a moment); NORMAL brings it back.
     ovs.ofctl("del-flows", "br0")
+    deadline = time.monotonic() + 5
+    while a.ping(b.ip, wait=0.3) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not a.ping(b.ip, wait=0.3)
     ovs.ofctl("add-flow", "br0", "actions=NORMAL")
     ovs.wait_ping(a, b)
