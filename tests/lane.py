@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,3 +159,31 @@ def remove_hosts(hosts: Hosts) -> None:
 def snapshot_paths(ns: SystemdNamespace) -> list[Path]:
     out = ns.run(["ls", "/var/lib/ovs-service"], check=False).stdout.split()
     return [Path("/var/lib/ovs-service") / n for n in out]
+
+
+Lane = tuple[SystemdNamespace, NsSwitch, Hosts]
+
+
+@contextlib.contextmanager
+def running_lane(extra: Callable[[NsSwitch], None] | None = None) -> Iterator[Lane]:
+    """A booted systemd with ovs-service's units running Open vSwitch: the corpus
+    bridge `br0`, whatever `extra` adds, and two hosts talking through `brt`."""
+    import corpus  # needs the shared corpus only when a lane is built
+    from systemd_ns import booted
+
+    with booted() as ns:
+        ns.install_units(UNITS)
+        ns.systemctl("start", "openvswitch.service")
+        switch = NsSwitch(ns)
+        hosts = None
+        try:
+            corpus.build_corpus(switch, "br0")
+            if extra is not None:
+                extra(switch)
+            hosts = add_hosts(ns, switch, "brt")
+            assert hosts.ping(), "no traffic before any restart"
+            yield ns, switch, hosts
+        finally:
+            if hosts is not None:
+                remove_hosts(hosts)
+            switch.close()

@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterator
 
 import canon
-import corpus
 import pytest
-from lane import UNITS, Hosts, NsSwitch, add_hosts, remove_hosts
-from systemd_ns import SystemdNamespace, booted
+from lane import Hosts, Lane, NsSwitch, running_lane
+from systemd_ns import SystemdNamespace
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
@@ -29,21 +28,9 @@ KILL_POINTS = [p for step in RESTART_STEPS for p in (step, f"{step}:after")]
 
 
 @pytest.fixture(scope="module")
-def lane() -> Iterator[tuple[SystemdNamespace, NsSwitch, Hosts]]:
-    with booted() as ns:
-        ns.install_units(UNITS)
-        ns.systemctl("start", "openvswitch.service")
-        switch = NsSwitch(ns)
-        hosts = None
-        try:
-            corpus.build_corpus(switch, "br0")
-            hosts = add_hosts(ns, switch, "brt")
-            assert hosts.ping()
-            yield ns, switch, hosts
-        finally:
-            if hosts is not None:
-                remove_hosts(hosts)
-            switch.close()
+def lane() -> Iterator[Lane]:
+    with running_lane() as running:
+        yield running
 
 
 def _assert_whole(ns: SystemdNamespace, switch: NsSwitch, hosts: Hosts,

@@ -13,11 +13,9 @@ import json
 import os
 
 import canon
-import corpus
 import pytest
-from lane import UNITS, NsSwitch, add_hosts, remove_hosts
+from lane import running_lane
 from ovsbed import REPO
-from systemd_ns import booted
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
@@ -38,36 +36,24 @@ print(json.dumps({{"fds": fds, "rss_kib": rss}}))
 
 
 def test_hundred_restarts() -> None:
-    with booted() as ns:
-        ns.install_units(UNITS)
-        ns.systemctl("start", "openvswitch.service")
-        switch = NsSwitch(ns)
-        hosts = None
-        try:
-            corpus.build_corpus(switch, "br0")
-            hosts = add_hosts(ns, switch, "brt")
-            assert hosts.ping()
-            before = canon.all_states(switch)
-            with hosts.prober(interval=0.01) as gap:
-                code = SOAK.format(repo=str(REPO), n=RESTARTS)
-                proc = ns.run(["/usr/bin/python3", "-c", code], timeout=1200)
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            ns.settle()
-            after = canon.all_states(switch)
-            assert after == before, canon.diff(before["br0"], after["br0"])
-            assert switch.flow_restore_wait() == ""
-            assert hosts.ping()
-            fds = result["fds"]
-            assert max(fds) - min(fds) <= 2, f"descriptors grew: {fds[:3]}...{fds[-3:]}"
-            rss = result["rss_kib"]
-            assert rss[-1] - rss[9] < 20 * 1024, f"memory grew: {rss[9]} -> {rss[-1]} KiB"
-            names = ns.run(["ls", "-A", "/var/lib/ovs-service"]).stdout.split()
-            snapshots = [n for n in names if n[:1].isdigit()]
-            assert 1 <= len(snapshots) <= 5, names
-            assert set(names) - set(snapshots) <= {"lock"}, f"stray files: {names}"
-            print(f"{RESTARTS} restarts; longest traffic gap {gap.seconds * 1000:.0f} ms; "
-                  f"descriptors {min(fds)}..{max(fds)}; peak RSS {rss[-1] // 1024} MiB")
-        finally:
-            if hosts is not None:
-                remove_hosts(hosts)
-            switch.close()
+    with running_lane() as (ns, switch, hosts):
+        before = canon.all_states(switch)
+        with hosts.prober(interval=0.01) as gap:
+            code = SOAK.format(repo=str(REPO), n=RESTARTS)
+            proc = ns.run(["/usr/bin/python3", "-c", code], timeout=1200)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        ns.settle()
+        after = canon.all_states(switch)
+        assert after == before, canon.diff(before["br0"], after["br0"])
+        assert switch.flow_restore_wait() == ""
+        assert hosts.ping()
+        fds = result["fds"]
+        assert max(fds) - min(fds) <= 2, f"descriptors grew: {fds[:3]}...{fds[-3:]}"
+        rss = result["rss_kib"]
+        assert rss[-1] - rss[min(9, len(rss) - 1)] < 20 * 1024, f"memory grew: {rss}"
+        names = ns.run(["ls", "-A", "/var/lib/ovs-service"]).stdout.split()
+        snapshots = [n for n in names if n[:1].isdigit()]
+        assert 1 <= len(snapshots) <= 5, names
+        assert set(names) - set(snapshots) <= {"lock"}, f"stray files: {names}"
+        print(f"{RESTARTS} restarts; longest traffic gap {gap.seconds * 1000:.0f} ms; "
+              f"descriptors {min(fds)}..{max(fds)}; peak RSS {rss[-1] // 1024} MiB")

@@ -15,30 +15,22 @@ import json
 from collections.abc import Iterator
 
 import canon
-import corpus
 import pytest
-from lane import UNITS, Hosts, NsSwitch, add_hosts, remove_hosts
-from systemd_ns import SystemdNamespace, booted
+from lane import Hosts, Lane, NsSwitch, running_lane
+from systemd_ns import SystemdNamespace
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
 
+def _openflow10_bridge(switch: NsSwitch) -> None:
+    switch.add_bridge("br10", protocols=["OpenFlow10"], ports={"b10p1": 3, "b10p2": 9})
+    switch.ofctl("add-flow", "br10", "table=1,priority=5,reg1=7,actions=output:9")
+
+
 @pytest.fixture(scope="module")
-def lane() -> Iterator[tuple[SystemdNamespace, NsSwitch, Hosts]]:
-    with booted() as ns:
-        ns.install_units(UNITS)
-        ns.systemctl("start", "openvswitch.service")
-        switch = NsSwitch(ns)
-        try:
-            corpus.build_corpus(switch, "br0")
-            switch.add_bridge("br10", protocols=["OpenFlow10"], ports={"b10p1": 3, "b10p2": 9})
-            switch.ofctl("add-flow", "br10", "table=1,priority=5,reg1=7,actions=output:9")
-            hosts = add_hosts(ns, switch, "brt")
-            assert hosts.ping(), "no traffic before any restart"
-            yield ns, switch, hosts
-        finally:
-            remove_hosts(hosts) if "hosts" in locals() else None
-            switch.close()
+def lane() -> Iterator[Lane]:
+    with running_lane(_openflow10_bridge) as running:
+        yield running
 
 
 def _check(switch: NsSwitch, hosts: Hosts, before: dict[str, list[str]], what: str) -> None:
