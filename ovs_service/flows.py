@@ -33,7 +33,6 @@ from ovs_service.errors import (
     UnsupportedProtocols,
 )
 from ovs_service.openflow import (
-    ERROR,
     EXPERIMENTER,
     FEATURES_REPLY,
     HEADER,
@@ -477,7 +476,3 @@ def _restore_ports(conn: Connection, record: BridgeRecord) -> None:
     errors = conn.send_all(changes)
     if errors:
         raise _fail(conn, record, errors, changes)
-
-
-def is_error(message: bytes) -> bool:
-    return len(message) >= HEADER.size and message[1] == ERROR

@@ -19,11 +19,9 @@ PROC_MODULES = Path("/proc/modules")
 MODULE = "openvswitch"
 # Modules that hold the openvswitch module or its tunnels in place.
 VPORT_PREFIX = "vport_"
-# Tunnel modules that an out-of-tree openvswitch module (gone since Open
-# vSwitch 3.0) conflicted with. The in-tree module shares them with the rest of
-# the kernel, and unloading ip_gre deletes every GRE device of the host: none
-# is unloaded.
-TUNNEL_MODULES: tuple[str, ...] = ()
+# ip_gre and gre are left alone: only the out-of-tree module (gone since Open
+# vSwitch 3.0) conflicted with them, and unloading ip_gre deletes every GRE
+# device of the host.
 
 
 class ModuleError(OvsServiceError):
@@ -47,15 +45,6 @@ def loaded() -> dict[str, list[str]]:
 
 def vport_modules() -> list[str]:
     return sorted(m for m in loaded() if m.startswith(VPORT_PREFIX))
-
-
-def remove(modules: list[str]) -> list[str]:
-    """Unload the named modules that are loaded, not their dependencies; return those unloaded."""
-    present = loaded()
-    gone = [m for m in modules if m in present]
-    if gone:
-        run(["rmmod", *gone])
-    return gone
 
 
 def reload_openvswitch() -> list[str]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from ovs_service.openflow import (
     EXPERIMENTER,
-    FEATURES_REPLY,
     FEATURES_REQUEST,
     FLOW_MOD,
     GROUP_MOD,
@@ -178,14 +177,6 @@ def group_mods(version: int, reply_body: bytes) -> Iterator[bytes]:
             yield encode(version, GROUP_MOD, body + entry[8:length])
 
 
-def delete_all_groups(version: int) -> bytes:
-    if version >= OF15 or version == OF10:
-        body = struct.pack("!HBxIH2xI", GROUP_DELETE, 0, OFPG_ALL, 0, OFPG15_BUCKET_ALL)
-    else:
-        body = struct.pack("!HBxI", GROUP_DELETE, 0, OFPG_ALL)
-    return _group_mod(version, body)
-
-
 # -- meters ---------------------------------------------------------------------
 
 def meter_config_request() -> bytes:
@@ -297,8 +288,6 @@ def port_mod(version: int, port: PortConfig, config: int) -> bytes:
     return encode(version, PORT_MOD,
                   struct.pack("!I4x6s2xIII4x", port.port_no, port.hw_addr, config, mask, 0))
 
-
-FEATURES = FEATURES_REPLY
 
 
 # -- what a restore needs to compare tables ---------------------------------------

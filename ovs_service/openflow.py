@@ -63,19 +63,6 @@ def with_xid(message: bytes, xid: int) -> bytes:
     return message[:4] + xid.to_bytes(4, "big") + message[8:]
 
 
-def split_messages(data: bytes) -> Iterator[bytes]:
-    """The messages concatenated in `data`, one by one."""
-    offset, end = 0, len(data)
-    while offset < end:
-        if end - offset < HEADER.size:
-            raise ValueError("truncated OpenFlow message")
-        length = int.from_bytes(data[offset + 2:offset + 4], "big")
-        if length < HEADER.size or offset + length > end:
-            raise ValueError("truncated OpenFlow message")
-        yield data[offset:offset + length]
-        offset += length
-
-
 def _hello(version: int) -> bytes:
     if version < OF13:
         return encode(version, HELLO)
