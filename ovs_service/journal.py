@@ -32,6 +32,8 @@ class Record:
     step: str | None = None
     state: str = "begun"  # running | done, of `step`
     done: list[str] = field(default_factory=list)
+    # The ovs-vswitchd.service start this transaction restores itself ($INVOCATION_ID)
+    invocation: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -82,6 +84,10 @@ class Journal:
 
     def set_snapshot(self, snapshot: Path) -> None:
         self.record = replace(self.record, snapshot=snapshot.name)
+        _write(self.root, self.record)
+
+    def set_invocation(self, invocation: str) -> None:
+        self.record = replace(self.record, invocation=invocation)
         _write(self.root, self.record)
 
     @contextmanager

@@ -28,6 +28,20 @@ class JobFailed(OvsServiceError):
     exit_code = 5
 
 
+# A unit's states past ExecStart= and past ExecStop=, and how often to look.
+STARTED = ("start-post", "running", "exited")
+STOPPING = ("stop-sigterm", "stop-sigkill", "stop-post", "final-sigterm", "final-sigkill",
+            "dead", "failed")
+POLL = 0.002
+
+
+@dataclass(frozen=True)
+class Job:
+    action: str
+    unit: str
+    path: bytes
+
+
 @dataclass(frozen=True)
 class UnitState:
     name: str
@@ -94,21 +108,55 @@ class Systemd:
 
         Raises JobFailed unless the job's result is "done".
         """
+        return self.wait(self.submit(action, unit, mode), timeout)
+
+    def submit(self, action: str, unit: str, mode: str = "replace") -> Job:
+        """Queue StartUnit/StopUnit/RestartUnit; `wait` for it later."""
         method = getattr(self._manager.Manager, f"{action.capitalize()}Unit")
         try:
-            job_path = method(unit.encode(), mode.encode())
+            path = method(unit.encode(), mode.encode())
         except Exception as e:
             raise SystemdError(message=f"{action} {unit}: {e}") from None
+        return Job(action, unit, path)
+
+    def wait(self, job: Job, timeout: float = 300.0) -> str:
         deadline = time.monotonic() + timeout
-        while job_path not in self._removed:
+        while job.path not in self._removed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise JobFailed(action=action, unit=unit, result="timeout")
+                raise JobFailed(action=job.action, unit=job.unit, result="timeout")
             self._pump(min(remaining, 1.0))
-        result = self._removed.pop(job_path)
+        result = self._removed[job.path]
         if result != "done":
-            raise JobFailed(action=action, unit=unit, result=result)
+            raise JobFailed(action=job.action, unit=job.unit, result=result)
         return result
+
+    def wait_sub_state(self, job: Job, states: tuple[str, ...], timeout: float = 300.0) -> Any:
+        """Wait until the job's unit is in one of `states` (or the job ended:
+        JobFailed unless it is done). Returns the unit's D-Bus object."""
+        from pystemd.systemd1 import Unit
+
+        unit = Unit(job.unit.encode(), bus=self._bus, _autoload=True)
+        deadline = time.monotonic() + timeout
+        while _text(unit.Unit.SubState) not in states:
+            if job.path in self._removed:
+                self.wait(job)
+                break
+            if time.monotonic() > deadline:
+                raise JobFailed(action=job.action, unit=job.unit, result="timeout")
+            self._pump(POLL)
+        return unit
+
+    def wait_started(self, job: Job, timeout: float = 300.0) -> str:
+        """Wait until a start job's main process runs: the unit is past
+        ExecStart= (running its ExecStartPost= commands, or running).
+        Returns the unit's invocation ID (its processes' $INVOCATION_ID)."""
+        unit = self.wait_sub_state(job, STARTED, timeout)
+        return bytes(unit.Unit.InvocationID).hex()
+
+    def wait_stopping(self, job: Job, timeout: float = 300.0) -> None:
+        """Wait until a stop job is past ExecStop=: the daemon agreed to exit."""
+        self.wait_sub_state(job, STOPPING, timeout)
 
     def unit(self, name: str) -> UnitState:
         from pystemd.systemd1 import Unit

@@ -79,33 +79,46 @@ def _save(run: _Run, outcome: Outcome, stages: Sequence[str] = ()) -> Prepared:
 
 
 def _stop(run: _Run, sd: Systemd) -> None:
-    """Stop ovs-vswitchd, then restart ovsdb-server while it is down.
+    """Stop ovs-vswitchd, and restart ovsdb-server while it exits.
 
-    In this order (the stock ovs-ctl's): a running ovs-vswitchd whose database
-    goes away and comes back stalls while it reconnects and reconfigures,
-    which on the netdev datapath stops forwarding for about a second on top
-    of the restart's own outage (measured: bench/gap_bench.py's profile).
+    Both alone (job mode ignore-dependencies): with Debian's units,
+    openvswitch-switch Requires= ovs-vswitchd and ovsdb-server is PartOf= it,
+    so a plain stop takes the database down too, and the rest of the
+    transaction with it. The database restarts once ovs-vswitchd has agreed
+    to exit, not before (the stock ovs-ctl's order): a running ovs-vswitchd
+    whose database goes away stalls while it reconnects, which on the netdev
+    datapath stops forwarding for about a second. Nor once it is gone: its
+    exit and the unit's ExecStopPost= overlap the database's restart
+    (measured: bench/gap_bench.py's profile).
     """
     with run.step("stop-ovs-vswitchd"):
-        # Alone: with Debian's units, openvswitch-switch Requires= ovs-vswitchd
-        # and ovsdb-server is PartOf= it, so a plain stop takes the database
-        # down too, and the rest of the transaction with it.
-        sd.job("stop", VSWITCHD_UNIT, "ignore-dependencies")
+        stop = sd.submit("stop", VSWITCHD_UNIT, "ignore-dependencies")
+        sd.wait_stopping(stop)
     with run.step("restart-ovsdb-server"):
-        sd.job("restart", OVSDB_UNIT, "ignore-dependencies")
+        restart = sd.submit("restart", OVSDB_UNIT, "ignore-dependencies")
+        sd.wait(stop)
+        sd.wait(restart)
 
 
 def _start_and_restore(run: _Run, sd: Systemd, outcome: Outcome, prepared: Prepared) -> None:
-    """Start with flow-restore-wait, restore, and clear it on every way out."""
+    """Start with flow-restore-wait, restore, and clear it on every way out.
+
+    The restore begins as soon as the daemon runs, not when the start job
+    ends: the unit's ExecStartPost= commands (the poststart hook, which
+    leaves this start's restore to us, and enabling remote managers) run
+    meanwhile, outside the outage.
+    """
     try:
         with run.step("start-ovs-vswitchd"):
             ovs.set_flow_restore_wait(True)
-            sd.job("start", VSWITCHD_UNIT)
+            job = sd.submit("start", VSWITCHD_UNIT)
+            run.tx.set_invocation(sd.wait_started(job))
         with run.step("restore"):
             outcome.bridges = restore_prepared(*prepared)
     finally:
         with run.step("clear-flow-restore-wait"):
             ovs.set_flow_restore_wait(False)
+    sd.wait(job)
 
 
 def restart(

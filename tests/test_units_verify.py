@@ -125,12 +125,15 @@ def test_vswitchd_saves_before_it_stops(path: Path) -> None:
     # Our own unit stops the daemon directly (no ovs-ctl shell in the outage).
     stop = ("/usr/bin/ovs-appctl -T 10 -t ovs-vswitchd exit" if path.suffix == ".service"
             else "/usr/share/openvswitch/scripts/ovs-ctl --no-ovsdb-server stop")
-    assert stops == ["-ovs-service-hook save", stop]
+    # The hooks and our own stop run outside the daemon's sandbox ("+").
+    if path.suffix == ".service":
+        stop = "+" + stop
+    assert stops == ["-+ovs-service-hook save", stop]
     pre = [v for v in _values(path, "ExecStartPre") if v]
     post = [v for v in _values(path, "ExecStartPost") if v]
-    assert pre[0] == "-ovs-service-hook prestart"
-    assert post[0] == "-ovs-service-hook poststart"
-    assert [v for v in _values(path, "ExecStopPost") if v] == ["-ovs-service-hook stoppost"]
+    assert pre[0] == "-+ovs-service-hook prestart"
+    assert post[0] == "-+ovs-service-hook poststart"
+    assert [v for v in _values(path, "ExecStopPost") if v] == ["-+ovs-service-hook stoppost"]
     assert _values(path, "NotifyAccess") == ["all"]
 
 

@@ -54,14 +54,20 @@ def _left_to_transaction(hook: str) -> bool:
     before stopping the daemon, it manages flow-restore-wait, and it restores
     after starting the daemon. An operator's concurrent `systemctl restart`
     runs the hooks at other steps: then they do their work."""
+    import os
+
     tx = _running_transaction()
     if tx is None:
         return False
     if hook == "save":
         return bool(tx.get("snapshot"))
-    if hook in ("prestart", "poststart"):
-        return tx.get("step") in TRANSACTION_STARTS
-    return hook == "stoppost"
+    if hook == "stoppost" or tx.get("step") in TRANSACTION_STARTS:
+        return True
+    # Past its start step, the transaction restores while its own start's
+    # ExecStartPost= commands run: that start's poststart is left to it.
+    invocation = tx.get("invocation")
+    return hook == "poststart" and bool(invocation) and invocation == os.environ.get(
+        "INVOCATION_ID")
 
 
 def main(argv: list[str] | None = None) -> None:
