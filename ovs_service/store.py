@@ -210,8 +210,10 @@ class SnapshotWriter:
 
 
 def new_snapshot_path(store: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return store / f"{stamp}.{time.time_ns() % 1_000_000_000:09d}"
+    """Named by the time, to the nanosecond: names sort as snapshots were taken."""
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+    return store / f"{stamp}.{nanoseconds:09d}"
 
 
 def _sha256(path: Path) -> str:
