@@ -20,6 +20,11 @@ from pathlib import Path
 from ovs_service import store
 
 JOURNAL = "transaction.json"
+# For ovs-service-hook, a sh script: "PID INVOCATION HOOK...", the unit hooks
+# the transaction does itself at this point (see `left_to_transaction`).
+DEFER = "transaction.defer"
+# The steps in which a transaction starts ovs-vswitchd and restores itself.
+STARTS = ("start-ovs-vswitchd", "start-units")
 FAULT_ENV = "OVS_SERVICE_FAULT"  # tests only: "STEP" or "STEP:after" kills us there
 
 
@@ -66,8 +71,32 @@ def active(root: Path) -> Record | None:
     return record if record and record.pid and record.alive else None
 
 
+def left_to_transaction(record: Record) -> list[str]:
+    """The unit hooks whose work this transaction does itself, at its step.
+
+    It saved before stopping the daemon, it clears flow-restore-wait on its
+    own, and it restores after the starts it makes: in its start steps, and,
+    past them, in the ExecStartPost= of that start (its $INVOCATION_ID,
+    `invocation`). An operator's concurrent `systemctl restart` runs the
+    hooks at other steps: then they do their work.
+    """
+    hooks = ["stoppost"]
+    if record.snapshot:
+        hooks.append("save")
+    if record.step in STARTS:
+        hooks += ["prestart", "poststart"]
+    return hooks
+
+
 def _write(root: Path, record: Record) -> None:
     store.write_atomic(_path(root), json.dumps(asdict(record)).encode())
+    # Not synced: after a crash the PID in it is gone, and the hooks do their work.
+    line = f"{record.pid} {record.invocation or '-'} {' '.join(left_to_transaction(record))}\n"
+    tmp = root / f".{DEFER}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(line)
+    tmp.replace(root / DEFER)
 
 
 def _fault(step: str, when: str) -> None:
@@ -105,4 +134,5 @@ class Journal:
 
 
 def clear(root: Path) -> None:
+    (root / DEFER).unlink(missing_ok=True)
     _path(root).unlink(missing_ok=True)

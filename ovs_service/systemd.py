@@ -97,11 +97,17 @@ class Systemd:
         self.close()
 
     def _pump(self, timeout: float) -> None:
-        while not self._bus.process().is_empty():
-            pass
+        """Dispatch what the bus has; if nothing, wait up to `timeout` for more."""
+        if self._dispatch():
+            return
         self._bus.wait(int(timeout * 1_000_000))
+        self._dispatch()
+
+    def _dispatch(self) -> bool:
+        handled = False
         while not self._bus.process().is_empty():
-            pass
+            handled = True
+        return handled
 
     def job(self, action: str, unit: str, mode: str = "replace", timeout: float = 300.0) -> str:
         """Run StartUnit/StopUnit/RestartUnit and wait for the job to end.

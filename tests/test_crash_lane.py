@@ -20,10 +20,13 @@ import pytest
 from lane import Hosts, Lane, NsSwitch, running_lane
 from systemd_ns import SystemdNamespace
 
+from ovs_service import store
+
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
 RESTART_STEPS = ["save", "stop-ovs-vswitchd", "restart-ovsdb-server", "start-ovs-vswitchd",
                  "restore", "clear-flow-restore-wait"]
+STORE = "/var/lib/ovs-service"
 KILL_POINTS = [p for step in RESTART_STEPS for p in (step, f"{step}:after")]
 
 
@@ -127,12 +130,14 @@ def test_concurrent_restarts(lane: tuple[SystemdNamespace, NsSwitch, Hosts]) -> 
     results = [(a, p.wait(timeout=300), *p.communicate()) for a, p in zip(argvs, procs,
                                                                           strict=True)]
     ours = [r for r in results if r[0][0] == "ovs-service"]
-    # At most one transaction runs; the other says clearly that it lost the lock.
-    # The winner may itself fail, in one line, if the operator's systemctl restart
-    # takes the switch away under it; the hooks keep the state either way.
-    assert any(code == 6 and "lock" in err for _, code, _, err in ours), results
+    # One transaction at a time: a caller that finds the other running says so
+    # (exit 6, test_a_second_caller_is_refused_or_waits); if the first is already
+    # done, the second runs. A transaction may also fail, in one line, when the
+    # operator's systemctl restart takes the switch away under it; the hooks
+    # keep the state either way.
     for _, code, _, err in ours:
         assert code == 0 or len(err.strip().splitlines()) == 1, err
+        assert code != 6 or "lock" in err, err
     assert results[2][1] == 0, results[2]
     ns.settle()
     ns.run(["ovs-service", "recover", "--wait", "120"])
@@ -143,6 +148,28 @@ def test_concurrent_restarts(lane: tuple[SystemdNamespace, NsSwitch, Hosts]) -> 
              for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.communicate() for p in procs]
     _assert_whole(ns, switch, hosts, before, "two restarts with --wait")
+
+
+def test_a_second_caller_is_refused_or_waits(
+    lane: tuple[SystemdNamespace, NsSwitch, Hosts]
+) -> None:
+    ns, switch, hosts = lane
+    before = canon.all_states(switch)
+    lock = f"{STORE}/{store.LOCK}"
+    holder = subprocess.Popen(ns.nsenter_argv(["flock", lock, "sleep", "4"]))
+    try:
+        deadline = time.monotonic() + 10
+        while ns.run(["flock", "-n", lock, "true"], check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the lock was never taken"
+            time.sleep(0.05)
+        refused = ns.run(["ovs-service", "restart"], check=False)
+        assert refused.returncode == 6, refused
+        assert len(refused.stderr.strip().splitlines()) == 1 and "lock" in refused.stderr
+        waited = ns.run(["ovs-service", "restart", "--wait", "60"], check=False)
+        assert waited.returncode == 0, waited.stderr
+    finally:
+        holder.wait(timeout=30)
+    _assert_whole(ns, switch, hosts, before, "a restart that waited for the lock")
 
 
 def test_fault_points_cover_every_step() -> None:

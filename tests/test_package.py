@@ -173,10 +173,12 @@ def test_contents(built: Built) -> None:
     expected |= {f"/{DIST_PACKAGES}/{p.relative_to(REPO).as_posix()}" for p in modules}
     assert not expected - files, f"missing: {sorted(expected - files)}"
 
-    for command in ("/usr/bin/ovs-service", "/usr/bin/ovs-service-hook"):
+    # The hooks' front is a sh script (it runs the Python hooks when needed).
+    for command, shebang in (("/usr/bin/ovs-service", "#!/usr/bin/python3"),
+                             ("/usr/bin/ovs-service-hook", "#!/bin/sh")):
         assert os.access(built.root / command.lstrip("/"), os.X_OK), command
         first = (built.root / command.lstrip("/")).read_text().splitlines()[0]
-        assert first == "#!/usr/bin/python3", f"{command}: {first}"
+        assert first == shebang, f"{command}: {first}"
     assert not [f for f in files if f.endswith(".pyc") or "/__pycache__/" in f]
     # No conffiles, no state: /etc and /var are the admin's and the tmpfiles'.
     assert not [f for f in files if f.startswith(("/etc/", "/var/", "/usr/local/"))]
@@ -300,9 +302,14 @@ def test_commands_run_from_the_package(built: Built) -> None:
     version = _run(["/usr/bin/python3", "-S", built.root / "usr/bin/ovs-service", "--version"],
                    env=env)
     assert version.stdout.strip() == f"ovs-service {_project_version()}"
-    usage = _run(["/usr/bin/python3", "-S", built.root / "usr/bin/ovs-service-hook"],
-                 env=env, check=False)
+    usage = _run(["/bin/sh", built.root / "usr/bin/ovs-service-hook"], env=env, check=False)
     assert usage.returncode == 2 and "usage: ovs-service-hook" in usage.stderr
+    # The Python hooks, with the interpreter the front finds next to it.
+    # (No switch in this run directory: "nothing to save".)
+    nothing = built.root / "no-switch"
+    save = _run(["/bin/sh", built.root / "usr/bin/ovs-service-hook", "save"], check=False,
+                env={**env, "OVS_SERVICE_STATE_DIR": str(nothing), "OVS_RUNDIR": str(nothing)})
+    assert save.returncode == 0 and "nothing to save" in save.stderr, save.stderr
 
 
 def test_bash_completion_completes_from_the_package(built: Built, tmp_path: Path) -> None:
@@ -454,7 +461,7 @@ def installed_switch(built: Built) -> Iterator[InstalledSwitch]:
             "ovs-service-hook",
             "#!/bin/sh\n"
             f"PYTHONPATH={PACKAGE_INSIDE}/{DIST_PACKAGES}:/usr/lib/python3/dist-packages \\\n"
-            f'    exec /usr/bin/python3 -S {PACKAGE_INSIDE}/usr/bin/ovs-service-hook "$@"\n',
+            f'    exec /bin/sh {PACKAGE_INSIDE}/usr/bin/ovs-service-hook "$@"\n',
         )
         ns.install_units(units)
         ns.systemctl("start", "openvswitch-switch.service")

@@ -1,4 +1,5 @@
-"""What each hook of ovs-vswitchd's unit does (see the package docstring)."""
+"""What the Python hooks do (see the package docstring; prestart and stoppost
+are in the sh front, bin/ovs-service-hook)."""
 
 from __future__ import annotations
 
@@ -70,28 +71,6 @@ def _save(root: Path) -> int:
     store.mark_pending(root, snapshot.path)
     _status(f"saved {len(snapshot.manifest.bridges)} bridges to {snapshot.path} "
             f"in {time.monotonic() - start:.3f}s")
-    return 0
-
-
-def prestart() -> int:
-    root = store.state_dir()
-    pending = store.pending_snapshot(root)
-    if pending is None:
-        _status("no snapshot pending")
-        return 0
-    ovs.set_flow_restore_wait(True)
-    _status(f"flow-restore-wait set; will restore {pending.name}")
-    return 0
-
-
-def stoppost() -> int:
-    """After the daemon stopped, or failed to start: never leave flow-restore-wait set."""
-    try:
-        if ovs.flow_restore_wait():
-            ovs.set_flow_restore_wait(False)
-            _status("cleared flow-restore-wait (the start did not finish)")
-    except OvsServiceError as e:
-        log.warning("could not check flow-restore-wait: %s", e)
     return 0
 
 

@@ -1,0 +1,3 @@
+from ovs_service.hooks import main
+
+main()
