@@ -20,6 +20,7 @@ from ovs_service.errors import (
     SnapshotWriteFailed,
     UsageError,
 )
+from ovs_service.openflow import PreparedBundle
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,21 @@ def prepare_restore(
     for record in selected:
         flows.check_framing(snapshot, record)
     return snapshot, selected
+
+
+# The bridge's own port (OpenFlow 1.0, 1.1+): it is never pinned.
+OFPP_LOCAL = (0xFFFE, 0xFFFFFFFE)
+
+
+def restore_pinned(snapshot: store.Snapshot, records: Sequence[flows.BridgeRecord],
+                   bundles: dict[str, PreparedBundle] | None = None) -> list[flows.BridgeRestore]:
+    """Put interfaces back at their saved OpenFlow port numbers, then restore
+    the bridges (with the bundles prepared for them, if any)."""
+    wanted = {p.name: p.port_no for r in records for p in r.ports if p.port_no not in OFPP_LOCAL}
+    moved = ovs.pin_ofports(wanted)
+    if moved:
+        log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
+    return flows.restore(snapshot, records, bundles)
 
 
 def restore_snapshot(

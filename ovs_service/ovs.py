@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,27 @@ def rundir() -> Path:
 def mgmt_socket(bridge: str) -> Path:
     """The unix socket on which ovs-vswitchd serves OpenFlow for `bridge`."""
     return rundir() / f"{bridge}.mgmt"
+
+
+def wait_for_bridges(names: Sequence[str], timeout: float) -> None:
+    """Wait until ovs-vswitchd serves OpenFlow on each bridge's management socket
+    (it creates them as it configures its bridges, before it detaches)."""
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while not _listening(mgmt_socket(name)):
+            if time.monotonic() > deadline:
+                raise OvsUnreachable(what=f"bridge {name!r}", reason=f"no ovs-vswitchd serves "
+                                     f"{mgmt_socket(name)} after {timeout:.0f}s")
+            time.sleep(0.002)
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def daemon_running(name: str) -> bool:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, store
 from ovs_service.errors import RestoreFailed
-from ovs_service.hooks.unit_hooks import OFPP_LOCAL
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.openflow import PreparedBundle
+from ovs_service.operations import OFPP_LOCAL
 
 if TYPE_CHECKING:
     from ovs_service.systemd import Systemd

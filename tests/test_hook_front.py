@@ -28,9 +28,14 @@ class Front:
         self.calls = tmp / "vsctl.calls"
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
-        vsctl = bin_dir / "ovs-vsctl"
-        vsctl.write_text(f'#!/bin/sh\necho "$*" >> {self.calls}\n')
-        vsctl.chmod(0o755)
+        # Stand-ins that record their arguments; no background restore runs.
+        self.runs = tmp / "systemd-run.calls"
+        for name, text in (("ovs-vsctl", f'echo "$*" >> {self.calls}'),
+                           ("systemd-run", f'echo "$*" >> {self.runs}'),
+                           ("systemctl", "echo 0")):
+            tool = bin_dir / name
+            tool.write_text(f"#!/bin/sh\n{text}\n")
+            tool.chmod(0o755)
         self.path = f"{bin_dir}:{os.environ['PATH']}"
 
     def run(self, *args: str, invocation: str = "") -> subprocess.CompletedProcess[str]:
@@ -62,10 +67,17 @@ def test_bad_usage(front: Front) -> None:
 def test_prestart_sets_flow_restore_wait_only_with_a_snapshot_pending(front: Front) -> None:
     assert front.run("prestart").returncode == 0
     assert front.vsctl() == []
+    assert not front.runs.exists()
     store.mark_pending(front.state, front.state / "20261125T000000Z-1")
     proc = front.run("prestart")
-    assert proc.returncode == 0 and "will restore 20261125T000000Z-1" in proc.stderr
+    assert proc.returncode == 0 and "restoring 20261125T000000Z-1" in proc.stderr
     assert [c for c in front.vsctl() if SET in c and "--no-wait" in c]
+    # The restore starts in the background, bound to ovs-vswitchd.service.
+    (run,) = front.runs.read_text().splitlines()
+    assert "--unit=ovs-service-restore.service" in run
+    assert "BindsTo=ovs-vswitchd.service" in run
+    assert run.endswith("-m ovs_service.hooks restorer")
+    assert f"OVS_SERVICE_STATE_DIR={front.state}" in run
 
 
 def test_stoppost_and_idle_poststart_clear_flow_restore_wait(front: Front) -> None:

@@ -140,7 +140,9 @@ def test_failing_restore_clears_flow_restore_wait(
     assert switch.flow_restore_wait() == "", "flow-restore-wait left set after a failed restore"
     status = json.loads(ns.run(["ovs-service", "status", "--json"]).stdout)
     assert status["failed"] and status["failed"].endswith(snap.split("/")[-1])
-    journal = ns.journal("ovs-vswitchd")
+    # The unit's journal says so, and the background restore's says which bridge.
+    assert f"the restore of {snap.split('/')[-1]} failed" in ns.journal("ovs-vswitchd")
+    journal = ns.journal("ovs-service-restore")
     assert "brt" in journal and "failed" in journal
     # The other bridges came back whole; put brt back from a good snapshot.
     after = canon.all_states(switch)

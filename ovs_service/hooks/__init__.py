@@ -7,8 +7,12 @@ pending), and runs `python3 -m ovs_service.hooks HOOK` for the rest:
 
 - save (ExecStop=, before the daemon stops): snapshot every bridge and mark
   the snapshot pending.
-- poststart (ExecStartPost=): put OpenFlow port numbers back where they moved,
-  restore the pending snapshot, clear flow-restore-wait.
+- restorer (started by prestart, ExecStartPre=, in the background as the
+  transient unit ovs-service-restore): load and encode the pending snapshot
+  while ovs-vswitchd starts; as soon as it serves its bridges, put OpenFlow
+  port numbers back where they moved, restore, clear flow-restore-wait.
+- poststart (ExecStartPost=, once the restorer is done): the same, if the
+  restorer could not.
 
 They import little (no typer, no pystemd), log to the journal with
 priorities, report progress with sdnotify's STATUS=, and never leave
@@ -19,8 +23,8 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python3 -m ovs_service.hooks save|poststart [--debug]"
-HOOKS = ("save", "poststart")
+USAGE = "usage: python3 -m ovs_service.hooks save|poststart|restorer [--debug]"
+HOOKS = ("save", "poststart", "restorer")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,6 @@ from ovs_service.errors import Busy, OvsServiceError
 
 log = logging.getLogger("ovs_service.hooks")
 
-OFPP_LOCAL = (0xFFFE, 0xFFFFFFFE)
 
 
 def _status(text: str) -> None:
@@ -78,48 +77,55 @@ def poststart() -> int:
     return _under_lock(_poststart)
 
 
-def _poststart(root: Path) -> int:
+def restorer() -> int:
+    """The restore that `prestart` starts in the background, as its own
+    transient unit: load, verify and encode the pending snapshot while
+    ovs-vswitchd starts, restore as soon as it serves its bridges, clear
+    flow-restore-wait. `poststart` waits for it (and restores itself if it
+    could not)."""
+    return _under_lock(lambda root: _poststart(root, wait=RESTORER_WAIT))
+
+
+# How long the background restore waits for ovs-vswitchd (the unit's TimeoutStartSec).
+RESTORER_WAIT = 300.0
+
+
+def _poststart(root: Path, wait: float = 0.0) -> int:
     try:
-        return _restore_pending(root)
+        return _restore_pending(root, wait)
     finally:
         ovs.set_flow_restore_wait(False)
 
 
-def _restore_pending(root: Path) -> int:
+def _restore_pending(root: Path, wait: float = 0.0) -> int:
     pending = store.pending_snapshot(root)
     if pending is None:
         _status("no snapshot pending")
         return 0
     start = time.monotonic()
     try:
-        outcome = restore_with_ofports(pending)
+        snapshot, records = operations.prepare_restore(pending, skip_missing=True)
+        bundles = flows.prepare(snapshot, records)
+        if wait:
+            ovs.wait_for_bridges([r.name for r in records], wait)
+        results = operations.restore_pinned(snapshot, records, bundles)
     except OvsServiceError as e:
         log.error("restore of %s refused: %s", pending, e)
         store.mark_failed(root, pending)
         store.clear_pending(root)
         return 0
-    for bridge in outcome.bridges:
+    for bridge in results:
         if not bridge.ok:
             log.error("%s", bridge.error)
-    if any(b.transient for b in outcome.bridges):
+    if any(b.transient for b in results):
         _status(f"the switch went away during the restore; {pending.name} stays pending")
         return 0
-    if outcome.ok:
+    if all(b.ok for b in results):
         store.clear_failed(root)
     else:
         store.mark_failed(root, pending)
     store.clear_pending(root)
-    restored = sum(b.ok for b in outcome.bridges)
-    _status(f"restored {restored}/{len(outcome.bridges)} bridges from {pending.name} "
+    restored = sum(b.ok for b in results)
+    _status(f"restored {restored}/{len(results)} bridges from {pending.name} "
             f"in {time.monotonic() - start:.3f}s")
     return 0
-
-
-def restore_with_ofports(path: Path) -> operations.RestoreOutcome:
-    """Restore a snapshot, first pinning interfaces back to their saved port numbers."""
-    snapshot, records = operations.prepare_restore(path, skip_missing=True)
-    wanted = {p.name: p.port_no for r in records for p in r.ports if p.port_no not in OFPP_LOCAL}
-    moved = ovs.pin_ofports(wanted)
-    if moved:
-        log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
-    return operations.RestoreOutcome(snapshot.path, flows.restore(snapshot, records))
