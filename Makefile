@@ -15,7 +15,7 @@ APT_PACKAGES = \
 	systemd dbus \
 	debhelper dh-python pybuild-plugin-pyproject lintian \
 	qemu-system-x86 busybox-static cpio kmod \
-	bash-completion ca-certificates
+	bash-completion ca-certificates time
 PIP_TOOLS = ruff mypy
 
 DEB_WORK = .cache/deb

@@ -78,8 +78,10 @@ class Method:
 
 METHODS = {
     m.key: m for m in (
+        # GNU time records the transaction's peak resident memory.
         Method("ovs-service", "ovs-service restart", "ours",
-               ("ovs-service", "restart", "--json")),
+               ("/usr/bin/time", "-f", "%M", "-o", "/run/ovs-service-bench.rss",
+                "ovs-service", "restart", "--json")),
         Method("systemctl-hooks", "systemctl restart openvswitch (hooks)", "ours",
                ("systemctl", "restart", "openvswitch.service")),
         Method("debian-reload", "systemctl reload openvswitch-switch (Debian)", "debian",
@@ -117,6 +119,7 @@ class Run:
     flow_restore_wait_left: bool = False
     steps: list[dict[str, Any]] = field(default_factory=list)  # ovs-service restart --json
     load: float = 0.0
+    peak_rss_mib: float | None = None  # ovs-service restart's
 
 
 def code_version() -> str:
@@ -477,6 +480,8 @@ def run_method(bed: Bed, method: Method, flows: int, bridges: int, rnd: int,
     if method.key == "ovs-service" and proc.returncode == 0:
         with contextlib.suppress(ValueError, KeyError):
             run.steps = json.loads(proc.stdout)["steps"]
+        rss = bed.ns.run(["cat", "/run/ovs-service-bench.rss"], check=False).stdout.split()
+        run.peak_rss_mib = int(rss[-1]) / 1024 if rss and rss[-1].isdigit() else None
     if bed.damaged() or run.flow_restore_wait_left:
         if method.keeps_flows:
             bed.log(f"  {method.label} left the tables changed: {bed.damaged()}")
@@ -996,14 +1001,15 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "unrecovered": sum(r.gap_s is None for r in rs),
                 "failed": sum(r.exit_code != 0 for r in rs),
                 "not_restarted": sum(not r.restarted for r in rs),
+                "peak_rss_mib": max((r.peak_rss_mib for r in rs if r.peak_rss_mib), default=None),
             })
     return rows
 
 
 def print_table(rows: Sequence[dict[str, Any]], out: Any = sys.stdout) -> None:
     print("\n| bridges | flows | method | gap ms | (min-max) | wall s | gap ratio | wall ratio "
-          "| flows lost | runs |", file=out)
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|", file=out)
+          "| flows lost | runs | peak RSS |", file=out)
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
     for r in rows:
         gap = "never back" if r["gap_ms"] is None else f"{r['gap_ms']:.0f}"
         rng = f"{r['gap_ms_min']:.0f}-{r['gap_ms_max']:.0f}"
@@ -1020,9 +1026,10 @@ def print_table(rows: Sequence[dict[str, Any]], out: Any = sys.stdout) -> None:
         if r["not_restarted"]:
             notes.append(f"{r['not_restarted']} not restarted")
         runs = f"{r['runs']}" + (f" ({', '.join(notes)})" if notes else "")
+        rss = r.get("peak_rss_mib")
         print(f"| {r['bridges']} | {r['flows']:,} | {r['label']} | {gap} | {rng} | "
               f"{r['wall_s']:.2f} | {ratio(r['gap_ratio'])} | {ratio(r['wall_ratio'])} | "
-              f"{lost} | {runs} |", file=out)
+              f"{lost} | {runs} | {'' if rss is None else f'{rss:.0f} MiB'} |", file=out)
 
 
 def parse_list(text: str) -> list[int]:
