@@ -32,8 +32,10 @@ OVS_SAVE = "/usr/share/openvswitch/scripts/ovs-save"
 PROTOCOLS = ("OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15")
 
 
-def timed(argv: list[str], env: dict[str, str], stdout: int | None = None) -> tuple[float, int]:
-    """Run argv; return its wall time and its peak RSS in KiB (that process tree's largest)."""
+def timed(argv: list[str], env: dict[str, str],
+          stdout: int | None = None) -> tuple[float, int, float]:
+    """Run argv; return its wall time, its peak RSS in KiB (that process tree's
+    largest) and its CPU time (user + system, the tree's)."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=stdout or subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -42,7 +44,7 @@ def timed(argv: list[str], env: dict[str, str], stdout: int | None = None) -> tu
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv[:4]} failed: {stderr.strip()}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def build_table(bed: OvsBed, bridges: list[str], count: int, work: Path) -> None:
@@ -78,24 +80,29 @@ def run_size(bed: OvsBed, bridges: list[str], count: int, repeat: int,
     times: dict[str, list[float]] = {k: [] for k in ("stock_save", "stock_restore",
                                                       "ours_save", "ours_restore")}
     peak_kib = 0
+    cpu_s: dict[str, list[float]] = {"save": [], "restore": []}  # ovs-service's own
     for i in range(repeat):
         # Stock: the save prints a script that restores from files it wrote.
         script = work / f"restore-{i}.sh"
         with open(script, "w") as out:
-            t, _ = timed([OVS_SAVE, "save-flows", *bridges], env, stdout=out.fileno())
+            t, _, _ = timed([OVS_SAVE, "save-flows", *bridges], env, stdout=out.fileno())
         times["stock_save"].append(t)
         wipe(bed, bridges)
-        t, _ = timed(["sh", str(script)], env)
+        t, _, _ = timed(["sh", str(script)], env)
         times["stock_restore"].append(t)
         assert flow_count(bed, bridges) == total, "stock restore lost flows"
 
         snap = work / f"snap-{i}"
-        t, rss = timed([sys.executable, "-m", "ovs_service", "save", "--to", str(snap)], env)
+        t, rss, cpu = timed([sys.executable, "-m", "ovs_service", "save", "--to", str(snap)],
+                            env)
         times["ours_save"].append(t)
+        cpu_s["save"].append(cpu)
         peak_kib = max(peak_kib, rss)
         wipe(bed, bridges)
-        t, rss = timed([sys.executable, "-m", "ovs_service", "restore", "--from", str(snap)], env)
+        t, rss, cpu = timed([sys.executable, "-m", "ovs_service", "restore", "--from",
+                             str(snap)], env)
         times["ours_restore"].append(t)
+        cpu_s["restore"].append(cpu)
         peak_kib = max(peak_kib, rss)
         assert flow_count(bed, bridges) == total, "ovs-service restore lost flows"
         subprocess.run(["rm", "-rf", str(snap)], check=True)
@@ -105,6 +112,8 @@ def run_size(bed: OvsBed, bridges: list[str], count: int, repeat: int,
         "bridges": len(bridges),
         "median_s": med,
         "s_per_million": {k: v * 1e6 / total for k, v in med.items()},
+        "ours_cpu_s_per_million": {k: statistics.median(v) * 1e6 / total
+                                   for k, v in cpu_s.items()},
         "ratio_save": med["ours_save"] / med["stock_save"],
         "ratio_restore": med["ours_restore"] / med["stock_restore"],
         "peak_rss_mib": peak_kib / 1024,
@@ -134,14 +143,16 @@ def main() -> None:
                   f"vs {r['median_s']['stock_restore']:.2f}s (ratio {r['ratio_restore']:.2f}), "
                   f"peak RSS {r['peak_rss_mib']:.1f} MiB", flush=True)
     print("\n| flows | bridges | ovs-service save | ovs-save | ratio | ovs-service restore "
-          "| stock script | ratio | save, restore per 10^6 flows | peak RSS |")
+          "| stock script | ratio | save, restore per 10^6 flows (CPU of ovs-service) "
+          "| peak RSS |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        m, per = r["median_s"], r["s_per_million"]
+        m, per, cpu = r["median_s"], r["s_per_million"], r["ours_cpu_s_per_million"]
         print(f"| {r['flows']:,} | {r['bridges']} | {m['ours_save']:.2f} s | "
               f"{m['stock_save']:.2f} s | {r['ratio_save']:.2f} | {m['ours_restore']:.2f} s | "
               f"{m['stock_restore']:.2f} s | {r['ratio_restore']:.2f} | "
-              f"{per['ours_save']:.1f} s, {per['ours_restore']:.1f} s | "
+              f"{per['ours_save']:.1f} s, {per['ours_restore']:.1f} s "
+              f"({cpu['save']:.1f} s, {cpu['restore']:.1f} s) | "
               f"{r['peak_rss_mib']:.0f} MiB |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
