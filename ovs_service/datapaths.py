@@ -76,6 +76,11 @@ class DatapathsSnapshot:
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # kept apart on disk
     schema: int = SCHEMA
 
+    @property
+    def system_datapaths(self) -> list[Datapath]:
+        """The kernel's datapaths (type `system`), which a module reload deletes."""
+        return [dp for dp in self.datapaths if dp.type == "system"]
+
     def public_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc.pop("secrets")
@@ -165,39 +170,73 @@ def save() -> DatapathsSnapshot:
     return DatapathsSnapshot(datapaths, interfaces, secrets)
 
 
-def recreate_kernel_datapaths(snapshot: DatapathsSnapshot) -> list[str]:
+def kernel_datapaths() -> dict[str, Datapath]:
+    """The kernel's datapaths by name, as the kernel has them (no ovs-vswitchd needed)."""
+    return {dp.name: dp for dp in parse_dpctl_show(ovs.dpctl("show").stdout)}
+
+
+@dataclass
+class Recreated:
+    ports: list[str] = field(default_factory=list)
+    """Ports made afresh, as `datapath:number(name)`."""
+    problems: list[str] = field(default_factory=list)
+
+
+def recreate_kernel_datapaths(snapshot: DatapathsSnapshot) -> Recreated:
     """Before ovs-vswitchd starts: kernel datapaths with ports at their old numbers.
 
-    Returns what could not be done; ovs-vswitchd creates the rest itself,
-    possibly at other numbers (the verification reports it).
+    Only what is missing is made: a datapath or port that exists is left as
+    it is, so that this can run again after an interrupted run. Problems are
+    what could not be done; ovs-vswitchd creates the rest itself, possibly
+    at other numbers (the verification reports it).
     """
-    problems = []
-    for dp in snapshot.datapaths:
-        if dp.type != "system":
+    made = Recreated()
+    if not snapshot.system_datapaths:
+        return made
+    try:
+        existing = kernel_datapaths()
+    except CommandFailed as e:
+        return Recreated(problems=[f"cannot list the kernel's datapaths: {e}"])
+    for dp in snapshot.system_datapaths:
+        present = existing.get(dp.name)
+        if present is None and not _add_datapath(dp, made):
             continue
-        full = f"system@{dp.name}"
-        try:
-            ovs.dpctl("add-dp", full)
-        except CommandFailed as e:
-            if "exists" not in str(e):
-                problems.append(f"{full}: {e}")
-                continue
+        have = {port.name for port in present.ports} if present else set()
         for port in dp.ports:
-            if port.number == 0:
-                continue  # the datapath's own local port comes with it
-            if port.type not in RECREATED_TYPES:
-                # Tunnel vports are shared and named by ovs-vswitchd; it makes them.
-                continue
-            spec = ",".join([port.name, f"type={port.type or 'system'}", f"port_no={port.number}"])
-            was_up = _up_or_unknown(port.name)
-            try:
-                ovs.dpctl("add-if", full, spec)
-            except CommandFailed as e:
-                problems.append(f"{full} port {port.number} ({port.name}): {e.fields['stderr']}")
-                continue
-            if not was_up:
-                problems += _set_down(port.name)
-    return problems
+            if port.name not in have and _recreated(port):
+                _add_port(dp, port, made)
+    return made
+
+
+def _recreated(port: DatapathPort) -> bool:
+    # Port 0, the datapath's own local port, comes with it; tunnel vports are
+    # shared and named by ovs-vswitchd, which makes them.
+    return port.number != 0 and port.type in RECREATED_TYPES
+
+
+def _add_datapath(dp: Datapath, made: Recreated) -> bool:
+    """Create the datapath; whether it exists now."""
+    try:
+        ovs.dpctl("add-dp", f"system@{dp.name}")
+    except CommandFailed as e:
+        if "exists" not in str(e):
+            made.problems.append(f"system@{dp.name}: {e}")
+            return False
+    return True
+
+
+def _add_port(dp: Datapath, port: DatapathPort, made: Recreated) -> None:
+    full = f"system@{dp.name}"
+    spec = ",".join([port.name, f"type={port.type or 'system'}", f"port_no={port.number}"])
+    was_up = _up_or_unknown(port.name)
+    try:
+        ovs.dpctl("add-if", full, spec)
+    except CommandFailed as e:
+        made.problems.append(f"{full} port {port.number} ({port.name}): {e.fields['stderr']}")
+        return
+    made.ports.append(f"{dp.name}:{port.number}({port.name})")
+    if not was_up:
+        made.problems += _set_down(port.name)
 
 
 def _up_or_unknown(name: str) -> bool:

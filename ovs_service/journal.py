@@ -34,6 +34,9 @@ class Record:
     pid: int
     started: float
     snapshot: str | None = None
+    # force-reload-kmod began deleting the kernel datapaths: until it (or
+    # recover) finishes, they and the internal interfaces may be gone.
+    datapaths_deleted: bool = False
     step: str | None = None
     state: str = "begun"  # running | done, of `step`
     done: list[str] = field(default_factory=list)
@@ -42,6 +45,8 @@ class Record:
 
     @property
     def alive(self) -> bool:
+        if self.pid <= 0:  # unreadable journal; kill(0) would signal our own group
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -117,6 +122,16 @@ class Journal:
 
     def set_invocation(self, invocation: str) -> None:
         self.record = replace(self.record, invocation=invocation)
+        _write(self.root, self.record)
+
+    def set_datapaths_deleted(self) -> None:
+        self.record = replace(self.record, datapaths_deleted=True)
+        _write(self.root, self.record)
+
+    def take_over(self, dead: Record) -> None:
+        """Carry a dead transaction's unfinished kernel work into this journal."""
+        self.record = replace(self.record, snapshot=dead.snapshot,
+                              datapaths_deleted=dead.datapaths_deleted)
         _write(self.root, self.record)
 
     @contextmanager

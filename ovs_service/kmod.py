@@ -47,6 +47,17 @@ def vport_modules() -> list[str]:
     return sorted(m for m in loaded() if m.startswith(VPORT_PREFIX))
 
 
+def ensure_loaded() -> bool:
+    """Load openvswitch unless it is loaded (or the kernel has no modules); whether it was."""
+    if not module_support() or MODULE in loaded():
+        return False
+    try:
+        run(["modprobe", MODULE])
+    except OvsServiceError as e:
+        raise ModuleError(module=MODULE, reason=f"could not load: {e}") from None
+    return True
+
+
 def reload_openvswitch() -> list[str]:
     """Unload openvswitch with its vport modules (not their dependencies), then load it again."""
     vports = vport_modules()

@@ -9,6 +9,7 @@ every way out once it has been set.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, store
-from ovs_service.errors import RestoreFailed
+from ovs_service.errors import Busy, RestoreFailed, SnapshotInvalid
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.openflow import PreparedBundle
 from ovs_service.operations import OFPP_LOCAL
@@ -189,46 +190,33 @@ def recover(wait: float = 0.0) -> Recovery:
 
     The journal says what was running. Whatever the step, the end state is
     the same: ovsdb-server and ovs-vswitchd running, the pending snapshot
-    restored, flow-restore-wait cleared, the journal gone.
+    restored, flow-restore-wait cleared, the journal gone. A force-reload-kmod
+    that got as far as deleting the datapaths also gets the module loaded, its
+    kernel datapaths back at their port numbers before ovs-vswitchd starts (so
+    that it adopts them), and the internal interfaces and the firewall back.
+    Only what is missing is made again, so a recovery that is itself
+    interrupted can simply run again.
     """
-    from ovs_service.systemd import Systemd
-
     root = store.state_dir()
     with store.lock(root, wait):
         record = journal.read(root)
-        result = Recovery(found=record)
-        if record is not None and record.alive and record.pid != __import__("os").getpid():
-            from ovs_service.errors import Busy
-
+        if record is not None and record.alive and record.pid != os.getpid():
             raise Busy(holder=f"pid {record.pid}, {record.op} at {record.step}")
+        result = Recovery(found=record)
         # Our own journal replaces the dead one: the unit hooks leave the
         # restore to us (they would wait for the lock we hold).
         tx = journal.Journal(root, "recover")
+        reloaded = _interrupted_reload(root, record, tx, result)
         if not ovs.daemon_running("ovs-vswitchd"):
-            # The hooks leave everything to a running transaction, this one too.
-            with tx.step("start-units"), Systemd() as sd:
-                sd.job("start", OVSDB_UNIT)
-                if store.pending_snapshot(root):
-                    ovs.set_flow_restore_wait(True)
-                sd.job("start", VSWITCHD_UNIT)
-            result.actions.append(f"started {OVSDB_UNIT} and {VSWITCHD_UNIT}")
+            if reloaded is not None:
+                _recreate_datapaths(tx, result, reloaded)
+            _start_units(root, tx, result)
         pending = store.pending_snapshot(root)
         if pending is not None:
-            try:
-                with tx.step("restore"):
-                    snapshot, records = operations.prepare_restore(pending, skip_missing=True)
-                    result.bridges = restore_prepared(snapshot, records)
-                result.actions.append(f"restored {pending}")
-            finally:
-                ovs.set_flow_restore_wait(False)
-            if (record is not None and record.op == "force-reload-kmod"
-                    and operations.INTERFACES_FILE in snapshot.manifest.files):
-                # The module reload took the internal interfaces' addresses,
-                # routes and link settings with it.
-                with tx.step("restore-interfaces"):
-                    report = operations.restore_interfaces_stage(snapshot)
-                result.actions.append("restored interfaces and firewall"
-                                      + ("" if report["ok"] else " (with problems)"))
+            _restore_flows(tx, result, pending)
+        if reloaded is not None:
+            _restore_interfaces(tx, result, reloaded)
+        if pending is not None:
             finish_restore(root, pending, result.bridges)
         if ovs.flow_restore_wait():
             ovs.set_flow_restore_wait(False)
@@ -237,6 +225,72 @@ def recover(wait: float = 0.0) -> Recovery:
         if not result.actions:
             result.actions.append("nothing to recover")
     return result
+
+
+def _interrupted_reload(
+    root: Path, record: journal.Record | None, tx: journal.Journal, result: Recovery
+) -> store.Snapshot | None:
+    """The snapshot of a force-reload-kmod that had begun deleting the kernel
+    datapaths, verified; None if there was none (or it cannot be read)."""
+    if record is None or not record.datapaths_deleted or not record.snapshot:
+        return None
+    tx.take_over(record)  # still to do if this recovery is interrupted too
+    try:
+        return store.load(root / record.snapshot)
+    except SnapshotInvalid as e:
+        result.actions.append(f"kernel datapaths and interfaces not restored: {e}")
+        return None
+
+
+def _recreate_datapaths(tx: journal.Journal, result: Recovery, snapshot: store.Snapshot) -> None:
+    """Before ovs-vswitchd starts: the module, and the kernel datapaths at their port numbers."""
+    from ovs_service import kmod
+
+    saved = operations.load_datapaths(snapshot)
+    if saved is None or not saved.system_datapaths:
+        return
+    with tx.step("restore-datapaths"):
+        if kmod.ensure_loaded():
+            result.actions.append(f"loaded the {kmod.MODULE} module")
+        made = datapaths.recreate_kernel_datapaths(saved)
+    if made.ports:
+        result.actions.append(f"re-created kernel datapath ports {', '.join(made.ports)}")
+    result.actions += made.problems
+
+
+def _start_units(root: Path, tx: journal.Journal, result: Recovery) -> None:
+    from ovs_service.systemd import Systemd
+
+    # The hooks leave everything to a running transaction, this one too.
+    with tx.step("start-units"), Systemd() as sd:
+        sd.job("start", OVSDB_UNIT)
+        if store.pending_snapshot(root):
+            ovs.set_flow_restore_wait(True)
+        sd.job("start", VSWITCHD_UNIT)
+    result.actions.append(f"started {OVSDB_UNIT} and {VSWITCHD_UNIT}")
+
+
+def _restore_flows(tx: journal.Journal, result: Recovery, pending: Path) -> None:
+    try:
+        with tx.step("restore"):
+            snapshot, records = operations.prepare_restore(pending, skip_missing=True)
+            result.bridges = restore_prepared(snapshot, records)
+        result.actions.append(f"restored {pending}")
+    finally:
+        ovs.set_flow_restore_wait(False)
+
+
+def _restore_interfaces(tx: journal.Journal, result: Recovery, snapshot: store.Snapshot) -> None:
+    """The module reload took the internal interfaces' addresses, routes and
+    link settings with it; the firewall is saved and restored with them."""
+    if operations.INTERFACES_FILE in snapshot.manifest.files:
+        with tx.step("restore-interfaces"):
+            report = operations.restore_interfaces_stage(snapshot)
+        result.actions.append("restored interfaces and firewall"
+                              + ("" if report["ok"] else " (with problems)"))
+    saved = operations.load_datapaths(snapshot)
+    for m in datapaths.verify(saved) if saved is not None else []:
+        result.actions.append(f"port number moved: {m.interface} {m.what} {m.saved} -> {m.now}")
 
 
 KMOD_PLAN: list[tuple[str, str]] = [
@@ -287,15 +341,17 @@ def force_reload_kmod(
             outcome.notes.append("this kernel has no loadable module support: "
                                  "module steps skipped, the rest done")
         with run.step("delete-datapaths") as s:
+            run.tx.set_datapaths_deleted()  # from here on, recover re-creates them
             s.detail = ", ".join(_delete_kernel_datapaths()) or "none"
         with run.step("reload-module") as s:
             if has_modules:
                 s.detail = "reloaded " + ", ".join(kmod.reload_openvswitch())
                 outcome.module_reloaded = True
         with run.step("restore-datapaths") as s:
-            problems = datapaths.recreate_kernel_datapaths(saved_dps) if saved_dps else []
-            outcome.notes += problems
-            s.detail = f"{len(problems)} problems"
+            made = (datapaths.recreate_kernel_datapaths(saved_dps) if saved_dps
+                    else datapaths.Recreated())
+            outcome.notes += made.problems
+            s.detail = f"{len(made.ports)} ports, {len(made.problems)} problems"
         _start_and_restore(run, sd, outcome, prepared)
         with run.step("restore-interfaces"):
             outcome.interfaces = operations.restore_interfaces_stage(prepared[0])
