@@ -20,7 +20,6 @@ from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, sto
 from ovs_service.errors import Busy, RestoreFailed, SnapshotInvalid
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.openflow import PreparedBundle
-from ovs_service.operations import OFPP_LOCAL
 
 if TYPE_CHECKING:
     from ovs_service.systemd import Systemd
@@ -115,7 +114,7 @@ def _start_and_restore(run: _Run, sd: Systemd, outcome: Outcome, prepared: Prepa
             job = sd.submit("start", VSWITCHD_UNIT)
             run.tx.set_invocation(sd.wait_started(job))
         with run.step("restore"):
-            outcome.bridges = restore_prepared(*prepared)
+            outcome.bridges = operations.restore_pinned(*prepared)
     finally:
         with run.step("clear-flow-restore-wait"):
             ovs.set_flow_restore_wait(False)
@@ -141,17 +140,6 @@ def restart(
         run.tx.finish()
     outcome.ok = True
     return outcome
-
-
-def restore_prepared(
-    snapshot: store.Snapshot, records: list[flows.BridgeRecord],
-    bundles: dict[str, PreparedBundle] | None = None,
-) -> list[flows.BridgeRestore]:
-    wanted = {p.name: p.port_no for r in records for p in r.ports if p.port_no not in OFPP_LOCAL}
-    moved = ovs.pin_ofports(wanted)
-    if moved:
-        log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
-    return flows.restore(snapshot, records, bundles)
 
 
 def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore]) -> None:
@@ -274,7 +262,7 @@ def _restore_flows(tx: journal.Journal, result: Recovery, pending: Path) -> None
     try:
         with tx.step("restore"):
             snapshot, records = operations.prepare_restore(pending, skip_missing=True)
-            result.bridges = restore_prepared(snapshot, records)
+            result.bridges = operations.restore_pinned(snapshot, records)
         result.actions.append(f"restored {pending}")
     finally:
         ovs.set_flow_restore_wait(False)
