@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ovs_service import store
@@ -56,6 +56,9 @@ class Record:
         return True
 
 
+_FIELDS = frozenset(f.name for f in fields(Record))
+
+
 def _path(root: Path) -> Path:
     return root / JOURNAL
 
@@ -63,10 +66,11 @@ def _path(root: Path) -> Path:
 def read(root: Path) -> Record | None:
     try:
         doc = json.loads(_path(root).read_text())
-        return Record(**doc)
+        # What another version of ovs-service wrote may hold more than we know.
+        return Record(**{k: v for k, v in doc.items() if k in _FIELDS})
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):
         return Record(op="unknown", pid=0, started=0.0, state="unreadable")
 
 
