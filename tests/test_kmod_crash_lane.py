@@ -54,6 +54,14 @@ def guest() -> Iterator[Guest]:
         yield booted
 
 
+@pytest.fixture(scope="module")
+def reference(guest: Guest) -> SwitchState:
+    """The switch as built. Every test compares with it, not with the state
+    the test before left: nothing may drift from one kill to the next (and
+    the guest reads its state once a test, not twice)."""
+    return switch_state(guest)
+
+
 @dataclass(frozen=True)
 class Killed:
     journal: dict[str, Any]
@@ -99,9 +107,10 @@ def assert_whole(guest: Guest, before: SwitchState, what: str) -> None:
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_killed_at_every_step_then_recover(guest: Guest, point: str) -> None:
+def test_killed_at_every_step_then_recover(
+    guest: Guest, reference: SwitchState, point: str
+) -> None:
     start = time.monotonic()
-    before = switch_state(guest)
     killed = kill_at(guest, point)
     assert killed.journal["op"] == "force-reload-kmod", killed.journal
     # The journal says when the kernel's datapaths may be gone: from inside
@@ -110,51 +119,50 @@ def test_killed_at_every_step_then_recover(guest: Guest, point: str) -> None:
     assert killed.journal["datapaths_deleted"] is deleting, killed.journal
     if point in NO_DATAPATH:
         assert killed.datapaths == [], f"killed at {point}, the kernel has {killed.datapaths}"
+    killing = time.monotonic()
     recovered = recover(guest, point)
     assert recovered["interrupted"]["op"] == "force-reload-kmod", recovered
-    assert_whole(guest, before, f"SIGKILL at {point} and recover")
-    print(f"\n{point}: killed after {killed.seconds:.1f} s; recovered with "
-          f"{recovered['actions']}; {time.monotonic() - start:.1f} s in all")
+    recovering = time.monotonic()
+    assert_whole(guest, reference, f"SIGKILL at {point} and recover")
+    print(f"\n{point}: {time.monotonic() - start:.1f} s (kill {killing - start:.1f}, recover "
+          f"{recovering - killing:.1f}, checks {time.monotonic() - recovering:.1f}); "
+          f"recover: {'; '.join(recovered['actions'])}")
 
 
-def test_recover_again_changes_nothing(guest: Guest) -> None:
-    before = switch_state(guest)
+def test_recover_again_changes_nothing(guest: Guest, reference: SwitchState) -> None:
     assert recover(guest, "nothing")["actions"] == ["nothing to recover"]
-    assert_whole(guest, before, "a recover with nothing to recover")
+    assert_whole(guest, reference, "a recover with nothing to recover")
 
 
 @pytest.mark.parametrize("point", ["restart-ovsdb-server:after", "restore-datapaths:after"])
-def test_killed_then_unit_start(guest: Guest, point: str) -> None:
+def test_killed_then_unit_start(guest: Guest, reference: SwitchState, point: str) -> None:
     """No recover at first: the operator just starts the switch again, and the
     units' hooks restore the flows. recover, run after, clears the dead
     transaction's journal and, once the module was reloaded, puts the
     internal interfaces back (the hooks restore OpenFlow state only)."""
-    before = switch_state(guest)
     kill_at(guest, point)
     guest.run(["systemctl", "start", "openvswitch"], timeout=RELOAD_TIMEOUT)
     settle(guest)
     recovered = recover(guest, f"{point}, then systemctl start")
     if point == "restore-datapaths:after":
         assert "restored interfaces and firewall" in recovered["actions"], recovered
-    assert_whole(guest, before, f"SIGKILL at {point}, then systemctl start")
+    assert_whole(guest, reference, f"SIGKILL at {point}, then systemctl start")
 
 
-def test_killed_with_the_module_unloaded(guest: Guest) -> None:
+def test_killed_with_the_module_unloaded(guest: Guest, reference: SwitchState) -> None:
     """A kill inside reload-module, between unloading and loading the module."""
-    before = switch_state(guest)
     killed = kill_at(guest, "reload-module")
     assert killed.datapaths == []
     guest.run(["rmmod", "openvswitch"])
     recovered = recover(guest, "reload-module, module unloaded")
     assert "loaded the openvswitch module" in recovered["actions"], recovered
-    assert_whole(guest, before, "SIGKILL with the module unloaded, and recover")
+    assert_whole(guest, reference, "SIGKILL with the module unloaded, and recover")
 
 
-def test_recover_killed_too_then_recover_again(guest: Guest) -> None:
+def test_recover_killed_too_then_recover_again(guest: Guest, reference: SwitchState) -> None:
     """recover itself killed twice: once with the datapaths made again and the
     units still down, once before the interfaces. The third run finishes, and
     makes nothing twice (the ports made by the first run stay the same devices)."""
-    before = switch_state(guest)
     kill_at(guest, "reload-module:after")
     for point in ("start-units", "restore-interfaces"):
         run = guest.run(["env", f"OVS_SERVICE_FAULT={point}", "ovs-service", "recover"],
@@ -167,7 +175,7 @@ def test_recover_killed_too_then_recover_again(guest: Guest) -> None:
     assert recovered["interrupted"]["op"] == "recover", recovered
     assert not any("re-created" in action for action in recovered["actions"]), recovered
     assert guest.run(["cat", "/sys/class/net/p0/ifindex"]).stdout == made
-    assert_whole(guest, before, "SIGKILL of force-reload-kmod and of two recovers")
+    assert_whole(guest, reference, "SIGKILL of force-reload-kmod and of two recovers")
 
 
 def test_fault_points_cover_every_step() -> None:
