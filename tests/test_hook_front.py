@@ -8,6 +8,7 @@ test_systemd_lane.py and test_crash_lane.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -28,6 +29,10 @@ class Front:
         self.calls = tmp / "vsctl.calls"
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
+        # The front finds its Python in the first line of ovs-service beside it.
+        self.front = bin_dir / "ovs-service-hook"
+        self.front.write_text(FRONT.read_text())
+        (bin_dir / "ovs-service").write_text("#!/usr/bin/python3\n")
         # Stand-ins that record their arguments; no background restore runs.
         self.runs = tmp / "systemd-run.calls"
         for name, text in (("ovs-vsctl", f'echo "$*" >> {self.calls}'),
@@ -41,8 +46,8 @@ class Front:
     def run(self, *args: str, invocation: str = "") -> subprocess.CompletedProcess[str]:
         self.calls.unlink(missing_ok=True)
         env = {**os.environ, "PATH": self.path, "OVS_SERVICE_STATE_DIR": str(self.state),
-               "INVOCATION_ID": invocation}
-        return subprocess.run(["/bin/sh", str(FRONT), *args], env=env, capture_output=True,
+               "INVOCATION_ID": invocation, "PYTHONPATH": str(FRONT.parents[1])}
+        return subprocess.run(["/bin/sh", str(self.front), *args], env=env, capture_output=True,
                               text=True, timeout=30, check=False)
 
     def vsctl(self) -> list[str]:
@@ -120,3 +125,26 @@ def test_a_dead_transaction_is_ignored(front: Front) -> None:
     (front.state / journal.DEFER).write_text(f"{proc.pid} - stoppost save prestart poststart\n")
     assert not _deferred(front.run("stoppost"))
     assert front.vsctl()
+
+
+def test_prestart_after_a_dead_transaction_runs_the_python_prestart(front: Front) -> None:
+    """A journal left by a killed force-reload-kmod that had not deleted the
+    datapaths: the Python prestart has nothing to re-create, and says nothing;
+    the front goes on and sets flow-restore-wait."""
+    proc = subprocess.Popen(["/bin/true"])
+    proc.wait()
+    record = {"op": "force-reload-kmod", "pid": proc.pid, "started": 0.0,
+              "snapshot": "20261125T000000Z-1", "step": "stop-ovs-vswitchd", "state": "done"}
+    (front.state / journal.JOURNAL).write_text(json.dumps(record))
+    store.mark_pending(front.state, front.state / "20261125T000000Z-1")
+    done = front.run("prestart")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "re-created" not in done.stderr
+    assert [c for c in front.vsctl() if SET in c]
+    # The same journal, datapaths deleted, but its snapshot is gone: one line
+    # in the journal, and still flow-restore-wait.
+    (front.state / journal.JOURNAL).write_text(json.dumps({**record, "datapaths_deleted": True}))
+    broken = front.run("prestart")
+    assert broken.returncode == 0 and "Traceback" not in broken.stderr, broken.stderr
+    assert "20261125T000000Z-1" in broken.stderr
+    assert [c for c in front.vsctl() if SET in c]

@@ -134,17 +134,22 @@ def test_recover_again_changes_nothing(guest: Guest, reference: SwitchState) -> 
     assert_whole(guest, reference, "a recover with nothing to recover")
 
 
-@pytest.mark.parametrize("point", ["restart-ovsdb-server:after", "restore-datapaths:after"])
+@pytest.mark.parametrize("point", ["restart-ovsdb-server:after", "delete-datapaths:after",
+                                   "reload-module:after", "restore-datapaths:after"])
 def test_killed_then_unit_start(guest: Guest, reference: SwitchState, point: str) -> None:
-    """No recover at first: the operator just starts the switch again, and the
-    units' hooks restore the flows. recover, run after, clears the dead
-    transaction's journal and, once the module was reloaded, puts the
-    internal interfaces back (the hooks restore OpenFlow state only)."""
-    kill_at(guest, point)
+    """No recover at first: the operator just starts the switch again. The
+    prestart hook re-creates kernel datapaths the reload had deleted, at
+    their port numbers, and the hooks restore the flows. recover, run after,
+    clears the dead transaction's journal and, once the datapaths were
+    deleted, puts the internal interfaces back (the hooks restore OpenFlow
+    state only)."""
+    killed = kill_at(guest, point)
+    if point in NO_DATAPATH:
+        assert killed.datapaths == [], f"killed at {point}, the kernel has {killed.datapaths}"
     guest.run(["systemctl", "start", "openvswitch"], timeout=RELOAD_TIMEOUT)
     settle(guest)
     recovered = recover(guest, f"{point}, then systemctl start")
-    if point == "restore-datapaths:after":
+    if killed.journal["datapaths_deleted"]:
         assert "restored interfaces and firewall" in recovered["actions"], recovered
     assert_whole(guest, reference, f"SIGKILL at {point}, then systemctl start")
 

@@ -7,6 +7,9 @@ pending), and runs `python3 -m ovs_service.hooks HOOK` for the rest:
 
 - save (ExecStop=, before the daemon stops): snapshot every bridge and mark
   the snapshot pending.
+- prestart (ExecStartPre=, only when a journal is left, before the sh front
+  sets flow-restore-wait): after an interrupted force-reload-kmod, load the
+  module and re-create the kernel datapaths at their saved port numbers.
 - restorer (started by prestart, ExecStartPre=, in the background as the
   transient unit ovs-service-restore): load and encode the pending snapshot
   while ovs-vswitchd starts; as soon as it serves its bridges, put OpenFlow
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python3 -m ovs_service.hooks save|poststart|restorer [--debug]"
-HOOKS = ("save", "poststart", "restorer")
+USAGE = "usage: python3 -m ovs_service.hooks save|prestart|poststart|restorer [--debug]"
+HOOKS = ("save", "prestart", "poststart", "restorer")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,6 +73,35 @@ def _save(root: Path) -> int:
     return 0
 
 
+def prestart() -> int:
+    """What the sh front's prestart cannot do alone: after an interrupted
+    force-reload-kmod (its journal names a dead process that had begun
+    deleting the kernel datapaths), load the module and re-create the kernel
+    datapaths at their saved port numbers before ovs-vswitchd starts, so that
+    it adopts them instead of numbering the ports afresh. `ovs-service
+    recover` puts the internal interfaces back afterwards."""
+    return _under_lock(_recreate_datapaths)
+
+
+def _recreate_datapaths(root: Path) -> int:
+    from ovs_service import datapaths, kmod
+
+    record = journal.read(root)
+    if record is None or record.alive or not record.datapaths_deleted or not record.snapshot:
+        return 0
+    saved = operations.load_datapaths(store.load(root / record.snapshot))
+    if saved is None or not saved.system_datapaths:
+        return 0
+    loaded = kmod.ensure_loaded()
+    made = datapaths.recreate_kernel_datapaths(saved)
+    for problem in made.problems:
+        log.warning("%s", problem)
+    _status(f"after an interrupted force-reload-kmod: {'loaded the module; ' if loaded else ''}"
+            f"re-created kernel datapath ports {', '.join(made.ports) or '(none missing)'}; "
+            "ovs-service recover puts the interfaces back")
+    return 0
+
+
 def poststart() -> int:
     return _under_lock(_poststart)
 
