@@ -1,14 +1,15 @@
-"""The `restart` transaction, driven through systemd's D-Bus API.
+"""The `restart` and `force-reload-kmod` transactions, driven through
+systemd's D-Bus API, and `recover`, which finishes either.
 
-save → restart ovsdb-server (alone) → stop ovs-vswitchd → start it with
-flow-restore-wait → restore → clear flow-restore-wait. Each step is written
-to the journal before and after it runs; flow-restore-wait is cleared on
-every way out once it has been set.
+restart: save → stop ovs-vswitchd → restart ovsdb-server (as ovs-vswitchd
+exits) → start ovs-vswitchd with flow-restore-wait → restore (as soon as it
+runs) → clear flow-restore-wait. Each step is written to the journal before
+and after it runs; flow-restore-wait is cleared on every way out once it has
+been set.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,6 @@ from ovs_service.openflow import PreparedBundle
 if TYPE_CHECKING:
     from ovs_service.systemd import Systemd
 
-log = logging.getLogger(__name__)
 
 OVSDB_UNIT = "ovsdb-server.service"
 VSWITCHD_UNIT = "ovs-vswitchd.service"
