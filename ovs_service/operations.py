@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ovs_service import datapaths, flows, ovs, store
+from ovs_service import datapaths, flows, kmod, ovs, store
 from ovs_service.errors import (
     BridgeNotFound,
     RestoreFailed,
@@ -112,6 +112,21 @@ def load_datapaths(snapshot: store.Snapshot) -> datapaths.DatapathsSnapshot | No
     except (OSError, ValueError, KeyError, TypeError) as e:
         reason = f"datapaths stage unreadable ({e})"
         raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
+
+
+def recreate_kernel_datapaths(snapshot: store.Snapshot) -> list[str] | None:
+    """After a module reload was interrupted, before ovs-vswitchd starts: the
+    module loaded and the snapshot's kernel datapaths back with their ports at
+    the saved numbers (only what is missing). What was done and what could
+    not be, a line each; None if the snapshot has no kernel datapaths."""
+    saved = load_datapaths(snapshot)
+    if saved is None or not saved.system_datapaths:
+        return None
+    done = [f"loaded the {kmod.MODULE} module"] if kmod.ensure_loaded() else []
+    made = datapaths.recreate_kernel_datapaths(saved)
+    if made.ports:
+        done.append(f"re-created kernel datapath ports {', '.join(made.ports)}")
+    return done + made.problems
 
 
 def restore_interfaces_stage(snapshot: store.Snapshot) -> dict[str, Any]:

@@ -232,18 +232,8 @@ def _interrupted_reload(
 
 def _recreate_datapaths(tx: journal.Journal, result: Recovery, snapshot: store.Snapshot) -> None:
     """Before ovs-vswitchd starts: the module, and the kernel datapaths at their port numbers."""
-    from ovs_service import kmod
-
-    saved = operations.load_datapaths(snapshot)
-    if saved is None or not saved.system_datapaths:
-        return
     with tx.step("restore-datapaths"):
-        if kmod.ensure_loaded():
-            result.actions.append(f"loaded the {kmod.MODULE} module")
-        made = datapaths.recreate_kernel_datapaths(saved)
-    if made.ports:
-        result.actions.append(f"re-created kernel datapath ports {', '.join(made.ports)}")
-    result.actions += made.problems
+        result.actions += operations.recreate_kernel_datapaths(snapshot) or []
 
 
 def _start_units(root: Path, tx: journal.Journal, result: Recovery) -> None:

@@ -175,7 +175,7 @@ def of_port_descs(text: str) -> list[str]:
     return sorted(rows)
 
 
-def _reply_body(text: str) -> list[str]:
+def reply_body(text: str) -> list[str]:
     """Reply lines without `XXX reply (OF1.5) (xid=0x2):` headers and blanks."""
     return [line.strip() for line in text.splitlines()
             if line.strip() and not (not line.startswith(" ") and "(xid=" in line)]
@@ -183,7 +183,7 @@ def _reply_body(text: str) -> list[str]:
 
 def openflow(state: dict[str, str]) -> list[str]:
     meters: list[str] = []
-    for line in _reply_body(state["meters"]):
+    for line in reply_body(state["meters"]):
         if line.startswith("meter=") or not meters:
             meters.append(line)
         else:
@@ -191,8 +191,8 @@ def openflow(state: dict[str, str]) -> list[str]:
     tlv = [" ".join(line.split()) for line in state["tlv"].splitlines()
            if re.match(r"^\s*0x[0-9a-f]+\s+0x[0-9a-f]+\s+\d+\s+tun_metadata\d+\s*$", line)]
     return sorted(
-        [f"flow: {line}" for line in _reply_body(state["flows"])]
-        + [f"group: {line}" for line in _reply_body(state["groups"])]
+        [f"flow: {line}" for line in reply_body(state["flows"])]
+        + [f"group: {line}" for line in reply_body(state["groups"])]
         + [f"meter: {line}" for line in meters]
         + [f"tlv: {line}" for line in tlv]
     )

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from kmodbed import reply_body, sections
 from vm.build import REPO
 from vm.guest import Guest, Result
 
@@ -123,32 +124,20 @@ echo "@@@ tlv"; ovs-ofctl -O OpenFlow15 dump-tlv-map br0
 # -- the canonical state ----------------------------------------------------------
 
 
-def _body(text: str) -> list[str]:
-    """Reply lines without `XXX reply (OF1.5) (xid=0x2):` headers and blanks."""
-    return [line.strip() for line in text.splitlines()
-            if line.strip() and not (not line.startswith(" ") and "(xid=" in line)]
-
-
 def canonical(text: str) -> list[str]:
     """STATE's output as sorted `kind: line` rows."""
-    parts: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("@@@ "):
-            current = parts.setdefault(line[4:].strip(), [])
-        else:
-            current.append(line)
+    parts = sections(text)
     meters: list[str] = []
-    for line in _body("\n".join(parts.get("meters", []))):
+    for line in reply_body(parts.get("meters", "")):
         if line.startswith("meter=") or not meters:
             meters.append(line)
         else:
             meters[-1] += " " + line  # a meter's bands come on their own lines
-    tlv = [" ".join(line.split()) for line in parts.get("tlv", [])
+    tlv = [" ".join(line.split()) for line in parts.get("tlv", "").splitlines()
            if re.match(r"^\s*0x[0-9a-f]+\s+0x[0-9a-f]+\s+\d+\s+tun_metadata\d+\s*$", line)]
     return sorted(
-        [f"flow: {line}" for line in _body("\n".join(parts.get("flows", [])))]
-        + [f"group: {line}" for line in _body("\n".join(parts.get("groups", [])))]
+        [f"flow: {line}" for line in reply_body(parts.get("flows", ""))]
+        + [f"group: {line}" for line in reply_body(parts.get("groups", ""))]
         + [f"meter: {line}" for line in meters]
         + [f"tlv: {line}" for line in tlv]
     )

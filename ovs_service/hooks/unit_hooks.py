@@ -14,7 +14,6 @@ from ovs_service.errors import Busy, OvsServiceError
 log = logging.getLogger("ovs_service.hooks")
 
 
-
 def _status(text: str) -> None:
     log.info("%s", text)
     try:
@@ -84,26 +83,23 @@ def prestart() -> int:
 
 
 def _recreate_datapaths(root: Path) -> int:
-    from ovs_service import datapaths, kmod
-
     record = journal.read(root)
     if record is None or record.alive or not record.datapaths_deleted or not record.snapshot:
         return 0
-    saved = operations.load_datapaths(store.load(root / record.snapshot))
-    if saved is None or not saved.system_datapaths:
-        return 0
-    loaded = kmod.ensure_loaded()
-    made = datapaths.recreate_kernel_datapaths(saved)
-    for problem in made.problems:
-        log.warning("%s", problem)
-    _status(f"after an interrupted force-reload-kmod: {'loaded the module; ' if loaded else ''}"
-            f"re-created kernel datapath ports {', '.join(made.ports) or '(none missing)'}; "
-            "ovs-service recover puts the interfaces back")
+    done = operations.recreate_kernel_datapaths(store.load(root / record.snapshot))
+    if done is not None:
+        _status("after an interrupted force-reload-kmod: "
+                + "; ".join(done or ["no kernel datapath was missing"])
+                + "; ovs-service recover puts the interfaces back")
     return 0
 
 
 def poststart() -> int:
     return _under_lock(_poststart)
+
+
+# How long the background restore waits for ovs-vswitchd (the unit's TimeoutStartSec).
+RESTORER_WAIT = 300.0
 
 
 def restorer() -> int:
@@ -113,10 +109,6 @@ def restorer() -> int:
     flow-restore-wait. `poststart` waits for it (and restores itself if it
     could not)."""
     return _under_lock(lambda root: _poststart(root, wait=RESTORER_WAIT))
-
-
-# How long the background restore waits for ovs-vswitchd (the unit's TimeoutStartSec).
-RESTORER_WAIT = 300.0
 
 
 def _poststart(root: Path, wait: float = 0.0) -> int:
