@@ -73,3 +73,9 @@ class UsageError(OvsServiceError):
 class Busy(OvsServiceError):
     template = "another ovs-service transaction holds the lock ({holder}); retry, or use --wait"
     exit_code = 6
+
+
+class PortNameUnsafe(OvsServiceError):
+    template = ("port {port!r} of datapath {datapath!r} cannot be re-created at its number: "
+                "ovs-dpctl add-if would read the {char!r} in its name as an option; "
+                "rename it, or restart instead of reloading the module")

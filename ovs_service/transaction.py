@@ -314,6 +314,7 @@ def force_reload_kmod(
     steps = StepLog(on_step=on_step)
     outcome = KmodOutcome(op="force-reload-kmod", steps=steps.steps)
     with store.lock(root, wait, on_wait), Systemd() as sd:
+        datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
         run = _Run(root, "force-reload-kmod", steps)
         prepared = _save(run, outcome, operations.STAGES)
         saved_dps = operations.load_datapaths(prepared[0])
