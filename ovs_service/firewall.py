@@ -62,6 +62,9 @@ _CHAIN = re.compile(r"^\tchain (\S+) \{")
 # iptables-save's note on a table it cannot represent, e.g.
 # "# Table `filter' contains incompatible base-chains, use 'nft' tool to list them."
 _INCOMPATIBLE = re.compile(r"^# Table `([^']+)' .*incompatible")
+# Table names go into nft commands: nothing but a name (a snapshot is data).
+_XTABLES_TABLE = re.compile(r"[a-z][a-z0-9_]*")
+_NFT_TABLE = re.compile(r"(?:ip|ip6) [a-z][a-z0-9_]*")
 
 
 class FirewallError(OvsServiceError):
@@ -142,8 +145,8 @@ class FirewallSnapshot:
 def _table_chains_from(doc: object) -> NftTableChains:
     table = doc.get("table") if isinstance(doc, dict) else None
     chains = doc.get("chains") if isinstance(doc, dict) else None
-    if (not isinstance(table, str) or not isinstance(chains, list)
-            or not all(isinstance(c, str) for c in chains)):
+    if (not isinstance(table, str) or not _NFT_TABLE.fullmatch(table)
+            or not isinstance(chains, list) or not all(isinstance(c, str) for c in chains)):
         raise FirewallSnapshotInvalid(reason=f"nft_left_out: bad entry {doc!r}")
     return NftTableChains(table, tuple(chains))
 
@@ -158,8 +161,9 @@ def _xtables_from(doc: object, where: str) -> XtablesRuleset | None:
         raise FirewallSnapshotInvalid(reason=f"{where}.text: expected a string")
     if backend not in ("nf_tables", "legacy"):
         raise FirewallSnapshotInvalid(reason=f"{where}.backend: unknown {backend!r}")
-    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
-        raise FirewallSnapshotInvalid(reason=f"{where}.tables: expected a list of strings")
+    if not isinstance(tables, list) or not all(
+            isinstance(t, str) and _XTABLES_TABLE.fullmatch(t) for t in tables):
+        raise FirewallSnapshotInvalid(reason=f"{where}.tables: expected a list of table names")
     return XtablesRuleset(text, "nf_tables" if backend == "nf_tables" else "legacy", tuple(tables))
 
 

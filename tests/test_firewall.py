@@ -502,6 +502,10 @@ def test_snapshot_json_round_trip_and_rejects() -> None:
                 {**snapshot.to_dict(), "nft": 3},
                 {**snapshot.to_dict(), "nft_left_out": ["ip filter"]},
                 {**snapshot.to_dict(), "boot_id": 7},
+                {**snapshot.to_dict(), "nft_left_out": [{"table": "ip x\nflush ruleset",
+                                                         "chains": []}]},
+                {**snapshot.to_dict(), "iptables": {"text": "", "backend": "nf_tables",
+                                                    "tables": ["nat\nflush ruleset"]}},
                 {**snapshot.to_dict(), "iptables": {"text": "", "backend": "x", "tables": []}}):
         with pytest.raises(FirewallSnapshotInvalid):
             FirewallSnapshot.from_json(json.dumps(bad))
