@@ -96,6 +96,10 @@ def restore(
     allow_foreign: bool = typer.Option(
         False, "--allow-foreign", help="Accept a snapshot taken on another host."
     ),
+    firewall: bool = typer.Option(
+        False, "--firewall",
+        help="Also replace the firewall tables the snapshot holds with its copies "
+        "(others stay). Without it the firewall is left alone."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Restore a snapshot onto the running switch, each bridge atomically.
@@ -104,7 +108,7 @@ def restore(
     Example: ovs-service restore --from /var/lib/ovs-service/20261125T101500.123456789
     """
     path = store.resolve(store.state_dir(), source)
-    outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign)
+    outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign, firewall=firewall)
     lines = [
         f"{b.bridge}: {'restored' if b.ok else 'FAILED'} "
         f"({b.counts.get('flows', 0)} flows, {b.counts.get('groups', 0)} groups, "
@@ -118,10 +122,13 @@ def restore(
         lines.append(f"interfaces: {'restored' if not problems else 'PROBLEMS'}")
         lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
                   for p in problems]
+    if outcome.firewall is not None:
+        lines += [f"firewall {p['part']}: {p['status']}"
+                  + (f": {p['detail']}" if p["detail"] else "") for p in outcome.firewall["parts"]]
     doc = {"snapshot": str(outcome.snapshot), "ok": outcome.ok,
            "bridges": [b.__dict__ for b in outcome.bridges],
            "port_mismatches": [m.__dict__ for m in outcome.port_mismatches],
-           "interfaces": outcome.interfaces}
+           "interfaces": outcome.interfaces, "firewall": outcome.firewall}
     # One report, whatever failed; then the failure's line and exit status.
     _emit(as_json, doc, "\n".join(lines))
     operations.raise_for(outcome)
