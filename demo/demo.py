@@ -152,7 +152,13 @@ def stream(ns: SystemdNamespace, argv: Sequence[str], timeout: float = 120) -> i
                                 stderr=slave, env=env)
     finally:
         os.close(slave)
-    watchdog = threading.Timer(timeout, proc.kill)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    watchdog = threading.Timer(timeout, expire)
     watchdog.start()
     try:
         with open(master, "rb", buffering=0) as terminal:
@@ -175,7 +181,7 @@ def stream(ns: SystemdNamespace, argv: Sequence[str], timeout: float = 120) -> i
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if proc.returncode == -signal.SIGKILL:
+    if expired.is_set():
         raise DemoError(f"{' '.join(argv)} did not finish within {timeout:g} s")
     return proc.returncode
 
