@@ -151,6 +151,20 @@ for link in /etc/systemd/system/*.wants/* /etc/systemd/system/*.requires/* \
     esac
 done
 
+# Drop-ins the machine has for Open vSwitch's units (ovs-service's package
+# installs some) would change the units each test installs: mask them by
+# name. A test that wants drop-ins installs its own over the mask.
+for conf in /etc/systemd/system/*.service.d/*.conf /lib/systemd/system/*.service.d/*.conf \
+        /usr/lib/systemd/system/*.service.d/*.conf; do
+    [ -e "$conf" ] || continue
+    dir=${conf%/*}
+    case ${dir##*/} in
+        openvswitch*.service.d|ovs-*.service.d|ovsdb-*.service.d)
+            mkdir -p "/run/systemd/system/${dir##*/}"
+            ln -sfn /dev/null "/run/systemd/system/${dir##*/}/${conf##*/}" ;;
+    esac
+done
+
 # No generators: they would turn /etc/fstab, /etc/init.d, gettys and GPT
 # partitions into units.
 for dir in /lib/systemd/system-generators /usr/lib/systemd/system-generators \
