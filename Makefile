@@ -23,7 +23,7 @@ DEB_WORK = .cache/deb
 VENV = .cache/venv-pypi
 FAST = not slow and not systemd and not vm
 
-.PHONY: all test test-fast test-systemd test-kmod test-venv lint bench deb demo \
+.PHONY: all test test-fast test-unit test-ovs test-lanes test-systemd test-kmod test-venv lint bench deb demo \
 	install-packages install-deps clean
 
 all: test
@@ -34,6 +34,16 @@ test:
 
 test-fast:
 	$(PYTEST) -m "$(FAST)" $(PYTEST_ARGS)
+
+# By cost: no root; a private Open vSwitch; systemd, VM and package lanes.
+test-unit:
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+test-ovs:
+	$(PYTEST) tests/ovs $(PYTEST_ARGS)
+
+test-lanes:
+	$(PYTEST) tests/lanes $(PYTEST_ARGS)
 
 test-systemd:
 	$(PYTEST) -m systemd $(PYTEST_ARGS)
@@ -58,11 +68,11 @@ test-venv:
 	$(VENV)/bin/python -P -m pytest -p no:cacheprovider -m "$(FAST)" $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) -m ruff check ovs_service tests
+	$(PYTHON) -m ruff check ovs_service tests bench demo
 	$(PYTHON) -m mypy
 
 bench:
-	$(PYTHON) bench/run.py
+	$(PYTHON) -m bench.run
 
 # Build the binary package in a scratch copy, so the tree stays clean.
 deb:

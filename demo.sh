@@ -41,4 +41,5 @@ if ! ready; then
     ready
 fi
 
-exec "$PYTHON" demo/demo.py "$@"
+# From the checkout's root, the demo imports the test beds as a package.
+exec "$PYTHON" -m demo.demo "$@"

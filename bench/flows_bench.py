@@ -8,7 +8,7 @@ medians, the ratios (ovs-service / stock; below 1 is faster), the time per
 million flows (linear scaling keeps it flat) and ovs-service's peak
 resident memory.
 
-    python3 bench/flows_bench.py [--sizes 10000,100000,1000000] [--bridges 1] [--repeat 3]
+    python3 -m bench.flows_bench [--sizes 10000,100000,1000000] [--bridges 1] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.ovsbed import OvsBed  # noqa: E402
+from tests.harness import REPO
+from tests.harness.ovsbed import OvsBed
 
 OVS_SAVE = "/usr/share/openvswitch/scripts/ovs-save"
 PROTOCOLS = ("OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15")

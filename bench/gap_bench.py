@@ -23,8 +23,8 @@ the running daemons (same unit names, same ExecStart=), so nothing restarts.
 Going to or from the unit-less daemons restarts them: the tables are then
 loaded again from the generated files, independently of ovs-service.
 
-    python3 bench/gap_bench.py [--sizes 1000,100000] [--bridges 1,4] [--repeat 5]
-    python3 bench/gap_bench.py --full
+    python3 -m bench.gap_bench [--sizes 1000,100000] [--bridges 1,4] [--repeat 5]
+    python3 -m bench.gap_bench --full
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class Bed:
     """One systemd namespace with Open vSwitch, the hosts and the tables of one cell."""
 
     def __init__(self, ns: Any, work: Path, with_meter: bool, log: Any) -> None:
-        from lane import NsSwitch, add_hosts
+        from tests.harness.lane import NsSwitch, add_hosts
 
         self.ns = ns
         self.work = work
@@ -206,12 +206,12 @@ class Bed:
 
     @staticmethod
     def _our_units() -> list[Path]:
-        from lane import UNITS
+        from tests.harness.lane import UNITS
 
         return list(UNITS)
 
     def close(self) -> None:
-        from lane import remove_hosts
+        from tests.harness.lane import remove_hosts
 
         remove_hosts(self.hosts)
         self.switch.close()
@@ -522,7 +522,7 @@ def profile_cell(bed: Bed, flows: int, bridges: int, repeat: int, interval: floa
                             check=False).stdout.strip().removeprefix("-- cursor: ")
         with Prober(bed, interval) as probe:
             started = time.time()
-            proc = bed.ns.run(["/usr/bin/python3", str(Path(__file__).resolve()),
+            proc = bed.ns.run(["/usr/bin/python3", "-m", "bench.gap_bench",
                                "--inner-profile"], check=False, timeout=LONG)
             ended = time.time()
             recovered = probe.wait_recovered(ended)
@@ -1087,8 +1087,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if os.geteuid() != 0:
         raise SystemExit("the gap benchmark needs root (it boots systemd in a namespace)")
-    sys.path.insert(0, str(REPO / "tests"))
-    from systemd_ns import SystemdNamespace
+    from tests.harness.systemd_ns import SystemdNamespace
 
     keys = list(METHODS) if args.methods == "all" else [
         k.strip() for k in args.methods.split(",") if k.strip()]

@@ -3,7 +3,7 @@
 One panel per bridge count, one line per method, log-scaled flows (x) and
 gap (y); runs where forwarding never came back are left out of the line.
 
-    python3 bench/plot.py [bench/out/gap.json] [bench/out/gap.png]
+    python3 -m bench.plot [bench/out/gap.json] [bench/out/gap.png]
 """
 
 from __future__ import annotations

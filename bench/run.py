@@ -7,13 +7,13 @@
   and the stock `ovs-ctl restart`, under a systemd booted in a namespace, plus a
   profile of ovs-service restart's critical window (bench/gap_bench.py).
 
-    python3 bench/run.py                  # both; the gap bench's default matrix
-    python3 bench/run.py --full           # the gap bench's whole matrix
-    python3 bench/run.py --no-flows --sizes 1000 --bridges 1 --repeat 3
+    python3 -m bench.run                  # both; the gap bench's default matrix
+    python3 -m bench.run --full           # the gap bench's whole matrix
+    python3 -m bench.run --no-flows --sizes 1000 --bridges 1 --repeat 3
 
 Options the gap bench knows (--sizes, --bridges, --repeat, --methods,
 --profile-only, --no-profile...) are passed on to it: see
-`python3 bench/gap_bench.py --help`.
+`python3 -m bench.gap_bench --help`.
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ def main() -> int:
     status = 0
     if args.flows:
         print("== save and restore against ovs-save (bench/flows_bench.py) ==", flush=True)
-        status |= subprocess.run([sys.executable, str(HERE / "flows_bench.py")],
-                                 check=False).returncode
+        status |= subprocess.run([sys.executable, "-m", "bench.flows_bench"],
+                                 cwd=HERE.parent, check=False).returncode
     if args.gap:
         print("\n== forwarding gap of a restart (bench/gap_bench.py) ==", flush=True)
-        sys.path.insert(0, str(HERE))
-        import gap_bench
+        from bench import gap_bench
 
         status |= gap_bench.main(gap_args)
     print(f"\nbenchmarks done in {(time.monotonic() - began) / 60:.1f} min")

@@ -32,14 +32,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-import canon  # noqa: E402
-import corpus  # noqa: E402
-from lane import UNITS, Hosts, NsSwitch, add_hosts, remove_hosts  # noqa: E402
-from ovsbed import BedError  # noqa: E402
-from systemd_ns import (  # noqa: E402
+from tests.harness import canon, corpus
+from tests.harness.lane import UNITS, Hosts, NsSwitch, add_hosts, remove_hosts
+from tests.harness.ovsbed import BedError
+from tests.harness.systemd_ns import (
     INNER_PATH,
     CommandError,
     SystemdNamespace,

@@ -1,0 +1,107 @@
+"""The CLI around snapshots: list, show, diff, retention, status, plans; and the
+store's own round trips. Checked against a private switch with ovs-ofctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ovs_service import store
+from ovs_service.errors import SnapshotInvalid
+from tests.harness.ovsbed import REPO, Cli, OvsBed, one_line_error
+
+
+def test_list_show_and_diff(ovs: OvsBed, cli: Cli) -> None:
+    ovs.add_bridge("br0", protocols=("OpenFlow13",))
+    ovs.ofctl("-O", "OpenFlow13", "add-flow", "br0", "priority=5,ip,actions=drop")
+    first = cli.save()
+    ovs.ofctl("-O", "OpenFlow13", "add-flow", "br0", "priority=9,arp,actions=drop")
+    ovs.ofctl("-O", "OpenFlow13", "del-flows", "br0", "ip")
+    second = cli.save()
+
+    listing = cli("snapshot", "list", "--json").json()
+    assert [s["path"] for s in listing] == [str(first), str(second)]
+    shown = cli("snapshot", "show", "--json").json()  # the newest
+    assert shown["path"] == str(second) and shown["schema"] == store.SCHEMA
+    assert shown["bridges"] == [{"name": "br0", "openflow": "OpenFlow13", "flows": 2,
+                                 "groups": 0, "meters": 0, "tlv": 0}]
+    diff = cli("snapshot", "diff", str(first), str(second), "--json").json()
+    change = diff["bridges"]["br0"]
+    assert (change["removed"], change["added"]) == (1, 1)
+    assert any("priority=9,arp" in m for m in change["messages"])
+    assert any("priority=5,ip" in m for m in change["messages"])
+    text = cli("snapshot", "diff", str(first), str(first)).stdout
+    assert text.strip() == "no differences"
+
+
+def test_retention_keeps_the_newest_and_the_pending(ovs: OvsBed, cli: Cli) -> None:
+    ovs.add_bridge("br0")
+    first = cli.save()
+    store.mark_pending(cli.state_dir, first)
+    saved = [cli.save() for _ in range(6)]
+    left = [Path(s["path"]) for s in cli("snapshot", "list", "--json").json()]
+    assert left == [first, *saved[-5:]]
+    assert oct(cli.state_dir.stat().st_mode & 0o777) == "0o700"
+
+
+def test_status_and_plans(ovs: OvsBed, cli: Cli) -> None:
+    ovs.add_bridge("br0")
+    status = cli("status", "--json").json()
+    assert status["pending"] is None and status["flow_restore_wait"] is False
+    for op in ("restart", "force-reload-kmod"):
+        plan = cli(op, "--dry-run", "--json").json()
+        assert plan["dry_run"] and plan["steps"][0]["name"] == "save"
+    kmod = [s["name"] for s in cli("force-reload-kmod", "--dry-run", "--json").json()["steps"]]
+    assert kmod.index("reload-module") < kmod.index("start-ovs-vswitchd") < kmod.index(
+        "restore-interfaces")
+
+
+def test_restart_without_systemd_is_one_line(ovs: OvsBed, cli: Cli) -> None:
+    """No system bus here: the transaction refuses before touching anything."""
+    ovs.add_bridge("br0")
+    result = cli("restart", check=False)
+    one_line_error(result)
+    assert result.returncode == 5 and "D-Bus" in result.stderr, result.describe()
+    assert cli("snapshot", "list", "--json").json() == []
+
+
+def test_version_and_help() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "ovs_service", "--version"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().startswith("ovs-service ")
+    for command in ("save", "restore", "restart", "force-reload-kmod", "recover", "status",
+                    "check-dead-ifs"):
+        text = subprocess.run([sys.executable, "-m", "ovs_service", command, "--help"], env=env,
+                              capture_output=True, text=True, check=True).stdout
+        assert "Example" in text or command in ("status",), command
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    writer = store.SnapshotWriter(tmp_path / "s")
+    with writer.open("flows/x.ofp") as f:
+        f.write(b"\x04\x00\x00\x08\x00\x00\x00\x00")
+    snap = writer.commit(ovs_version="3.1.0", stages=["flows"], bridges=["br0"])
+    again = store.Manifest.from_json(snap.manifest.to_json(), snap.path)
+    assert again == snap.manifest
+    assert store.load(snap.path).manifest == snap.manifest
+    assert not list(tmp_path.glob(".incoming-*"))
+
+
+@pytest.mark.parametrize("text", ["[]", "{}", '{"schema": 1}', "not json"])
+def test_manifest_garbage_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(SnapshotInvalid):
+        store.Manifest.from_json(text, tmp_path)
+
+
+def test_check_dead_ifs_json() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "ovs_service", "check-dead-ifs", "--json"],
+                          env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode in (0, 1)
+    assert isinstance(json.loads(proc.stdout), list)

@@ -1,0 +1,228 @@
+"""Snapshots that must be refused: damaged, truncated, tampered, foreign, or not snapshots.
+
+Each restore must exit non-zero with one line on stderr and no traceback, and
+leave the switch exactly as it was (compared with `canon.canonical_state`).
+The switch is changed after the save, so a restore that went ahead anyway
+would show.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import canon
+from tests.harness.corpus import build_corpus
+from tests.harness.ovsbed import Cli, OvsBed, manifest, one_line_error
+
+
+def _edit_manifest(snapshot: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = snapshot / "manifest.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def _largest_data_file(snapshot: Path) -> Path:
+    files = manifest(snapshot)["files"]
+    relpath: str = max(files, key=lambda name: (files[name]["size"], name))
+    assert files[relpath]["size"] > 0
+    return snapshot / relpath
+
+
+def flip_a_byte(snapshot: Path) -> None:
+    path = _largest_data_file(snapshot)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+def flip_a_byte_in_every_file(snapshot: Path) -> None:
+    for relpath in manifest(snapshot)["files"]:
+        path = snapshot / relpath
+        data = bytearray(path.read_bytes())
+        if data:
+            data[-1] ^= 0x01
+            path.write_bytes(bytes(data))
+
+
+def truncate(snapshot: Path) -> None:
+    path = _largest_data_file(snapshot)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def empty_a_file(snapshot: Path) -> None:
+    _largest_data_file(snapshot).write_bytes(b"")
+
+
+def remove_a_file(snapshot: Path) -> None:
+    _largest_data_file(snapshot).unlink()
+
+
+def tamper_sha256(snapshot: Path) -> None:
+    def change(doc: dict[str, Any]) -> None:
+        entry = next(iter(doc["files"].values()))
+        digest = entry["sha256"]
+        entry["sha256"] = ("0" if digest[0] != "0" else "1") + digest[1:]
+
+    _edit_manifest(snapshot, change)
+
+
+def tamper_size(snapshot: Path) -> None:
+    def change(doc: dict[str, Any]) -> None:
+        entry = next(iter(doc["files"].values()))
+        entry["size"] += 1
+
+    _edit_manifest(snapshot, change)
+
+
+def unknown_schema(snapshot: Path) -> None:
+    _edit_manifest(snapshot, lambda doc: doc.update(schema=999))
+
+
+def schema_as_text(snapshot: Path) -> None:
+    _edit_manifest(snapshot, lambda doc: doc.update(schema="1"))
+
+
+def another_host(snapshot: Path) -> None:
+    _edit_manifest(snapshot, lambda doc: doc.update(host="elsewhere.example.org"))
+
+
+def truncated_manifest(snapshot: Path) -> None:
+    path = snapshot / "manifest.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+
+
+def manifest_not_an_object(snapshot: Path) -> None:
+    (snapshot / "manifest.json").write_text("[1, 2, 3]\n")
+
+
+def manifest_without_files(snapshot: Path) -> None:
+    _edit_manifest(snapshot, lambda doc: doc.pop("files"))
+
+
+def file_outside_the_snapshot(snapshot: Path) -> None:
+    """A manifest naming a file outside its directory, with that file's true digest."""
+    outside = snapshot.parent / "outside.bin"
+    outside.write_bytes(b"not yours")
+
+    def change(doc: dict[str, Any]) -> None:
+        relpath = next(iter(doc["files"]))
+        entry = doc["files"].pop(relpath)
+        doc["files"]["../" * (relpath.count("/") + 1) + "outside.bin"] = entry
+
+    _edit_manifest(snapshot, change)
+
+
+DAMAGES: dict[str, Callable[[Path], None]] = {
+    f.__name__: f
+    for f in (
+        flip_a_byte,
+        flip_a_byte_in_every_file,
+        truncate,
+        empty_a_file,
+        remove_a_file,
+        tamper_sha256,
+        tamper_size,
+        unknown_schema,
+        schema_as_text,
+        another_host,
+        truncated_manifest,
+        manifest_not_an_object,
+        manifest_without_files,
+        file_outside_the_snapshot,
+    )
+}
+
+
+@dataclass
+class Scene:
+    """A switch with a saved snapshot, changed since: what a refused restore must keep."""
+
+    bed: OvsBed
+    cli: Cli
+    snapshot: Path
+
+    def state(self) -> dict[str, list[str]]:
+        return canon.all_states(self.bed)
+
+    def assert_refused(self, *restore_args: str, code: int | None = 2) -> None:
+        before = self.state()
+        result = self.cli.restore(*restore_args, check=False)
+        after = self.state()
+        assert after == before, "a refused restore changed the switch:\n" + "\n".join(
+            canon.diff(before[b], after.get(b, [])) for b in before if before[b] != after.get(b)
+        )
+        one_line_error(result)
+        if code is not None:
+            assert result.returncode == code, result.describe()
+
+
+@pytest.fixture
+def scene(ovs: OvsBed, cli: Cli) -> Iterator[Scene]:
+    build_corpus(ovs, "br0")
+    ovs.add_bridge("br1", protocols=("OpenFlow13",), ports={"q1": 1})
+    ovs.ofctl("-O", "OpenFlow13", "add-flow", "br1", "priority=9,in_port=1 actions=drop")
+    snapshot = cli.save()
+    # Lose part of the state, so that any restore would visibly change it.
+    canon.wipe(ovs, "br0")
+    ovs.ofctl("-O", "OpenFlow15", "add-flow", "br0", "priority=1,ip actions=output:3")
+    ovs.ofctl("-O", "OpenFlow13", "del-flows", "br1")
+    yield Scene(ovs, cli, snapshot)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_snapshot_is_refused(scene: Scene, damage: str) -> None:
+    DAMAGES[damage](scene.snapshot)
+    scene.assert_refused("--from", str(scene.snapshot))
+
+
+def test_damaged_newest_snapshot_is_refused(scene: Scene) -> None:
+    """Without --from, the newest snapshot is checked just the same."""
+    flip_a_byte(scene.snapshot)
+    scene.assert_refused()
+
+
+def test_damaged_file_refused_for_one_bridge_too(scene: Scene) -> None:
+    flip_a_byte_in_every_file(scene.snapshot)
+    scene.assert_refused("--from", str(scene.snapshot), "--bridge", "br1")
+
+
+def test_foreign_snapshot_by_name_is_refused(scene: Scene) -> None:
+    another_host(scene.snapshot)
+    scene.assert_refused("--from", scene.snapshot.name)
+
+
+def test_bridge_that_no_longer_exists(scene: Scene) -> None:
+    scene.bed.add_bridge("gone", protocols=("OpenFlow13",))
+    scene.bed.ofctl("-O", "OpenFlow13", "add-flow", "gone", "priority=3 actions=drop")
+    only_gone = scene.cli.save("--bridge", "gone")
+    both = scene.cli.save("--bridge", "gone", "--bridge", "br1")
+    scene.bed.del_bridge("gone")
+    scene.assert_refused("--from", str(only_gone), code=None)
+    scene.assert_refused("--from", str(both), code=None)
+    scene.assert_refused("--from", str(both), "--bridge", "gone", code=None)
+
+
+@pytest.mark.parametrize("kind", ["empty", "stray files", "a file", "missing", "store itself"])
+def test_not_a_snapshot(scene: Scene, tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "not-a-snapshot"
+    if kind == "empty":
+        target.mkdir()
+    elif kind == "stray files":
+        target.mkdir()
+        (target / "flows").mkdir()
+        (target / "notes.txt").write_text("hello\n")
+        (target / "flows" / "0000").write_bytes(b"\x04\x0e\x00\x08junk")
+    elif kind == "a file":
+        target.write_text('{"schema": 1}\n')
+    elif kind == "store itself":
+        target = scene.cli.state_dir
+    scene.assert_refused("--from", str(target))

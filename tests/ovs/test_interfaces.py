@@ -1,0 +1,422 @@
+"""The interfaces stage on tap devices in a private network namespace.
+
+A module reload is simulated by deleting the taps and creating them again
+(bare, with a new random MAC); the stage runs inside the namespace in a child
+Python, and the result is checked with `ip -json`, never with the stage itself.
+Taps are held open by a helper process, as ovs-vswitchd holds its internal
+ports, so they have carrier (IPv6 DAD, kernel link-local addresses).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ovs_service.interfaces import (
+    AddressState,
+    InterfacesSnapshot,
+    InterfacesSnapshotInvalid,
+    InterfaceState,
+    NextHopState,
+    RouteState,
+    eui64_link_local,
+    is_generated_link_local,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Names are data: shell metacharacters, the longest legal name (15 bytes),
+# non-ASCII. The kernel refuses "/", ":", whitespace, "." and "..".
+ODD = "a$b;c"
+LONG = "123456789012345"
+UMLAUT = "brü0"
+
+HOLDER = r"""
+import fcntl, json, os, struct, sys
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+fds = []
+for name in json.loads(sys.argv[1]):
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+    fds.append(fd)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+STAGE = r"""
+import json, sys
+from ovs_service import interfaces
+op, path = sys.argv[1], sys.argv[2]
+if op == "save":
+    snapshot = interfaces.save_interfaces(json.loads(sys.argv[3]))
+    with open(path, "w") as f:
+        f.write(snapshot.to_json())
+else:
+    with open(path) as f:
+        snapshot = interfaces.InterfacesSnapshot.from_json(f.read())
+    print(interfaces.restore_interfaces(snapshot).to_json())
+"""
+
+
+def sh(argv: Sequence[str], *, input: str | None = None) -> str:
+    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"{argv!r} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class Namespace:
+    """A network namespace of the test's own, with helpers that hold taps open."""
+
+    def __init__(self) -> None:
+        self.name = f"ovssvc-if-{os.getpid()}-{secrets.token_hex(3)}"
+        self.holders: dict[tuple[str, ...], subprocess.Popen[str]] = {}
+        sh(["ip", "netns", "add", self.name])
+
+    def ip(self, *args: str) -> str:
+        return sh(["ip", "-n", self.name, *args])
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ip("-json", *args) or "[]")
+
+    def add_taps(self, *names: str) -> None:
+        for name in names:
+            self.ip("tuntap", "add", "dev", name, "mode", "tap")
+        holder = subprocess.Popen(
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", HOLDER, json.dumps(names)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.holders[names] = holder
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+
+    def release_taps(self, names: Sequence[str] | None = None) -> None:
+        """Stop the helpers holding these taps (all of them by default)."""
+        for key in [k for k in self.holders if names is None or set(k) & set(names)]:
+            holder = self.holders.pop(key)
+            assert holder.stdin is not None
+            holder.stdin.close()
+            try:
+                holder.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+
+    def stage(self, op: str, path: Path, *args: str) -> str:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", STAGE, op, str(path), *args],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def save(self, path: Path, names: Sequence[str]) -> dict[str, Any]:
+        self.stage("save", path, json.dumps(list(names)))
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
+
+    def restore(self, path: Path) -> dict[str, Any]:
+        report: dict[str, Any] = json.loads(self.stage("restore", path))
+        return report
+
+    def remove(self) -> None:
+        self.release_taps()
+        sh(["ip", "netns", "del", self.name])
+
+
+@pytest.fixture
+def netns() -> Iterator[Namespace]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (network namespaces, tap devices)")
+    ns = Namespace()
+    try:
+        yield ns
+    finally:
+        ns.remove()
+
+
+# -- the independent view -------------------------------------------------------
+
+
+def view(ns: Namespace) -> dict[str, Any]:
+    """Links, addresses and routes as `ip -json` shows them, minus what
+    legitimately differs after re-creation: ifindexes, lifetimes counting down."""
+    links = {
+        link.pop("ifname"): _without(link, "ifindex") for link in ns.json("-d", "link", "show")
+    }
+    addresses = {
+        entry["ifname"]: [_lifetimes(a) for a in entry.get("addr_info", [])]
+        for entry in ns.json("addr", "show")
+    }
+    routes = sorted(
+        json.dumps(r, sort_keys=True)
+        for family in ("-4", "-6")
+        for r in ns.json("-d", family, "route", "show", "table", "all")
+    )
+    return {"links": links, "addresses": addresses, "routes": routes}
+
+
+def assert_same(after: dict[str, Any], before: dict[str, Any]) -> None:
+    """Equal views, or a message naming just what differs."""
+    old, new = set(before["routes"]), set(after["routes"])
+    diffs = [f"route only before: {r}" for r in sorted(old - new)]
+    diffs += [f"route only after: {r}" for r in sorted(new - old)]
+    for part in ("links", "addresses"):
+        for name in sorted(before[part].keys() | after[part].keys()):
+            if before[part].get(name) != after[part].get(name):
+                diffs.append(f"{part} of {name!r}: before {before[part].get(name)}"
+                             f" after {after[part].get(name)}")
+    assert not diffs and after == before, "\n".join(diffs)
+
+
+def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def _lifetimes(address: dict[str, Any]) -> dict[str, Any]:
+    out = dict(address)
+    for key in ("valid_life_time", "preferred_life_time"):
+        if key in out:
+            out[key] = "forever" if out[key] == 0xFFFFFFFF else "finite"
+    return out
+
+
+def settle(ns: Namespace, timeout: float = 15.0) -> None:
+    """Wait until IPv6 duplicate address detection is over on the links that are up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [
+            a for entry in ns.json("addr", "show") if "UP" in entry["flags"]
+            for a in entry.get("addr_info", []) if a.get("tentative")
+        ]
+        if not busy:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"IPv6 addresses still tentative after {timeout}s")
+
+
+def reload_taps(
+    ns: Namespace, names: Sequence[str], *, recreate: Sequence[str] | None = None
+) -> None:
+    """What a module reload does to internal ports: gone, then back bare."""
+    ns.release_taps(names)
+    for name in names:
+        ns.ip("link", "del", "dev", name)
+    ns.add_taps(*(names if recreate is None else recreate))
+
+
+# -- the scenario ---------------------------------------------------------------
+
+
+def configure(ns: Namespace) -> None:
+    ns.add_taps(ODD, LONG, UMLAUT)
+    ns.add_taps("other0")
+    ip = ns.ip
+    ip("link", "set", "dev", ODD, "address", "02:00:00:0a:00:01", "mtu", "1400",
+       "txqueuelen", "321")
+    ip("addr", "add", "192.0.2.1/24", "brd", "+", "dev", ODD, "label", f"{ODD}:1")
+    ip("addr", "add", "192.0.2.2/24", "dev", ODD)  # a secondary
+    ip("addr", "add", "198.51.100.1/25", "broadcast", "198.51.100.127", "dev", ODD)
+    ip("addr", "add", "2001:db8:a::1/64", "dev", ODD, "nodad", "noprefixroute")
+    ip("addr", "add", "2001:db8:b::1/64", "dev", ODD)
+    ip("addr", "add", "2001:db8:c::1/64", "dev", ODD, "valid_lft", "3000", "preferred_lft", "2000")
+    ip("addr", "add", "2001:db8:d::1/64", "dev", ODD, "home", "mngtmpaddr")
+    ip("addr", "add", "fe80::1234/64", "dev", ODD)  # a link-local address set by hand
+    ip("link", "set", "dev", ODD, "up")
+
+    ip("link", "set", "dev", LONG, "address", "02:00:00:0f:00:01", "mtu", "9000")
+    ip("link", "set", "dev", LONG, "allmulticast", "on")
+    ip("addr", "add", "10.15.0.1/24", "dev", LONG)
+    ip("addr", "add", "10.99.1.1", "peer", "10.99.1.2/32", "dev", LONG)
+    ip("addr", "add", "2001:db8:15::1/64", "dev", LONG, "nodad")
+    ip("link", "set", "dev", LONG, "up")
+
+    ip("link", "set", "dev", UMLAUT, "mtu", "1280", "txqueuelen", "42",
+       "address", "02:00:00:20:00:01")
+    ip("link", "set", "dev", UMLAUT, "arp", "off")
+    ip("addr", "add", "172.20.0.1/16", "dev", UMLAUT)
+    ip("addr", "add", "2001:db8:20::1/64", "dev", UMLAUT, "nodad")  # stays down
+
+    ip("addr", "add", "10.44.0.1/24", "dev", "other0")  # not saved, not touched
+    ip("link", "set", "dev", "other0", "up")
+
+    ip("route", "add", "203.0.113.0/24", "via", "192.0.2.254", "dev", ODD, "metric", "10",
+       "src", "192.0.2.1")
+    ip("route", "add", "10.100.0.0/16", "via", "198.51.100.126", "dev", ODD, "metric", "7",
+       "src", "198.51.100.1", "table", "100")
+    ip("route", "add", "default", "via", "10.15.0.254", "dev", LONG, "metric", "50", "table", "100")
+    ip("route", "add", "10.60.0.0/24", "dev", ODD, "scope", "link", "table", "100")
+    ip("route", "add", "10.70.0.0/16", "dev", ODD, "src", "10.15.0.1")  # source on another link
+    ip("route", "add", "10.200.0.0/16", "nexthop", "via", "192.0.2.253", "dev", ODD, "weight", "2",
+       "nexthop", "via", "10.15.0.254", "dev", LONG, "weight", "1")
+    ip("route", "add", "10.250.0.0/16", "via", "172.31.0.1", "dev", LONG, "onlink", "table", "200")
+    ip("route", "add", "local", "10.80.0.0/24", "dev", ODD, "table", "local")
+    ip("route", "add", "10.45.0.0/16", "via", "10.44.0.254", "dev", "other0")  # not saved
+    ip("route", "add", "blackhole", "10.90.0.0/16")  # through no interface
+    ip("-6", "route", "add", "2001:db8:200::/48", "via", "2001:db8:b::fe", "dev", ODD,
+       "metric", "20", "mtu", "1400", "table", "200")
+    ip("-6", "route", "add", "default", "via", "fe80::1", "dev", LONG, "metric", "1",
+       "table", "200")
+    ip("-6", "route", "add", "2001:db8:300::/48", "nexthop", "via", "fe80::1", "dev", ODD,
+       "nexthop", "via", "fe80::2", "dev", LONG)
+    ip("-6", "route", "add", "2001:db8:400::/48", "from", "2001:db8:401::/48", "dev", LONG)
+    ip("-6", "route", "add", "2001:db8:500::/48", "dev", LONG, "pref", "high")
+
+
+SAVED = (ODD, LONG, UMLAUT)
+
+
+@pytest.mark.root
+def test_restore_after_reload_matches_ip_view(netns: Namespace, tmp_path: Path) -> None:
+    configure(netns)
+    settle(netns)
+    before = view(netns)
+    snapshot_file = tmp_path / "interfaces.json"
+    doc = netns.save(snapshot_file, [*SAVED, "gone0"])
+    assert doc["missing"] == ["gone0"]
+    assert [i["name"] for i in doc["interfaces"]] == list(SAVED)
+
+    # The snapshot parses back to exactly the same text.
+    text = snapshot_file.read_text()
+    assert InterfacesSnapshot.from_json(text).to_json() == text
+
+    # The kernel's own EUI-64 link-local address is left out, the hand-made one kept.
+    odd = doc["interfaces"][0]
+    kernel_ll = str(eui64_link_local("02:00:00:0a:00:01"))
+    assert kernel_ll in {a["local"] for a in before["addresses"][ODD]}
+    assert kernel_ll not in {a["address"] for a in odd["addresses"]}
+    assert "fe80::1234" in {a["address"] for a in odd["addresses"]}
+
+    reload_taps(netns, SAVED)
+    bare = view(netns)
+    assert bare["links"][ODD]["address"] != "02:00:00:0a:00:01"
+    assert bare["addresses"][ODD] == []
+
+    report = netns.restore(snapshot_file)
+    assert report["ok"], report["problems"]
+    statuses = {i["name"]: i["status"] for i in report["interfaces"]}
+    assert statuses == dict.fromkeys(SAVED, "restored")
+    assert report["routes_added"] == len(doc["routes"]) > 10
+    settle(netns)
+    assert_same(view(netns), before)
+
+    # A second restore changes nothing and adds nothing.
+    again = netns.restore(snapshot_file)
+    assert again["ok"], again["problems"]
+    assert again["routes_added"] == 0
+    assert again["routes_present"] == len(doc["routes"])
+    assert all(i["addresses_added"] == 0 for i in again["interfaces"])
+    assert_same(view(netns), before)
+
+
+@pytest.mark.root
+def test_failures_are_reported_and_the_rest_restored(netns: Namespace, tmp_path: Path) -> None:
+    netns.add_taps("keep0", "lost0")
+    for name, net in (("keep0", "10.1.1"), ("lost0", "10.2.2")):
+        netns.ip("addr", "add", f"{net}.1/24", "dev", name)
+        netns.ip("link", "set", "dev", name, "up")
+        netns.ip("route", "add", f"{net}0.0/24", "via", f"{net}.254", "dev", name, "table", "100")
+    snapshot_file = tmp_path / "interfaces.json"
+    doc = netns.save(snapshot_file, ["keep0", "lost0"])
+    # An address the kernel refuses (IPv4 prefix length 33), before a good one.
+    keep = next(i for i in doc["interfaces"] if i["name"] == "keep0")
+    bogus = copy.deepcopy(keep["addresses"][0])
+    bogus.update(address="10.1.1.9", prefixlen=33, label=None, broadcast=None)
+    keep["addresses"].insert(0, bogus)
+    snapshot_file.write_text(json.dumps(doc))
+
+    reload_taps(netns, ["keep0", "lost0"], recreate=["keep0"])
+    report = netns.restore(snapshot_file)
+
+    assert not report["ok"]
+    outcome = {i["name"]: i for i in report["interfaces"]}
+    assert outcome["lost0"]["status"] == "missing"
+    assert outcome["keep0"]["status"] == "partial"
+    assert outcome["keep0"]["addresses_added"] == 1
+    errors = {(p["subject"], p["errno_name"]) for p in report["problems"]}
+    assert ("lost0", "ENODEV") in errors
+    assert ("keep0", "EINVAL") in errors
+    assert any(p["errno_name"] == "ENODEV" and "lost0" in p["subject"]
+               for p in report["problems"] if p["action"] == "add route")
+    assert report["routes_added"] == 1 and report["routes_failed"] == 1
+
+    link = netns.json("addr", "show", "dev", "keep0")[0]
+    assert "UP" in link["flags"]
+    assert [a["local"] for a in link["addr_info"] if a["family"] == "inet"] == ["10.1.1.1"]
+    routes = netns.json("route", "show", "table", "100")
+    assert [r["dst"] for r in routes] == ["10.1.10.0/24"]
+
+
+# -- no root needed -------------------------------------------------------------
+
+
+def _sample() -> InterfacesSnapshot:
+    return InterfacesSnapshot(
+        interfaces=(
+            InterfaceState(
+                name="a$b;c ü", flags=0x1003, mac="02:00:00:00:00:01", mtu=1400, txqlen=321,
+                alias="uplink",
+                addresses=(
+                    AddressState(4, "192.0.2.1", 24, 0, 0x80, 0x80, label="a$b;c:1",
+                                 broadcast="192.0.2.255"),
+                    AddressState(4, "10.0.0.1", 32, 253, 0x80, None, peer="10.0.0.2"),
+                    AddressState(6, "2001:db8::1", 64, 0, 0x82, 0x282, valid_lft=300,
+                                 preferred_lft=100),
+                ),
+            ),
+        ),
+        routes=(
+            RouteState(4, 100, "10.9.0.0", 16, gateway="192.0.2.254", interface="a$b;c ü",
+                       priority=5, prefsrc="192.0.2.1", metrics=(("mtu", 1300),)),
+            RouteState(6, 254, None, 0, pref=1, src="2001:db8:1::", src_len=48,
+                       nexthops=(NextHopState("x", "fe80::1", 2, 4), NextHopState("y"))),
+        ),
+        missing=("gone",),
+        taken_at=1700000000.25,
+    )
+
+
+def test_snapshot_json_round_trip() -> None:
+    snapshot = _sample()
+    text = snapshot.to_json()
+    assert InterfacesSnapshot.from_json(text) == snapshot
+    assert InterfacesSnapshot.from_json(text).to_json() == text
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(schema=99),
+        lambda d: d["interfaces"][0].update(mtu="1400"),
+        lambda d: d["interfaces"][0]["addresses"][0].update(family=5),
+        lambda d: d["routes"][0].update(metrics=[["mtu"]]),
+        lambda d: d.pop("routes"),
+    ],
+)
+def test_snapshot_rejects_malformed(mutate: Any) -> None:
+    doc = json.loads(_sample().to_json())
+    mutate(doc)
+    with pytest.raises(InterfacesSnapshotInvalid):
+        InterfacesSnapshot.from_json(json.dumps(doc))
+
+
+def test_generated_link_local() -> None:
+    mac = "02:11:22:33:44:55"
+    assert str(eui64_link_local(mac)) == "fe80::11:22ff:fe33:4455"
+    assert is_generated_link_local("fe80::11:22ff:fe33:4455", 64, 0x80, mac)
+    assert not is_generated_link_local("fe80::1234", 64, 0x80, mac)
+    assert not is_generated_link_local("fe80::11:22ff:fe33:4455", 128, 0x80, mac)
+    assert is_generated_link_local("fe80::abcd:1234:5678:9abc", 64, 0x880, mac)  # stable privacy
+    assert not is_generated_link_local("2001:db8::11:22ff:fe33:4455", 64, 0x80, mac)
