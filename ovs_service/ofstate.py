@@ -337,6 +337,17 @@ def flow_delete_strict(version: int, flow_mod: bytes) -> bytes:
     return bytes(out)
 
 
+def flow_key(version: int, flow_mod: bytes) -> bytes:
+    """What identifies a flow in its table: table, priority and match. An add
+    with the same key replaces the flow (in one step, never absent), and a
+    strict delete of that key removes whichever flow has it."""
+    if version == OF10:
+        match_len = int.from_bytes(flow_mod[40:42], "big")
+    else:
+        match_len = int.from_bytes(flow_mod[50:52], "big")
+    return flow_mod[24:25] + flow_mod[30:32] + flow_mod[48:48 + _padded(match_len)]
+
+
 def _group_body_offset(version: int) -> int:
     return 16 if version == OF10 else 8  # Nicira header, or the plain one
 
