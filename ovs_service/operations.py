@@ -200,7 +200,7 @@ def restore_snapshot(
     wanted = _check_stages(stages, default=snapshot.manifest.stages)
     dps = load_datapaths(snapshot) if "datapaths" in wanted else None
     if dps is not None:
-        moved = datapaths.pin_ofports(dps)
+        moved = datapaths.pin_ofports(dps, set(bridge_names) if bridge_names else None)
         if moved:
             log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
     results = flows.restore(snapshot, selected) if "flows" in wanted else []
