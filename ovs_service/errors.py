@@ -73,3 +73,15 @@ class UsageError(OvsServiceError):
 class Busy(OvsServiceError):
     template = "another ovs-service transaction holds the lock ({holder}); retry, or use --wait"
     exit_code = 6
+
+
+class SaveIncomplete(OvsServiceError):
+    """Some bridges could not be saved; the snapshot of the others was written."""
+
+    template = ("bridge {bridge!r} was not saved: {reason}{more}; "
+                "snapshot {path} holds the other bridges")
+
+    @property
+    def snapshot(self) -> Any:
+        """The snapshot written without the failed bridges (a `store.Snapshot`)."""
+        return self.fields["snapshot"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -99,13 +100,45 @@ class BridgeRecord:
 
 # -- saving -----------------------------------------------------------------------
 
-def save(writer: SnapshotWriter, bridges: Sequence[ovs.Bridge]) -> list[BridgeRecord]:
-    """Save every bridge into the snapshot being written, in parallel."""
+@dataclass(frozen=True)
+class SaveFailure:
+    """A bridge that could not be saved, and why; the others are saved regardless."""
+
+    bridge: str
+    reason: str
+    error: OvsServiceError
+
+
+def save(writer: SnapshotWriter, bridges: Sequence[ovs.Bridge]
+         ) -> tuple[list[BridgeRecord], list[SaveFailure]]:
+    """Save every bridge into the snapshot being written, in parallel.
+
+    A bridge that cannot be saved (a version we do not speak, an error from
+    the switch) leaves nothing in the snapshot and is returned as a failure.
+    """
     jobs = [(b, f"{STAGE}/{i:04d}") for i, b in enumerate(bridges)]
     with ThreadPoolExecutor(max_workers=min(8, len(jobs) or 1)) as pool:
-        records = list(pool.map(lambda job: save_bridge(writer, *job), jobs))
+        results = list(pool.map(lambda job: _save_one(writer, *job), jobs))
+    records = [r for r in results if isinstance(r, BridgeRecord)]
+    failures = [r for r in results if isinstance(r, SaveFailure)]
     writer.write_json(f"{STAGE}/index.json", [r.to_json() for r in records])
-    return records
+    return records, failures
+
+
+def _save_one(writer: SnapshotWriter, bridge: ovs.Bridge,
+              directory: str) -> BridgeRecord | SaveFailure:
+    try:
+        return save_bridge(writer, bridge, directory)
+    except OvsServiceError as e:
+        log.debug("%s", e)
+        # What was written of the bridge goes: the snapshot holds it whole or not at all.
+        for relpath in [p for p in writer.files if p.startswith(f"{directory}/")]:
+            writer.files.pop(relpath, None)
+        shutil.rmtree(writer.tmp / directory, ignore_errors=True)
+        reason = str(e.fields.get("reason") or e.fields.get("message") or e)
+        for named in (f"bridge {bridge.name!r}: ", f"{bridge.name}: "):
+            reason = reason.removeprefix(named)
+        return SaveFailure(bridge.name, reason, e)
 
 
 def save_bridge(writer: SnapshotWriter, bridge: ovs.Bridge, directory: str) -> BridgeRecord:
@@ -273,6 +306,12 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord,
         reason = str(e.fields.get("reason") or e.fields.get("message") or e)
         transient = isinstance(e, SwitchGone | OvsUnreachable)
         return BridgeRestore(record.name, False, record.counts, str(e), reason, transient)
+    except (OSError, ValueError) as e:
+        # The snapshot's files, read as the restore goes (checked beforehand):
+        # one bridge's trouble is not the others'.
+        log.debug("%s: %s", record.name, e, exc_info=True)
+        error = RestoreFailed(bridge=record.name, reason=f"cannot read the snapshot ({e})")
+        return BridgeRestore(record.name, False, record.counts, str(error), str(e))
     return BridgeRestore(record.name, True, record.counts)
 
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 
 import canon
+import pytest
 from ovsbed import Cli, OvsBed, one_line_error
+
+from ovs_service import store
+from ovs_service.hooks import unit_hooks
 
 
 def ofport(bed: OvsBed, interface: str) -> tuple[str, str]:
@@ -48,3 +52,25 @@ def test_a_bridge_that_cannot_be_saved_does_not_stop_the_others(ovs: OvsBed, cli
     assert canon.all_states(ovs, ["good"]) != before
     cli.restore("--from", doc["path"])
     assert canon.all_states(ovs, ["good"]) == before
+
+
+def test_background_restore_goes_on_without_a_bridge_that_never_appears(
+    ovs: OvsBed, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restorer waits for ovs-vswitchd to serve each bridge; one it never
+    serves (its management socket is gone) fails alone."""
+    for bridge in ("good", "lost"):
+        ovs.add_bridge(bridge, protocols=("OpenFlow13",), ports={f"{bridge}1": 1})
+        ovs.ofctl("-O", "OpenFlow13", "add-flow", bridge, "priority=100,ip actions=drop")
+    before = canon.all_states(ovs, ["good"])
+    snapshot = cli.save()
+    store.mark_pending(cli.state_dir, snapshot)
+    canon.wipe(ovs, "good")
+    (ovs.dir / "lost.mgmt").unlink()
+    for key, value in {**ovs.env, "OVS_SERVICE_STATE_DIR": str(cli.state_dir)}.items():
+        monkeypatch.setenv(key, value)
+
+    assert unit_hooks._restore_pending(cli.state_dir, wait=1.0) == 0
+    assert canon.all_states(ovs, ["good"]) == before
+    assert store.failed_snapshot(cli.state_dir) == snapshot  # "lost" failed
+    assert store.pending_snapshot(cli.state_dir) is None
