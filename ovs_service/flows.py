@@ -346,23 +346,22 @@ def _restore_tlv(conn: Connection, record: BridgeRecord, path: Path) -> list[byt
     saved = b"".join(st.tlv_maps_of_mod(m) for m in read_messages(path))
     current = current_tlv_maps(conn)
     wanted, have = _tlv_set(saved), _tlv_set(current)
-    if wanted == have:
-        return []
-    if have <= wanted:
-        # Only mappings to add: no clear, which the switch refuses while
-        # flows (or flows being freed) still use a mapping.
-        missing = b"".join(sorted(wanted - have))
-        messages = [st.tlv_table_mod(conn.version, missing)]
-    else:
-        messages = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
-        if saved:
-            messages.append(st.tlv_table_mod(conn.version, saved))
-    errors = conn.send_all(messages)
+    # Only the mappings that differ are deleted, then added: a clear would
+    # take the saved mappings away too, for a moment, and the switch refuses
+    # it while flows (or flows being freed) still use a mapping.
+    extra = b"".join(sorted(have - wanted))
+    missing = b"".join(sorted(wanted - have))
+    messages, undo = [], []
+    if extra:
+        messages.append(st.tlv_table_mod(conn.version, extra, st.NXTTMC_DELETE))
+    if missing:
+        messages.append(st.tlv_table_mod(conn.version, missing))
+        undo.append(st.tlv_table_mod(conn.version, missing, st.NXTTMC_DELETE))
+    if extra:
+        undo.append(st.tlv_table_mod(conn.version, extra))
+    errors = conn.send_all(messages) if messages else []
     if errors:
         raise _fail(conn, record, errors, messages)
-    undo = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
-    if current:
-        undo.append(st.tlv_table_mod(conn.version, current))
     return undo
 
 

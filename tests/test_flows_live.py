@@ -113,3 +113,21 @@ def test_many_refused_flows_fail_fast_with_the_switch_error(ovs: OvsBed, cli: Cl
     assert elapsed < 15, f"{elapsed:.1f}s\n{result.describe()}"
     table = [line for line in ovs.ofctl("dump-flows", "br0").splitlines() if "actions=" in line]
     assert len(table) == 10, table
+
+
+def test_restore_keeps_tlv_mappings_that_flows_use(ovs: OvsBed, cli: Cli) -> None:
+    """A live TLV map with one mapping more than the saved one: only that one
+    goes; the saved mapping, used by a saved flow, stays throughout."""
+    of = ("-O", "OpenFlow13")
+    ovs.add_bridge("br0", protocols=("OpenFlow13",), ports={"p1": 1})
+    ovs.ofctl(*of, "add-tlv-map", "br0", "{class=0xffff,type=5,len=8}->tun_metadata7")
+    ovs.ofctl(*of, "add-flow", "br0", "priority=100,tun_metadata7=0x1 actions=drop")
+    before = canon.all_states(ovs)
+    snapshot = cli.save()
+    ovs.ofctl(*of, "add-tlv-map", "br0", "{class=0xffff,type=6,len=4}->tun_metadata1")
+    assert canon.all_states(ovs) != before
+
+    with flow_monitor(ovs, "br0", "OpenFlow13") as monitor:
+        cli.restore("--from", str(snapshot))
+    assert canon.all_states(ovs) == before
+    assert not deleted(monitor, "tun_metadata7"), monitor.read_text()
