@@ -81,6 +81,10 @@ class BridgeRecord:
     counts: dict[str, int]
     ports: list[PortSetting]
     port_version: int  # OpenFlow 1.0 where enabled: only it shows no-flood, no-stp...
+    # Whether a saved flow has the default flow's key (table 0, priority 0,
+    # match all), whose add then replaces a bridge's default flow in place;
+    # None in snapshots that did not record it.
+    catchall: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +99,7 @@ class BridgeRecord:
             ports=[PortSetting(str(p["name"]), int(p["port_no"]), int(p["config"]))
                    for p in doc["ports"]],
             port_version=int(doc["port_version"]),
+            catchall=None if doc.get("catchall") is None else bool(doc["catchall"]),
         )
 
 
@@ -145,15 +150,26 @@ def save_bridge(writer: SnapshotWriter, bridge: ovs.Bridge, directory: str) -> B
     version = choose_version(bridge)
     port_version = OF10 if OF10 in bridge.versions else version
     counts: dict[str, int] = {}
+    catchall = False
+
+    def flow_mods(conn: Connection) -> Iterator[bytes]:
+        nonlocal catchall
+        for message in _flow_mods(conn):
+            # Table and priority bytes first: a function call per flow costs
+            # a tenth of the save.
+            if not message[24] and not message[30] and not message[31]:
+                catchall = catchall or st.is_catchall(version, message)
+            yield message
+
     with Connection(ovs.mgmt_socket(bridge.name), version, bridge.name) as conn:
         counts["tlv"] = _write(writer, f"{directory}/tlv.ofp", _tlv_mods(conn))
         counts["meters"] = _write(writer, f"{directory}/meters.ofp", _meter_mods(conn))
         counts["groups"] = _write(writer, f"{directory}/groups.ofp", _group_mods(conn))
-        counts["flows"] = _write(writer, f"{directory}/flows.ofp", _flow_mods(conn))
+        counts["flows"] = _write(writer, f"{directory}/flows.ofp", flow_mods(conn))
     with Connection(ovs.mgmt_socket(bridge.name), port_version, bridge.name) as conn:
         ports = [PortSetting(p.name, p.port_no, p.config) for p in current_ports(conn)]
     log.debug("saved %s at %s: %s", bridge.name, VERSION_NAME[version], counts)
-    return BridgeRecord(bridge.name, version, directory, counts, ports, port_version)
+    return BridgeRecord(bridge.name, version, directory, counts, ports, port_version, catchall)
 
 
 def _write(writer: SnapshotWriter, relpath: str, messages: Iterable[bytes]) -> int:
@@ -284,7 +300,7 @@ def prepare(snapshot: Snapshot, records: Sequence[BridgeRecord],
         # The same messages, in the same order, as `_restore_table`'s fresh path.
         messages = (m for f in files for m in read_messages(f))
         prepared[record.name] = prepare_bundle(
-            record.version, itertools.chain([st.delete_all_flows(record.version)], messages))
+            record.version, itertools.chain(_clear_default(record), messages))
         used += size
     return prepared
 
@@ -430,7 +446,7 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
     if not live_groups and _fresh_table(conn):
         def messages() -> Iterator[bytes]:
             yield from prefix
-            yield st.delete_all_flows(version)  # the default NORMAL flow, if there
+            yield from _clear_default(record)
             yield from read_messages(groups)
             yield from read_messages(flows)
         if prepared is not None and prepared.version == version:
@@ -474,6 +490,13 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
         reason=f"the table still differs from the snapshot after {MAX_ROUNDS} rounds "
         "(flows that delete or learn each other?)",
     )
+
+
+def _clear_default(record: BridgeRecord) -> list[bytes]:
+    """What removes the default NORMAL flow from a fresh table, if it is
+    there: nothing when a saved flow's add replaces it in place (deleting
+    it first would take a saved flow away for a moment)."""
+    return [] if record.catchall else [st.delete_all_flows(record.version)]
 
 
 def _fresh_table(conn: Connection) -> bool:

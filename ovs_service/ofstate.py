@@ -348,6 +348,16 @@ def flow_key(version: int, flow_mod: bytes) -> bytes:
     return flow_mod[24:25] + flow_mod[30:32] + flow_mod[48:48 + _padded(match_len)]
 
 
+def is_catchall(version: int, flow_mod: bytes) -> bool:
+    """Whether a flow_mod has the key of a bridge's default flow: table 0,
+    priority 0, empty match (whatever its actions)."""
+    if flow_mod[24] != 0 or flow_mod[30:32] != b"\0\0":  # table (1.0: in command), priority
+        return False
+    if version == OF10:
+        return flow_mod[40:42] == b"\0\0"
+    return flow_mod[50:52] == EMPTY_OXM_MATCH[2:4]
+
+
 def _group_body_offset(version: int) -> int:
     return 16 if version == OF10 else 8  # Nicira header, or the plain one
 

@@ -131,3 +131,24 @@ def test_restore_keeps_tlv_mappings_that_flows_use(ovs: OvsBed, cli: Cli) -> Non
         cli.restore("--from", str(snapshot))
     assert canon.all_states(ovs) == before
     assert not deleted(monitor, "tun_metadata7"), monitor.read_text()
+
+
+@pytest.mark.parametrize("protocols", [("OpenFlow10",), ("OpenFlow13",)], ids=["of10", "of13"])
+def test_restore_onto_a_bridge_with_only_its_default_flow_keeps_it(
+    ovs: OvsBed, cli: Cli, protocols: tuple[str, ...]
+) -> None:
+    """A table holding only `priority=0 actions=NORMAL` is filled whole; when
+    the snapshot has that flow too, it is never deleted on the way."""
+    version = protocols[-1]
+    ovs.add_bridge("br0", protocols=protocols, ports={"p1": 1})
+    ovs.ofctl("-O", version, "add-flow", "br0", "priority=100,ip,nw_dst=10.9.9.9 actions=drop")
+    before = canon.all_states(ovs)
+    assert "flow: priority=0 actions=NORMAL" in before["br0"]
+    snapshot = cli.save()
+    ovs.ofctl("-O", version, "del-flows", "br0", "ip")
+    assert canon.all_states(ovs) != before
+
+    with flow_monitor(ovs, "br0", version) as monitor:
+        cli.restore("--from", str(snapshot))
+    assert canon.all_states(ovs) == before
+    assert not deleted(monitor, "actions=NORMAL"), monitor.read_text()
