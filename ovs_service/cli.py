@@ -17,7 +17,7 @@ import typer
 
 from ovs_service import __version__, flows, operations, ovs, store
 from ovs_service import log as logsetup
-from ovs_service.errors import EXIT_CODES, INTERRUPTED, OvsServiceError
+from ovs_service.errors import EXIT_CODES, INTERRUPTED, OvsServiceError, SaveIncomplete
 from ovs_service.openflow import VERSION_NAME, describe
 
 app = typer.Typer(
@@ -81,9 +81,18 @@ def save(
 
     Example: ovs-service save --bridge br-int
     """
-    snap = operations.take_snapshot(bridge, stage, to)
+    try:
+        snap = operations.take_snapshot(bridge, stage, to)
+    except SaveIncomplete as e:
+        _emit_saved(as_json, e.snapshot)  # the others' snapshot is written and usable
+        raise
+    _emit_saved(as_json, snap)
+
+
+def _emit_saved(as_json: bool, snap: store.Snapshot) -> None:
     _emit(as_json, {"path": str(snap.path), "bridges": snap.manifest.bridges,
-                    "flows": snap.manifest.extra.get("flows", {})}, str(snap.path))
+                    "flows": snap.manifest.extra.get("flows", {}),
+                    "failed": snap.manifest.extra.get("flows_failed", {})}, str(snap.path))
 
 
 @app.command()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -300,8 +300,10 @@ def _set_down(name: str) -> list[str]:
     return []
 
 
-def pin_ofports(snapshot: DatapathsSnapshot) -> list[str]:
-    wanted = {i.name: i.ofport for i in snapshot.interfaces if i.ofport != LOCAL_OFPORT}
+def pin_ofports(snapshot: DatapathsSnapshot, bridges: Collection[str] | None = None) -> list[str]:
+    """Pin the saved OpenFlow port numbers of the interfaces on `bridges` (all if None)."""
+    wanted = {i.name: i.ofport for i in snapshot.interfaces
+              if i.ofport != LOCAL_OFPORT and (bridges is None or i.bridge in bridges)}
     return ovs.pin_ofports(wanted)
 
 

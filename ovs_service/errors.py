@@ -133,3 +133,15 @@ class PortNameUnsafe(OvsServiceError):
     template = ("port {port!r} of datapath {datapath!r} cannot be re-created at its number: "
                 "ovs-dpctl add-if would read the {char!r} in its name as an option; "
                 "rename it, or restart instead of reloading the module")
+
+
+class SaveIncomplete(OvsServiceError):
+    """Some bridges could not be saved; the snapshot of the others was written."""
+
+    template = ("bridge {bridge!r} was not saved: {reason}{more}; "
+                "snapshot {path} holds the other bridges")
+
+    @property
+    def snapshot(self) -> Any:
+        """The snapshot written without the failed bridges (a `store.Snapshot`)."""
+        return self.fields["snapshot"]

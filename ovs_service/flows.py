@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -80,6 +81,10 @@ class BridgeRecord:
     counts: dict[str, int]
     ports: list[PortSetting]
     port_version: int  # OpenFlow 1.0 where enabled: only it shows no-flood, no-stp...
+    # Whether a saved flow has the default flow's key (table 0, priority 0,
+    # match all), whose add then replaces a bridge's default flow in place;
+    # None in snapshots that did not record it.
+    catchall: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,33 +99,77 @@ class BridgeRecord:
             ports=[PortSetting(str(p["name"]), int(p["port_no"]), int(p["config"]))
                    for p in doc["ports"]],
             port_version=int(doc["port_version"]),
+            catchall=None if doc.get("catchall") is None else bool(doc["catchall"]),
         )
 
 
 # -- saving -----------------------------------------------------------------------
 
-def save(writer: SnapshotWriter, bridges: Sequence[ovs.Bridge]) -> list[BridgeRecord]:
-    """Save every bridge into the snapshot being written, in parallel."""
+@dataclass(frozen=True)
+class SaveFailure:
+    """A bridge that could not be saved, and why; the others are saved regardless."""
+
+    bridge: str
+    reason: str
+    error: OvsServiceError
+
+
+def save(writer: SnapshotWriter, bridges: Sequence[ovs.Bridge]
+         ) -> tuple[list[BridgeRecord], list[SaveFailure]]:
+    """Save every bridge into the snapshot being written, in parallel.
+
+    A bridge that cannot be saved (a version we do not speak, an error from
+    the switch) leaves nothing in the snapshot and is returned as a failure.
+    """
     jobs = [(b, f"{STAGE}/{i:04d}") for i, b in enumerate(bridges)]
     with ThreadPoolExecutor(max_workers=min(8, len(jobs) or 1)) as pool:
-        records = list(pool.map(lambda job: save_bridge(writer, *job), jobs))
+        results = list(pool.map(lambda job: _save_one(writer, *job), jobs))
+    records = [r for r in results if isinstance(r, BridgeRecord)]
+    failures = [r for r in results if isinstance(r, SaveFailure)]
     writer.write_json(f"{STAGE}/index.json", [r.to_json() for r in records])
-    return records
+    return records, failures
+
+
+def _save_one(writer: SnapshotWriter, bridge: ovs.Bridge,
+              directory: str) -> BridgeRecord | SaveFailure:
+    try:
+        return save_bridge(writer, bridge, directory)
+    except OvsServiceError as e:
+        log.debug("%s", e)
+        # What was written of the bridge goes: the snapshot holds it whole or not at all.
+        for relpath in [p for p in writer.files if p.startswith(f"{directory}/")]:
+            writer.files.pop(relpath, None)
+        shutil.rmtree(writer.tmp / directory, ignore_errors=True)
+        reason = str(e.fields.get("reason") or e.fields.get("message") or e)
+        for named in (f"bridge {bridge.name!r}: ", f"{bridge.name}: "):
+            reason = reason.removeprefix(named)
+        return SaveFailure(bridge.name, reason, e)
 
 
 def save_bridge(writer: SnapshotWriter, bridge: ovs.Bridge, directory: str) -> BridgeRecord:
     version = choose_version(bridge)
     port_version = OF10 if OF10 in bridge.versions else version
     counts: dict[str, int] = {}
+    catchall = False
+
+    def flow_mods(conn: Connection) -> Iterator[bytes]:
+        nonlocal catchall
+        for message in _flow_mods(conn):
+            # Table and priority bytes first: a function call per flow costs
+            # a tenth of the save.
+            if not message[24] and not message[30] and not message[31]:
+                catchall = catchall or st.is_catchall(version, message)
+            yield message
+
     with Connection(ovs.mgmt_socket(bridge.name), version, bridge.name) as conn:
         counts["tlv"] = _write(writer, f"{directory}/tlv.ofp", _tlv_mods(conn))
         counts["meters"] = _write(writer, f"{directory}/meters.ofp", _meter_mods(conn))
         counts["groups"] = _write(writer, f"{directory}/groups.ofp", _group_mods(conn))
-        counts["flows"] = _write(writer, f"{directory}/flows.ofp", _flow_mods(conn))
+        counts["flows"] = _write(writer, f"{directory}/flows.ofp", flow_mods(conn))
     with Connection(ovs.mgmt_socket(bridge.name), port_version, bridge.name) as conn:
         ports = [PortSetting(p.name, p.port_no, p.config) for p in current_ports(conn)]
     log.debug("saved %s at %s: %s", bridge.name, VERSION_NAME[version], counts)
-    return BridgeRecord(bridge.name, version, directory, counts, ports, port_version)
+    return BridgeRecord(bridge.name, version, directory, counts, ports, port_version, catchall)
 
 
 def _write(writer: SnapshotWriter, relpath: str, messages: Iterable[bytes]) -> int:
@@ -251,7 +300,7 @@ def prepare(snapshot: Snapshot, records: Sequence[BridgeRecord],
         # The same messages, in the same order, as `_restore_table`'s fresh path.
         messages = (m for f in files for m in read_messages(f))
         prepared[record.name] = prepare_bundle(
-            record.version, itertools.chain([st.delete_all_flows(record.version)], messages))
+            record.version, itertools.chain(_clear_default(record), messages))
         used += size
     return prepared
 
@@ -273,6 +322,12 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord,
         reason = str(e.fields.get("reason") or e.fields.get("message") or e)
         transient = isinstance(e, SwitchGone | OvsUnreachable)
         return BridgeRestore(record.name, False, record.counts, str(e), reason, transient)
+    except (OSError, ValueError) as e:
+        # The snapshot's files, read as the restore goes (checked beforehand):
+        # one bridge's trouble is not the others'.
+        log.debug("%s: %s", record.name, e, exc_info=True)
+        error = RestoreFailed(bridge=record.name, reason=f"cannot read the snapshot ({e})")
+        return BridgeRestore(record.name, False, record.counts, str(error), str(e))
     return BridgeRestore(record.name, True, record.counts)
 
 
@@ -307,23 +362,22 @@ def _restore_tlv(conn: Connection, record: BridgeRecord, path: Path) -> list[byt
     saved = b"".join(st.tlv_maps_of_mod(m) for m in read_messages(path))
     current = current_tlv_maps(conn)
     wanted, have = _tlv_set(saved), _tlv_set(current)
-    if wanted == have:
-        return []
-    if have <= wanted:
-        # Only mappings to add: no clear, which the switch refuses while
-        # flows (or flows being freed) still use a mapping.
-        missing = b"".join(sorted(wanted - have))
-        messages = [st.tlv_table_mod(conn.version, missing)]
-    else:
-        messages = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
-        if saved:
-            messages.append(st.tlv_table_mod(conn.version, saved))
-    errors = conn.send_all(messages)
+    # Only the mappings that differ are deleted, then added: a clear would
+    # take the saved mappings away too, for a moment, and the switch refuses
+    # it while flows (or flows being freed) still use a mapping.
+    extra = b"".join(sorted(have - wanted))
+    missing = b"".join(sorted(wanted - have))
+    messages, undo = [], []
+    if extra:
+        messages.append(st.tlv_table_mod(conn.version, extra, st.NXTTMC_DELETE))
+    if missing:
+        messages.append(st.tlv_table_mod(conn.version, missing))
+        undo.append(st.tlv_table_mod(conn.version, missing, st.NXTTMC_DELETE))
+    if extra:
+        undo.append(st.tlv_table_mod(conn.version, extra))
+    errors = conn.send_all(messages) if messages else []
     if errors:
         raise _fail(conn, record, errors, messages)
-    undo = [st.tlv_table_mod(conn.version, b"", st.NXTTMC_CLEAR)]
-    if current:
-        undo.append(st.tlv_table_mod(conn.version, current))
     return undo
 
 
@@ -392,7 +446,7 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
     if not live_groups and _fresh_table(conn):
         def messages() -> Iterator[bytes]:
             yield from prefix
-            yield st.delete_all_flows(version)  # the default NORMAL flow, if there
+            yield from _clear_default(record)
             yield from read_messages(groups)
             yield from read_messages(flows)
         if prepared is not None and prepared.version == version:
@@ -436,6 +490,13 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: 
         reason=f"the table still differs from the snapshot after {MAX_ROUNDS} rounds "
         "(flows that delete or learn each other?)",
     )
+
+
+def _clear_default(record: BridgeRecord) -> list[bytes]:
+    """What removes the default NORMAL flow from a fresh table, if it is
+    there: nothing when a saved flow's add replaces it in place (deleting
+    it first would take a saved flow away for a moment)."""
+    return [] if record.catchall else [st.delete_all_flows(record.version)]
 
 
 def _fresh_table(conn: Connection) -> bool:

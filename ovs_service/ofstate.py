@@ -45,7 +45,7 @@ NXT_FLOW_MOD, NXT_FLOW_MOD_TABLE_ID = 13, 15
 NXT_TLV_TABLE_MOD, NXT_TLV_TABLE_REQUEST, NXT_TLV_TABLE_REPLY = 24, 25, 26
 NXT_GROUP_MOD = 31
 NXST_FLOW, NXST_GROUP_DESC = 0, 8
-NXTTMC_ADD, NXTTMC_CLEAR = 0, 2
+NXTTMC_ADD, NXTTMC_DELETE, NXTTMC_CLEAR = 0, 1, 2
 
 # Multipart types.
 MP_FLOW, MP_GROUP_DESC, MP_METER_CONFIG, MP_PORT_DESC = 1, 7, 10, 13
@@ -335,6 +335,27 @@ def flow_delete_strict(version: int, flow_mod: bytes) -> bytes:
         out[25] = DELETE_STRICT
     out[2:4] = len(out).to_bytes(2, "big")
     return bytes(out)
+
+
+def flow_key(version: int, flow_mod: bytes) -> bytes:
+    """What identifies a flow in its table: table, priority and match. An add
+    with the same key replaces the flow (in one step, never absent), and a
+    strict delete of that key removes whichever flow has it."""
+    if version == OF10:
+        match_len = int.from_bytes(flow_mod[40:42], "big")
+    else:
+        match_len = int.from_bytes(flow_mod[50:52], "big")
+    return flow_mod[24:25] + flow_mod[30:32] + flow_mod[48:48 + _padded(match_len)]
+
+
+def is_catchall(version: int, flow_mod: bytes) -> bool:
+    """Whether a flow_mod has the key of a bridge's default flow: table 0,
+    priority 0, empty match (whatever its actions)."""
+    if flow_mod[24] != 0 or flow_mod[30:32] != b"\0\0":  # table (1.0: in command), priority
+        return False
+    if version == OF10:
+        return flow_mod[40:42] == b"\0\0"
+    return flow_mod[50:52] == EMPTY_OXM_MATCH[2:4]
 
 
 def _group_body_offset(version: int) -> int:

@@ -81,6 +81,9 @@ class Connection:
         self._buf = bytearray()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
+        self._timeout_ms = int(timeout * 1000)
+        self._poll = select.poll()
+        self._poll.register(self._sock, select.POLLIN | select.POLLOUT)
         try:
             self._sock.connect(str(path))
         except OSError as e:
@@ -128,10 +131,33 @@ class Connection:
         )
 
     def _send(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            self._sock.sendall(data)
-        except OSError as e:
-            raise self._lost(e) from None
+        """Write all of `data`, reading whatever the switch sends meanwhile.
+
+        ovs-vswitchd stops reading a connection while about a hundred of its
+        replies wait to be read: a writer that only writes would then wait
+        for good when many messages fail. What is read waits in the buffer
+        for `_recv` and `_pending_errors`.
+        """
+        view = memoryview(data).cast("B")
+        while view:
+            # Written only once the socket says it takes bytes: in timeout
+            # mode, a send would otherwise wait without reading.
+            ready = 0
+            for _, event in self._poll.poll(self._timeout_ms):
+                ready |= event
+            if not ready:
+                raise SwitchGone(bridge=self.bridge, message="the switch has read nothing "
+                                 f"for {self._timeout_ms / 1000:.0f}s")
+            if ready & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                self._fill()
+            if ready & select.POLLOUT:
+                try:
+                    sent = self._sock.send(view)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    raise self._lost(e) from None
+                view = view[sent:]
 
     def _fill(self) -> None:
         try:
@@ -166,12 +192,13 @@ class Connection:
     def _pending_errors(self) -> list[Message]:
         """Errors the switch sent while we were writing, without blocking."""
         errors = []
-        while select.select([self._sock], [], [], 0)[0]:
-            self._fill()
+        while True:
             while (msg := self._take()) is not None:
                 if msg.type == ERROR:
                     errors.append(msg)
-        return errors
+            if not select.select([self._sock], [], [], 0)[0]:
+                return errors
+            self._fill()
 
     # -- requests --------------------------------------------------------------
 

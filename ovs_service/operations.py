@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from ovs_service import datapaths, flows, kmod, ovs, store
 from ovs_service.errors import (
     BridgeNotFound,
+    OvsUnreachable,
     RestoreFailed,
     RestorePartsFailed,
+    SaveIncomplete,
     SnapshotInvalid,
     SnapshotWriteFailed,
     UsageError,
@@ -61,14 +64,23 @@ def take_snapshot(
     to: Path | None = None,
     store_dir: Path | None = None,
 ) -> store.Snapshot:
-    """Save the named bridges (or all) into a new snapshot and return it."""
+    """Save the named bridges (or all) into a new snapshot and return it.
+
+    Bridges are saved one by one: if some cannot be, the snapshot of the
+    others is still written (the manifest's `flows_failed` says which and
+    why), and SaveIncomplete is raised with it. If none can be, the first
+    bridge's error is raised and nothing is written.
+    """
     stages = _check_stages(stages)
     store_dir = store_dir or store.state_dir()
     bridges = ovs.bridges(bridge_names)
     version = ovs.ovs_version()
     writer = store.SnapshotWriter(to or store.new_snapshot_path(store_dir))
     try:
-        records = flows.save(writer, bridges) if "flows" in stages else []
+        records, failures = flows.save(writer, bridges) if "flows" in stages else ([], [])
+        if failures and not records:
+            raise failures[0].error
+        failed = {f.bridge: f.reason for f in failures}
         if "datapaths" in stages:
             dps = datapaths.save()
             writer.write_json(DATAPATHS_FILE, dps.public_json())
@@ -78,8 +90,9 @@ def take_snapshot(
         snapshot = writer.commit(
             ovs_version=version,
             stages=stages,
-            bridges=[b.name for b in bridges],
-            extra={"flows": {r.name: r.counts for r in records}},
+            bridges=[b.name for b in bridges if b.name not in failed],
+            extra={"flows": {r.name: r.counts for r in records},
+                   **({"flows_failed": failed} if failed else {})},
         )
     except OSError as e:
         writer.abort()
@@ -89,6 +102,10 @@ def take_snapshot(
         raise
     if to is None:
         store.prune(store_dir, store.keep_count())
+    if failures:
+        more = f" (and {len(failures) - 1} other bridges)" if len(failures) > 1 else ""
+        raise SaveIncomplete(bridge=failures[0].bridge, reason=failures[0].reason, more=more,
+                             path=snapshot.path, snapshot=snapshot)
     return snapshot
 
 
@@ -193,9 +210,13 @@ def prepare_restore(
     snapshot = store.load(path, allow_foreign=allow_foreign)
     records = flows.records(snapshot)
     by_name = {r.name: r for r in records}
+    unsaved = {str(k): str(v) for k, v in snapshot.manifest.extra.get("flows_failed", {}).items()}
     missing = [n for n in bridge_names if n not in by_name]
     if missing:
-        raise UsageError(message=f"bridge {missing[0]!r} is not in snapshot {path}")
+        why = f" (its save failed: {unsaved[missing[0]]})" if missing[0] in unsaved else ""
+        raise UsageError(message=f"bridge {missing[0]!r} is not in snapshot {path}{why}")
+    for name in [n for n in unsaved if not bridge_names]:
+        log.warning("bridge %r is not in the snapshot: its save failed (%s)", name, unsaved[name])
     selected = [by_name[n] for n in bridge_names] if bridge_names else records
     existing = {b.name for b in ovs.bridges()}
     gone = [r.name for r in selected if r.name not in existing]
@@ -214,14 +235,42 @@ OFPP_LOCAL = (0xFFFE, 0xFFFFFFFE)
 
 
 def restore_pinned(snapshot: store.Snapshot, records: Sequence[flows.BridgeRecord],
-                   bundles: dict[str, PreparedBundle] | None = None) -> list[flows.BridgeRestore]:
+                   bundles: dict[str, PreparedBundle] | None = None,
+                   wait: float = 0.0) -> list[flows.BridgeRestore]:
     """Put interfaces back at their saved OpenFlow port numbers, then restore
-    the bridges (with the bundles prepared for them, if any)."""
-    wanted = {p.name: p.port_no for r in records for p in r.ports if p.port_no not in OFPP_LOCAL}
+    the bridges (with the bundles prepared for them, if any).
+
+    With `wait`, first wait up to that long for ovs-vswitchd to serve each
+    bridge: one that it still does not serve then is reported failed (and
+    transient if ovs-vswitchd is no longer running), the others are restored.
+    """
+    unserved = _unserved_bridges([r.name for r in records], wait) if wait else {}
+    present = [r for r in records if r.name not in unserved]
+    wanted = {p.name: p.port_no for r in present for p in r.ports if p.port_no not in OFPP_LOCAL}
     moved = ovs.pin_ofports(wanted)
     if moved:
         log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
-    return flows.restore(snapshot, records, bundles)
+    results = flows.restore(snapshot, present, bundles)
+    if unserved:
+        gone = not ovs.daemon_running("ovs-vswitchd")
+        results += [flows.BridgeRestore(r.name, False, r.counts,
+                                        f"restore of bridge {r.name!r} failed: {unserved[r.name]}",
+                                        unserved[r.name], gone)
+                    for r in records if r.name in unserved]
+    return results
+
+
+def _unserved_bridges(names: Sequence[str], timeout: float) -> dict[str, str]:
+    """The bridges ovs-vswitchd does not serve within `timeout`, with why."""
+    deadline = time.monotonic() + timeout
+    unserved = {}
+    for name in names:
+        try:
+            ovs.wait_for_bridges([name], max(0.0, deadline - time.monotonic()))
+        except OvsUnreachable:
+            unserved[name] = (f"ovs-vswitchd did not serve {ovs.mgmt_socket(name)} "
+                              f"within {timeout:.0f}s")
+    return unserved
 
 
 def restore_snapshot(
@@ -241,7 +290,7 @@ def restore_snapshot(
     wanted = _check_stages(stages, default=snapshot.manifest.stages)
     dps = load_datapaths(snapshot) if "datapaths" in wanted else None
     if dps is not None:
-        moved = datapaths.pin_ofports(dps)
+        moved = datapaths.pin_ofports(dps, set(bridge_names) if bridge_names else None)
         if moved:
             log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
     results = flows.restore(snapshot, selected) if "flows" in wanted else []

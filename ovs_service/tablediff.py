@@ -2,13 +2,15 @@
 
 A restore after a restart meets an empty table and just adds. A restore onto
 a live table sends only the difference, as `ovs-ofctl replace-flows` does:
-strict deletes of flows the snapshot lacks, then the flows it adds. Flows
-that are already there are left alone: their counters and learned state stay,
+the flows it adds, then strict deletes of flows the snapshot lacks (never
+of a key it adds: the add has replaced that flow). Flows that are already
+there are left alone: their counters and learned state stay,
 and Open vSwitch 3.1 aborts when one bundle deletes and re-adds flows whose
 `learn` actions use `delete_learned`.
 
-Memory stays small for big tables: the saved flows are kept as a sorted
-array of 64-bit hashes (8 bytes a flow), not as messages.
+Memory stays small for big tables: the saved flows are kept as sorted
+arrays of 64-bit hashes (of each message and of its key: 16 bytes a flow),
+not as messages.
 """
 
 from __future__ import annotations
@@ -21,11 +23,24 @@ from ovs_service import ofstate as st
 
 
 class SavedFlows:
-    """The saved flow_mods' hashes, and which of them the live table already has."""
+    """The saved flow_mods' hashes, which of them the live table already has,
+    and the hashes of their keys (table, priority, match)."""
 
-    def __init__(self, messages: Iterable[bytes]) -> None:
-        self.hashes = array("q", sorted(hash(m) for m in messages))
+    def __init__(self, version: int, messages: Iterable[bytes]) -> None:
+        hashes, keys = array("q"), array("q")
+        for m in messages:
+            hashes.append(hash(m))
+            keys.append(hash(st.flow_key(version, m)))
+        self.hashes = array("q", sorted(hashes))
+        self.keys = array("q", sorted(keys))
         self.present = bytearray(len(self.hashes))
+        self.version = version
+
+    def has_key_of(self, message: bytes) -> bool:
+        """Whether a saved flow has the table, priority and match of `message`."""
+        h = hash(st.flow_key(self.version, message))
+        i = bisect_left(self.keys, h)
+        return i < len(self.keys) and self.keys[i] == h
 
     def mark(self, message: bytes) -> bool:
         """Mark a live flow as saved; False if the snapshot does not have it."""
@@ -46,9 +61,16 @@ class SavedFlows:
 
 def flow_changes(version: int, live: Iterable[bytes], saved: Callable[[], Iterable[bytes]]
                  ) -> tuple[list[bytes], Callable[[], Iterator[bytes]]]:
-    """(strict deletes of live flows not saved, a function yielding the adds)."""
-    table = SavedFlows(saved())
-    deletes = [st.flow_delete_strict(version, m) for m in live if not table.mark(m)]
+    """(strict deletes of live flows not saved, a function yielding the adds).
+
+    A live flow that differs from a saved one only in what follows its key
+    (actions, cookie, timeouts, flags) is not deleted: the saved flow's add
+    replaces it in place. Deleting it too would delete, by its key, the
+    saved flow just added.
+    """
+    table = SavedFlows(version, saved())
+    deletes = [st.flow_delete_strict(version, m) for m in live
+               if not table.mark(m) and not table.has_key_of(m)]
     return deletes, lambda: table.missing(saved())
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ovs_service import flows, journal, operations, ovs, store
-from ovs_service.errors import Busy, OvsServiceError
+from ovs_service.errors import Busy, OvsServiceError, SaveIncomplete
 
 log = logging.getLogger("ovs_service.hooks")
 
@@ -65,7 +65,12 @@ def _save(root: Path) -> int:
         _status("a restore is still pending; keeping its snapshot")
         return 0
     start = time.monotonic()
-    snapshot = operations.take_snapshot()
+    try:
+        snapshot = operations.take_snapshot()
+    except SaveIncomplete as e:
+        # The other bridges' snapshot is whole: restore them after the restart.
+        log.error("%s", e)
+        snapshot = e.snapshot
     store.mark_pending(root, snapshot.path)
     _status(f"saved {len(snapshot.manifest.bridges)} bridges to {snapshot.path} "
             f"in {time.monotonic() - start:.3f}s")
@@ -127,9 +132,7 @@ def _restore_pending(root: Path, wait: float = 0.0) -> int:
     try:
         snapshot, records = operations.prepare_restore(pending, skip_missing=True)
         bundles = flows.prepare(snapshot, records)
-        if wait:
-            ovs.wait_for_bridges([r.name for r in records], wait)
-        results = operations.restore_pinned(snapshot, records, bundles)
+        results = operations.restore_pinned(snapshot, records, bundles, wait)
     except OvsServiceError as e:
         log.error("restore of %s refused: %s", pending, e)
         store.mark_failed(root, pending)
