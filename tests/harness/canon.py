@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 
-from tests.harness.ovsbed import OvsBed, sh, wait_for
+from tests.harness.ovsbed import OvsBed, Switch, sh, wait_for
 
 VERSIONS = tuple(f"OpenFlow1{minor}" for minor in range(6))
 # A bridge whose `protocols` column is empty speaks these (Open vSwitch 3.1).
@@ -23,7 +23,7 @@ _PORT = re.compile(r"^ (\S+)\((.*)\): addr:")
 _TLV_ROW = re.compile(r"^\s*(0x[0-9a-f]+)\s+(\S+)\s+(\d+)\s+(tun_metadata\d+)\s*$")
 
 
-def protocols(bed: OvsBed, bridge: str) -> tuple[str, ...]:
+def protocols(bed: Switch, bridge: str) -> tuple[str, ...]:
     """The OpenFlow versions `bridge` accepts, oldest first."""
     table = json.loads(
         bed.vsctl("--format=json", "--columns=protocols", "list", "Bridge", bridge)
@@ -40,7 +40,7 @@ def protocols(bed: OvsBed, bridge: str) -> tuple[str, ...]:
     return tuple(v for v in VERSIONS if v in allowed)
 
 
-def newest(bed: OvsBed, bridge: str) -> str:
+def newest(bed: Switch, bridge: str) -> str:
     return protocols(bed, bridge)[-1]
 
 
@@ -57,18 +57,18 @@ def _body(text: str) -> list[str]:
     ]
 
 
-def flows(bed: OvsBed, bridge: str, version: str) -> list[str]:
+def flows(bed: Switch, bridge: str, version: str) -> list[str]:
     out = bed.ofctl("-O", version, "dump-flows", "--no-stats", "--no-names", bridge)
     return [f"flow: {line.strip()}" for line in _body(out)]
 
 
-def groups(bed: OvsBed, bridge: str, version: str) -> list[str]:
+def groups(bed: Switch, bridge: str, version: str) -> list[str]:
     # Open vSwitch offers groups at OpenFlow 1.0 too, through its own extension.
     out = bed.ofctl("-O", version, "dump-groups", bridge)
     return [f"group: {line.strip()}" for line in _body(out)]
 
 
-def meters(bed: OvsBed, bridge: str, version: str) -> list[str]:
+def meters(bed: Switch, bridge: str, version: str) -> list[str]:
     if not has_meters(version):
         return []
     out = bed.ofctl("-O", version, "dump-meters", bridge)
@@ -82,7 +82,7 @@ def meters(bed: OvsBed, bridge: str, version: str) -> list[str]:
     return [f"meter: {record}" for record in records]
 
 
-def tlv_map(bed: OvsBed, bridge: str, version: str) -> list[str]:
+def tlv_map(bed: Switch, bridge: str, version: str) -> list[str]:
     out = bed.ofctl("-O", version, "dump-tlv-map", bridge)
     rows = []
     for line in out.splitlines():
@@ -92,7 +92,7 @@ def tlv_map(bed: OvsBed, bridge: str, version: str) -> list[str]:
     return rows
 
 
-def port_config(bed: OvsBed, bridge: str, version: str) -> list[str]:
+def port_config(bed: Switch, bridge: str, version: str) -> list[str]:
     # NO_FLOOD exists only in OpenFlow 1.0's port config: read it there when allowed.
     if "OpenFlow10" in protocols(bed, bridge):
         version = "OpenFlow10"
@@ -109,13 +109,13 @@ def port_config(bed: OvsBed, bridge: str, version: str) -> list[str]:
     return rows
 
 
-def ofports(bed: OvsBed, bridge: str) -> list[str]:
+def ofports(bed: Switch, bridge: str) -> list[str]:
     mine = {bridge, *bed.vsctl("list-ifaces", bridge).split()}
     table = json.loads(bed.vsctl("--format=json", "--columns=name,ofport", "list", "Interface"))
     return [f"ofport: {name}={ofport}" for name, ofport in table["data"] if name in mine]
 
 
-def canonical_state(bed: OvsBed, bridge: str, version: str | None = None) -> list[str]:
+def canonical_state(bed: Switch, bridge: str, version: str | None = None) -> list[str]:
     """Sorted `kind: text` lines for everything a restore should give back."""
     version = version or newest(bed, bridge)
     return sorted(
@@ -130,7 +130,7 @@ def canonical_state(bed: OvsBed, bridge: str, version: str | None = None) -> lis
     )
 
 
-def all_states(bed: OvsBed, bridges: Iterable[str] | None = None) -> dict[str, list[str]]:
+def all_states(bed: Switch, bridges: Iterable[str] | None = None) -> dict[str, list[str]]:
     """The canonical state of every bridge (or of `bridges`)."""
     return {b: canonical_state(bed, b) for b in (bridges if bridges is not None else bed.bridges())}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.harness import REPO
-from tests.harness.ovsbed import BedError, OvsBed
+from tests.harness.ovsbed import BedError, Switch
 
 # The corpus is part of the repository (tests/data, with its provenance).
 CORPUS_DIR = REPO / "tests" / "data"
@@ -72,7 +72,7 @@ def load_specs(path: Path = SPECS) -> list[Spec]:
 
 
 def _install(
-    bed: OvsBed, bridge: str, kind: str, specs: Sequence[Spec], report: CorpusReport
+    bed: Switch, bridge: str, kind: str, specs: Sequence[Spec], report: CorpusReport
 ) -> None:
     """Add specs in order, through a file; a batch that fails is split in halves and retried.
 
@@ -100,7 +100,7 @@ def _install(
     _install(bed, bridge, kind, specs[half:], report)
 
 
-def build_corpus(bed: OvsBed, bridge: str = "br0") -> CorpusReport:
+def build_corpus(bed: Switch, bridge: str = "br0") -> CorpusReport:
     """Create `bridge` holding the whole corpus; say what was refused."""
     report = CorpusReport()
     bed.add_bridge(bridge, protocols=PROTOCOLS, ports=PORTS)

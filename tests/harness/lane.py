@@ -14,11 +14,12 @@ import itertools
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.ovsbed import REPO, BedError, unique_name
+from tests.harness import REPO
+from tests.harness.ovsbed import BedError, unique_name
 from tests.harness.systemd_ns import SystemdNamespace
 
 # Shared with every namespace at the same path (/dev is the machine's).
@@ -57,7 +58,7 @@ class NsSwitch:
         return self.vsctl("list-br").split()
 
     def add_bridge(self, name: str, protocols: Sequence[str] | None = None,
-                   ports: dict[str, int] | None = None, datapath_type: str = "netdev") -> None:
+                   ports: Mapping[str, int] | None = None, datapath_type: str = "netdev") -> None:
         args = ["add-br", name, "--", "set", "bridge", name, f"datapath_type={datapath_type}"]
         if protocols:
             args.append("protocols=" + ",".join(protocols))

@@ -27,13 +27,33 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.harness import REPO
 
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 DAEMONS = ("ovsdb-server", "ovs-vswitchd")
 TIMEOUT = 30.0
+
+
+class Switch(Protocol):
+    """What `canon` and `corpus` need of a switch: its tools, run against it.
+
+    `OvsBed` (a private switch here) and `lane.NsSwitch` (the switch of a
+    systemd namespace) are both one; `dir` is a folder both sides can read.
+    """
+
+    dir: Path
+
+    def vsctl(self, *args: str, check: bool = True) -> str: ...
+
+    def ofctl(self, *args: str, check: bool = True, input: str | None = None) -> str: ...
+
+    def bridges(self) -> list[str]: ...
+
+    def add_bridge(self, name: str, protocols: Sequence[str] | None = None,
+                   ports: Mapping[str, int] | None = None,
+                   datapath_type: str = "netdev") -> None: ...
 
 
 class BedError(RuntimeError):

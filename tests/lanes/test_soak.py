@@ -15,9 +15,8 @@ import os
 
 import pytest
 
-from tests.harness import canon
+from tests.harness import REPO, canon
 from tests.harness.lane import running_lane
-from tests.harness.ovsbed import REPO
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 

@@ -13,7 +13,8 @@ import pytest
 
 from ovs_service import store
 from ovs_service.errors import SnapshotInvalid
-from tests.harness.ovsbed import REPO, Cli, OvsBed, one_line_error
+from tests.harness import REPO
+from tests.harness.ovsbed import Cli, OvsBed, one_line_error
 
 
 def test_list_show_and_diff(ovs: OvsBed, cli: Cli) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from ovs_service.errors import FirewallSnapshotInvalid
 from ovs_service.firewall import (
     FirewallSnapshot,
-    FirewallSnapshotInvalid,
     NftTableChains,
     XtablesRuleset,
     nft_without,

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
+from ovs_service.errors import InterfacesSnapshotInvalid
 from ovs_service.interfaces import (
     AddressState,
     InterfacesSnapshot,
-    InterfacesSnapshotInvalid,
     InterfaceState,
     NextHopState,
     RouteState,
