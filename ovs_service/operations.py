@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("flows", "datapaths", "interfaces")
 DEFAULT_STAGES = ("flows", "datapaths")  # interfaces matter when the kernel module reloads
-DATAPATHS_FILE, SECRETS_FILE = "datapaths/datapaths.json", "datapaths/secrets.json"
+DATAPATHS_FILE = "datapaths/datapaths.json"
 INTERFACES_FILE, FIREWALL_FILE = "interfaces/interfaces.json", "interfaces/firewall.json"
 
 
@@ -56,8 +56,11 @@ def take_snapshot(
     stages: Sequence[str] = (),
     to: Path | None = None,
     store_dir: Path | None = None,
+    pending: bool = False,
 ) -> store.Snapshot:
-    """Save the named bridges (or all) into a new snapshot and return it."""
+    """Save the named bridges (or all) into a new snapshot and return it;
+    with `pending`, marked for the next start of ovs-vswitchd before the
+    store is pruned (which never takes the new snapshot)."""
     stages = _check_stages(stages)
     store_dir = store_dir or store.state_dir()
     bridges = ovs.bridges(bridge_names)
@@ -67,8 +70,7 @@ def take_snapshot(
         records = flows.save(writer, bridges) if "flows" in stages else []
         if "datapaths" in stages:
             dps = datapaths.save()
-            writer.write_json(DATAPATHS_FILE, dps.public_json())
-            writer.write_json(SECRETS_FILE, dps.secrets_json())
+            writer.write_json(DATAPATHS_FILE, dps.to_json())
         if "interfaces" in stages:
             save_interfaces_stage(writer)
         snapshot = writer.commit(
@@ -83,8 +85,10 @@ def take_snapshot(
     except BaseException:
         writer.abort()
         raise
+    if pending:
+        store.mark_pending(store_dir, snapshot.path)
     if to is None:
-        store.prune(store_dir, store.keep_count())
+        store.prune(store_dir, store.keep_count(), protect=[snapshot.path])
     return snapshot
 
 
@@ -106,10 +110,9 @@ def load_datapaths(snapshot: store.Snapshot) -> datapaths.DatapathsSnapshot | No
     if DATAPATHS_FILE not in snapshot.manifest.files:
         return None
     try:
-        doc = json.loads(snapshot.file(DATAPATHS_FILE).read_text())
-        secrets = json.loads(snapshot.file(SECRETS_FILE).read_text())
-        return datapaths.DatapathsSnapshot.from_json(doc, secrets)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return datapaths.DatapathsSnapshot.from_json(
+            json.loads(snapshot.file(DATAPATHS_FILE).read_text()))
+    except (ValueError, KeyError, TypeError) as e:
         reason = f"datapaths stage unreadable ({e})"
         raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
 
@@ -133,14 +136,20 @@ def restore_interfaces_stage(snapshot: store.Snapshot) -> dict[str, Any]:
     """Put back internal interfaces' kernel state and the firewall; a report, never a raise."""
     from ovs_service import firewall, interfaces
 
-    if INTERFACES_FILE not in snapshot.manifest.files:
-        raise SnapshotInvalid(path=snapshot.path, reason="has no interfaces stage")
+    _require_interfaces_stage(snapshot)
     saved = interfaces.InterfacesSnapshot.from_json(snapshot.file(INTERFACES_FILE).read_text())
     report = interfaces.restore_interfaces(saved).to_dict()
     fw = firewall.FirewallSnapshot.from_json(snapshot.file(FIREWALL_FILE).read_text())
     fw_report = firewall.restore_firewall(fw).to_dict()
     return {"ok": bool(report["ok"] and fw_report["ok"]), "interfaces": report,
             "firewall": fw_report}
+
+
+def _require_interfaces_stage(snapshot: store.Snapshot) -> None:
+    missing = [f for f in (INTERFACES_FILE, FIREWALL_FILE) if f not in snapshot.manifest.files]
+    if missing:
+        reason = f"has no interfaces stage ({missing[0]} is not in its manifest)"
+        raise SnapshotInvalid(path=snapshot.path, reason=reason)
 
 
 def prepare_restore(
@@ -198,6 +207,8 @@ def restore_snapshot(
     then flows, then interfaces; port numbers verified at the end."""
     snapshot, selected = prepare_restore(path, bridge_names, allow_foreign)
     wanted = _check_stages(stages, default=snapshot.manifest.stages)
+    if "interfaces" in wanted:
+        _require_interfaces_stage(snapshot)  # before anything is touched
     dps = load_datapaths(snapshot) if "datapaths" in wanted else None
     if dps is not None:
         moved = datapaths.pin_ofports(dps)

@@ -65,8 +65,7 @@ def _save(root: Path) -> int:
         _status("a restore is still pending; keeping its snapshot")
         return 0
     start = time.monotonic()
-    snapshot = operations.take_snapshot()
-    store.mark_pending(root, snapshot.path)
+    snapshot = operations.take_snapshot(store_dir=root, pending=True)
     _status(f"saved {len(snapshot.manifest.bridges)} bridges to {snapshot.path} "
             f"in {time.monotonic() - start:.3f}s")
     return 0
