@@ -634,7 +634,8 @@ def _marked(store: Path, marker: str) -> Path | None:
         name = (store / marker).read_text().strip()
     except FileNotFoundError:
         return None
-    return store / name if name and "/" not in name else None
+    # A name in the store, nothing else: not `..`, not a work directory.
+    return store / name if _inside(name) and "/" not in name and not name.startswith(".") else None
 
 
 def _unmark(store: Path, marker: str) -> None:

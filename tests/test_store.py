@@ -13,11 +13,14 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import canon
 import pytest
 from ovsbed import REPO, Cli, OvsBed
+
+from ovs_service import store
 
 # Names of the format before sequences, far in the future: a clock that was
 # ahead when they were taken (a real-time clock then corrected, a VM reverted).
@@ -105,3 +108,27 @@ def test_save_to_leaves_existing_directories_alone(ovs: OvsBed, cli: Cli, tmp_pa
     fresh.save()
     assert stat.S_IMODE(fresh.state_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(fresh.state_dir.parent.stat().st_mode) == 0o700
+
+
+def test_prune_spares_a_save_in_progress_whatever_the_clock(tmp_path: Path) -> None:
+    """Work directories go when no save holds them, not by their age alone."""
+    root = tmp_path / "state"
+    live = store.SnapshotWriter(root / "00000001-20000101T000000.000000000")
+    dead_old = root / ".incoming-00000002-x.dead"
+    dead_future = root / ".incoming-00000003-y.dead"
+    for work in (dead_old, dead_future):
+        work.mkdir(mode=0o700)
+    hour = 3600
+    os.utime(live.tmp, (time.time() - 2 * hour, time.time() - 2 * hour))
+    os.utime(dead_old, (time.time() - 2 * hour, time.time() - 2 * hour))
+    os.utime(dead_future, (time.time() + 2 * hour, time.time() + 2 * hour))
+    store.prune(root, 5)
+    left = sorted(p.name for p in root.iterdir())
+    assert left == [live.tmp.name], left
+    live.abort()
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".incoming-x", "a/b", ""])
+def test_a_marker_names_a_snapshot_in_the_store(tmp_path: Path, name: str) -> None:
+    (tmp_path / "pending").write_text(f"{name}\n")
+    assert store.pending_snapshot(tmp_path) is None
