@@ -3,8 +3,8 @@
 Saved: every datapath (name, type) with its ports (number, name, type,
 options), and for every interface its bridge, type, options, OpenFlow port
 number and datapath port number. Secrets among the options (IPsec
-pre-shared keys and certificates) go to a separate 0600 file and are never
-logged or printed.
+pre-shared keys and certificates) are left out: no restore needs them (the
+database keeps its interfaces' options), so no snapshot holds them.
 
 Restored: kernel (`system`) datapaths are re-created with their ports at
 their old numbers before ovs-vswitchd starts (it adopts existing ports);
@@ -78,7 +78,6 @@ class InterfaceNumbers:
 class DatapathsSnapshot:
     datapaths: list[Datapath]
     interfaces: list[InterfaceNumbers]
-    secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # kept apart on disk
     schema: int = SCHEMA
 
     @property
@@ -86,18 +85,11 @@ class DatapathsSnapshot:
         """The kernel's datapaths (type `system`), which a module reload deletes."""
         return [dp for dp in self.datapaths if dp.type == "system"]
 
-    def public_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc.pop("secrets")
-        return doc
-
-    def secrets_json(self) -> dict[str, dict[str, str]]:
-        return self.secrets
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def from_json(
-        cls, doc: dict[str, Any], secrets: dict[str, dict[str, str]]
-    ) -> DatapathsSnapshot:
+    def from_json(cls, doc: dict[str, Any]) -> DatapathsSnapshot:
         if doc.get("schema") != SCHEMA:
             raise ValueError(f"unknown datapaths schema {doc.get('schema')!r}")
         return cls(
@@ -113,7 +105,6 @@ class DatapathsSnapshot:
                                  dict(i["options"]))
                 for i in doc["interfaces"]
             ],
-            secrets={k: dict(v) for k, v in secrets.items()},
         )
 
 
@@ -157,22 +148,19 @@ def save() -> DatapathsSnapshot:
     datapaths = parse_dpctl_show(ovs.appctl("dpctl/show").stdout)
     numbers = parse_dpif_show(ovs.appctl("dpif/show").stdout)
     rows = ovs.vsctl_list("Interface", ["name", "type", "options"])
-    interfaces, secrets = [], {}
+    interfaces = []
     for row in rows:
         name = row["name"]
         if name not in numbers:
             continue
         options = row["options"] if isinstance(row["options"], dict) else {}
-        secret = {k: v for k, v in options.items() if k in SECRET_OPTIONS}
-        if secret:
-            secrets[name] = secret
         bridge, ofport, dp_port = numbers[name]
         interfaces.append(InterfaceNumbers(
             bridge, name, row["type"], ofport, dp_port,
             {k: v for k, v in options.items() if k not in SECRET_OPTIONS},
         ))
     interfaces.sort(key=lambda i: (i.bridge, i.ofport))
-    return DatapathsSnapshot(datapaths, interfaces, secrets)
+    return DatapathsSnapshot(datapaths, interfaces)
 
 
 def kernel_datapaths() -> dict[str, Datapath]:

@@ -20,7 +20,6 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from ovs_service import ofstate as st
@@ -46,7 +45,7 @@ from ovs_service.openflow import (
     describe,
     prepare_bundle,
 )
-from ovs_service.store import Snapshot, SnapshotWriter
+from ovs_service.store import Snapshot, SnapshotFile, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
@@ -225,18 +224,18 @@ def current_ports(conn: Connection) -> list[st.PortConfig]:
 # -- reading a snapshot ---------------------------------------------------------
 
 def records(snapshot: Snapshot) -> list[BridgeRecord]:
+    if f"{STAGE}/index.json" not in snapshot.manifest.files:
+        raise SnapshotInvalid(path=snapshot.path, reason="has no flows stage")
     path = snapshot.file(f"{STAGE}/index.json")
     try:
         return [BridgeRecord.from_json(d) for d in json.loads(path.read_text())]
-    except FileNotFoundError:
-        raise SnapshotInvalid(path=snapshot.path, reason="has no flows stage") from None
     except (ValueError, KeyError, TypeError) as e:
         raise SnapshotInvalid(path=snapshot.path, reason=f"flows index unreadable ({e})") from None
 
 
-def read_messages(path: Path) -> Iterator[bytes]:
+def read_messages(path: SnapshotFile) -> Iterator[bytes]:
     """The OpenFlow messages stored in `path`, streamed."""
-    with open(path, "rb", buffering=1 << 20) as f:
+    with path.open("rb", buffering=1 << 20) as f:
         while header := f.read(HEADER.size):
             if len(header) < HEADER.size:
                 raise ValueError(f"{path.name}: truncated message header")
@@ -358,7 +357,7 @@ def _fail(conn: Connection, record: BridgeRecord, errors: list[tuple[int, bytes]
     return RestoreFailed(bridge=record.name, reason=reason + more)
 
 
-def _restore_tlv(conn: Connection, record: BridgeRecord, path: Path) -> list[bytes]:
+def _restore_tlv(conn: Connection, record: BridgeRecord, path: SnapshotFile) -> list[bytes]:
     saved = b"".join(st.tlv_maps_of_mod(m) for m in read_messages(path))
     current = current_tlv_maps(conn)
     wanted, have = _tlv_set(saved), _tlv_set(current)
@@ -385,7 +384,7 @@ def _tlv_set(maps: bytes) -> set[bytes]:
     return {maps[i:i + 8] for i in range(0, len(maps), 8)}
 
 
-def _restore_meters(conn: Connection, record: BridgeRecord, path: Path) -> list[bytes]:
+def _restore_meters(conn: Connection, record: BridgeRecord, path: SnapshotFile) -> list[bytes]:
     """Add or modify the saved meters; return the messages that undo that."""
     if conn.version < OF13:
         return []
@@ -407,7 +406,7 @@ def _restore_meters(conn: Connection, record: BridgeRecord, path: Path) -> list[
     return undo
 
 
-def _delete_unsaved_meters(conn: Connection, path: Path) -> None:
+def _delete_unsaved_meters(conn: Connection, path: SnapshotFile) -> None:
     if conn.version < OF13:
         return
     saved = {st.meter_id_of_mod(m) for m in read_messages(path)}
@@ -428,7 +427,8 @@ def _flow_count(conn: Connection) -> int:
     return st.aggregate_flow_count(conn.version, body)
 
 
-def _restore_table(conn: Connection, record: BridgeRecord, groups: Path, flows: Path,
+def _restore_table(conn: Connection, record: BridgeRecord, groups: SnapshotFile,
+                   flows: SnapshotFile,
                    prepared: PreparedBundle | None = None) -> None:
     """Onto an empty bridge (after a restart): every group and flow in one bundle.
 

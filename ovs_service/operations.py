@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("flows", "datapaths", "interfaces")
 DEFAULT_STAGES = ("flows", "datapaths")  # interfaces matter when the kernel module reloads
-DATAPATHS_FILE, SECRETS_FILE = "datapaths/datapaths.json", "datapaths/secrets.json"
+DATAPATHS_FILE = "datapaths/datapaths.json"
 INTERFACES_FILE, FIREWALL_FILE = "interfaces/interfaces.json", "interfaces/firewall.json"
 
 
@@ -63,13 +63,16 @@ def take_snapshot(
     stages: Sequence[str] = (),
     to: Path | None = None,
     store_dir: Path | None = None,
+    pending: bool = False,
 ) -> store.Snapshot:
     """Save the named bridges (or all) into a new snapshot and return it.
 
     Bridges are saved one by one: if some cannot be, the snapshot of the
     others is still written (the manifest's `flows_failed` says which and
     why), and SaveIncomplete is raised with it. If none can be, the first
-    bridge's error is raised and nothing is written.
+    bridge's error is raised and nothing is written. With `pending`, the
+    snapshot is marked for the next start of ovs-vswitchd before the store is
+    pruned (which never takes the new snapshot).
     """
     stages = _check_stages(stages)
     store_dir = store_dir or store.state_dir()
@@ -83,8 +86,7 @@ def take_snapshot(
         failed = {f.bridge: f.reason for f in failures}
         if "datapaths" in stages:
             dps = datapaths.save()
-            writer.write_json(DATAPATHS_FILE, dps.public_json())
-            writer.write_json(SECRETS_FILE, dps.secrets_json())
+            writer.write_json(DATAPATHS_FILE, dps.to_json())
         if "interfaces" in stages:
             save_interfaces_stage(writer)
         snapshot = writer.commit(
@@ -100,8 +102,10 @@ def take_snapshot(
     except BaseException:
         writer.abort()
         raise
+    if pending:
+        store.mark_pending(store_dir, snapshot.path)
     if to is None:
-        store.prune(store_dir, store.keep_count())
+        store.prune(store_dir, store.keep_count(), protect=[snapshot.path])
     if failures:
         more = f" (and {len(failures) - 1} other bridges)" if len(failures) > 1 else ""
         raise SaveIncomplete(bridge=failures[0].bridge, reason=failures[0].reason, more=more,
@@ -128,10 +132,9 @@ def load_datapaths(snapshot: store.Snapshot) -> datapaths.DatapathsSnapshot | No
     if DATAPATHS_FILE not in snapshot.manifest.files:
         return None
     try:
-        doc = json.loads(snapshot.file(DATAPATHS_FILE).read_text())
-        secrets = json.loads(snapshot.file(SECRETS_FILE).read_text())
-        return datapaths.DatapathsSnapshot.from_json(doc, secrets)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return datapaths.DatapathsSnapshot.from_json(
+            json.loads(snapshot.file(DATAPATHS_FILE).read_text()))
+    except (ValueError, KeyError, TypeError) as e:
         reason = f"datapaths stage unreadable ({e})"
         raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
 
@@ -162,8 +165,7 @@ def restore_interfaces_stage(snapshot: store.Snapshot, firewall: bool = False) -
     from ovs_service import firewall as fw
     from ovs_service import interfaces
 
-    if INTERFACES_FILE not in snapshot.manifest.files:
-        raise SnapshotInvalid(path=snapshot.path, reason="has no interfaces stage")
+    _require_interfaces_stage(snapshot)
     saved = interfaces.InterfacesSnapshot.from_json(snapshot.file(INTERFACES_FILE).read_text())
     report = interfaces.restore_interfaces(saved).to_dict()
     fw_report: dict[str, Any] | None = None
@@ -194,6 +196,13 @@ def restore_firewall_stage(snapshot: store.Snapshot) -> dict[str, Any]:
     from ovs_service import firewall as fw
 
     return fw.restore_firewall(_firewall_snapshot(snapshot)).to_dict()
+
+
+def _require_interfaces_stage(snapshot: store.Snapshot) -> None:
+    missing = [f for f in (INTERFACES_FILE, FIREWALL_FILE) if f not in snapshot.manifest.files]
+    if missing:
+        reason = f"has no interfaces stage ({missing[0]} is not in its manifest)"
+        raise SnapshotInvalid(path=snapshot.path, reason=reason)
 
 
 def prepare_restore(
@@ -288,6 +297,8 @@ def restore_snapshot(
     if firewall:  # refused before anything is touched
         _firewall_snapshot(snapshot)
     wanted = _check_stages(stages, default=snapshot.manifest.stages)
+    if "interfaces" in wanted:
+        _require_interfaces_stage(snapshot)  # before anything is touched
     dps = load_datapaths(snapshot) if "datapaths" in wanted else None
     if dps is not None:
         moved = datapaths.pin_ofports(dps, set(bridge_names) if bridge_names else None)

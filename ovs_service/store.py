@@ -5,6 +5,17 @@ A snapshot is built in a hidden sibling directory; every file is fsynced,
 the manifest (with the SHA-256 of every file) is written last, and only then
 is the directory renamed into place and its parent fsynced. A directory
 without a valid manifest is never a snapshot.
+
+A snapshot is read as it was verified: its directory is reached from `/`
+through directories only root or this user can change, every file is opened
+once, by descriptor, under that directory (no symbolic links, nothing outside
+it, nothing the manifest does not list), checked against the manifest, and
+read through that same descriptor afterwards.
+
+Snapshots in the store are named `<sequence>-<UTC time>`: the sequence, one
+more than any in the store, orders them, so a clock that goes back cannot
+make a new snapshot look old. Those named by the time alone (the format
+before sequences) come first, by name.
 """
 
 from __future__ import annotations
@@ -12,17 +23,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
+import re
+import resource
 import shutil
 import socket
+import stat
 import tempfile
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from ovs_service import __version__
 from ovs_service.errors import Busy, SnapshotInvalid, SnapshotNotFound, UsageError
@@ -101,13 +117,15 @@ class Manifest:
 class Snapshot:
     path: Path
     manifest: Manifest
+    files: SnapshotFiles = field(compare=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.path.name
 
-    def file(self, relpath: str) -> Path:
-        return self.path / relpath
+    def file(self, relpath: str) -> SnapshotFile:
+        """A file the manifest lists, opened and verified (once) by descriptor."""
+        return self.files.get(relpath)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,8 +153,21 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def ensure_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """`path` as a directory. The directories this creates are 0700; those
+    that exist keep their modes (`save --to /tmp/x` leaves /tmp as it is)."""
+    missing = []
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs, not ours to chmod
+        os.chmod(directory, 0o700)  # whatever the umask
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return path
 
 
@@ -163,7 +194,10 @@ class SnapshotWriter:
             raise UsageError(message=f"{final}: exists and is not an empty directory")
         ensure_dir(final.parent)
         self.final = final
-        self.tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".incoming-{final.name}."))
+        self.tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{INCOMING}{final.name}."))
+        # Held while the snapshot is built: `prune` leaves a locked work directory alone.
+        self._lock = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         os.chmod(self.tmp, 0o700)
         self.files: dict[str, FileEntry] = {}
 
@@ -203,62 +237,325 @@ class SnapshotWriter:
             self.final.rmdir()  # the empty directory the caller named
         os.rename(self.tmp, self.final)
         _fsync_dir(self.final.parent)
-        return Snapshot(self.final, manifest)
+        self._unlock()
+        return Snapshot(self.final, manifest, SnapshotFiles(self.final, manifest))
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+
+INCOMING = ".incoming-"  # a snapshot being built: `.incoming-<final name>.<random>`
+_SEQUENCED = re.compile(r"(?P<sequence>[0-9]{1,18})-")
+
+
+def sequence_of(name: str) -> int | None:
+    """The sequence number in a snapshot's name; None for a name of the format before."""
+    match = _SEQUENCED.match(name.removeprefix(INCOMING))
+    return int(match["sequence"]) if match else None
+
+
+def _order(path: Path) -> tuple[int, int, str]:
+    """Oldest first: the format without a sequence by name, then by sequence."""
+    sequence = sequence_of(path.name)
+    return (0, 0, path.name) if sequence is None else (1, sequence, path.name)
 
 
 def new_snapshot_path(store: Path) -> Path:
-    """Named by the time, to the nanosecond: names sort as snapshots were taken."""
+    """`<sequence>-<UTC time>`: the sequence, one more than any in the store
+    (snapshots being built included), orders snapshots whatever the clock does;
+    the time is for people."""
+    names = [p.name for p in store.iterdir()] if store.is_dir() else []
+    sequence = max((n for n in map(sequence_of, names) if n is not None), default=0) + 1
     seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
-    return store / f"{stamp}.{nanoseconds:09d}"
+    return store / f"{sequence:08d}-{stamp}.{nanoseconds:09d}"
 
 
-def _sha256(path: Path) -> str:
+# -- reading a snapshot: through descriptors, as verified ---------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+_OPEN_ERRORS = {
+    errno.ELOOP: "is a symbolic link",
+    errno.ENOTDIR: "is not a directory",
+    errno.ENOENT: "is missing",
+}
+
+
+def _problem(e: OSError) -> str:
+    return _OPEN_ERRORS.get(e.errno or 0, e.strerror or str(e))
+
+
+def _check_owned(root: Path, what: str, st: os.stat_result, *, sticky_ok: bool) -> None:
+    """Only root or this user may be able to change `what`. A sticky directory
+    (such as /tmp) may be writable by others: they cannot rename what is not theirs."""
+    if st.st_uid not in (0, os.geteuid()):
+        raise SnapshotInvalid(path=root, reason=f"{what} is owned by uid {st.st_uid}, "
+                              "neither root nor this user")
+    if st.st_mode & _WRITABLE_BY_OTHERS and not (sticky_ok and st.st_mode & stat.S_ISVTX):
+        raise SnapshotInvalid(path=root, reason=f"{what} is writable by group or others "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def _open_snapshot_dir(path: Path) -> int:
+    """A descriptor of directory `path`, reached from / one component at a time,
+    none of them a symbolic link, each one only root or this user can change."""
+    parts = Path(os.path.realpath(path)).parts[1:]
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        _check_owned(path, "directory /", os.fstat(fd), sticky_ok=True)
+        for depth, part in enumerate(parts, 1):
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                    raise SnapshotInvalid(path=path, reason="not a directory") from None
+                where = "/" + "/".join(parts[:depth])
+                raise SnapshotInvalid(path=path, reason=f"{where} {_problem(e)}") from None
+            os.close(fd)
+            fd = child
+            last = depth == len(parts)
+            what = "the directory" if last else "directory /" + "/".join(parts[:depth])
+            _check_owned(path, what, os.fstat(fd), sticky_ok=not last)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _inside(relpath: str) -> bool:
+    """Whether a manifest's name stays inside the snapshot: relative, no `..`, no `.`."""
+    return all(part not in ("", ".", "..") and "\0" not in part for part in relpath.split("/"))
+
+
+class _PreadReader(io.RawIOBase):
+    """Reads a shared descriptor at its own offset (pread): readers do not interfere."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self._fd, len(view), self._offset)
+        view[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+
+class SnapshotFile:
+    """One file of a snapshot, read through the descriptor it was verified through."""
+
+    def __init__(self, snapshot: Path, relpath: str, fd: int, entry: FileEntry) -> None:
+        self.snapshot = snapshot
+        self.relpath = relpath
+        self.name = relpath.rsplit("/", 1)[-1]
+        self._fd = fd
+        self._entry = entry
+        self._verified = self._identity()
+
+    def _identity(self) -> tuple[int, ...]:
+        st = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _changed(self) -> SnapshotInvalid:
+        return SnapshotInvalid(path=self.snapshot,
+                               reason=f"file {self.relpath!r} changed after it was verified")
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self._fd)
+
+    def read_bytes(self) -> bytes:
+        """The whole file, checked against the manifest: the bytes parsed are those hashed."""
+        data = os.pread(self._fd, self._entry.size + 1, 0)
+        if len(data) != self._entry.size or hashlib.sha256(data).hexdigest() != self._entry.sha256:
+            raise self._changed()
+        return data
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def open(self, mode: str = "rb", buffering: int = -1) -> BinaryIO:
+        """A stream of the file as verified, for files too big to hold."""
+        if mode != "rb":
+            raise ValueError(f"snapshot files are read as bytes only, not {mode!r}")
+        if self._identity() != self._verified:
+            raise self._changed()
+        size = buffering if buffering > 0 else io.DEFAULT_BUFFER_SIZE
+        return io.BufferedReader(_PreadReader(self._fd), size)
+
+
+class SnapshotFiles:
+    """The files of one snapshot, each opened once (under the snapshot's
+    directory descriptor) and verified; closed with the snapshot."""
+
+    def __init__(self, path: Path, manifest: Manifest, dir_fd: int | None = None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._fds: list[int] = []
+        self._dir_fd = dir_fd
+        if dir_fd is not None:
+            self._fds.append(dir_fd)
+        self._opened: dict[str, SnapshotFile] = {}
+        weakref.finalize(self, _close_all, self._fds)
+
+    def _root(self) -> int:
+        if self._dir_fd is None:
+            self._dir_fd = _open_snapshot_dir(self.path)
+            self._fds.append(self._dir_fd)
+        return self._dir_fd
+
+    def get(self, relpath: str) -> SnapshotFile:
+        if relpath in self._opened:
+            return self._opened[relpath]
+        entry = self.manifest.files.get(relpath)
+        if entry is None:
+            raise SnapshotInvalid(path=self.path, reason=f"has no {relpath!r} in its manifest")
+        fd = self._open(relpath)
+        self._fds.append(fd)
+        _verify(self.path, relpath, fd, entry)
+        self._opened[relpath] = file = SnapshotFile(self.path, relpath, fd, entry)
+        return file
+
+    def _open(self, relpath: str) -> int:
+        """The file's descriptor, reached through the snapshot's own directories."""
+        if not _inside(relpath):
+            raise SnapshotInvalid(path=self.path, reason=f"file {relpath!r} lies outside it")
+        *dirs, name = relpath.split("/")
+        fd = os.dup(self._root())
+        try:
+            for depth, part in enumerate(dirs, 1):
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                _check_owned(self.path, "/".join(dirs[:depth]), os.fstat(fd), sticky_ok=False)
+            return os.open(name, _FILE_FLAGS, dir_fd=fd)
+        except OSError as e:
+            reason = f"file {relpath!r} {_problem(e)}"
+            raise SnapshotInvalid(path=self.path, reason=reason) from None
+        finally:
+            os.close(fd)
+
+    def verify_all(self) -> None:
+        """Every file the manifest lists, and nothing it does not: only
+        directories and regular files, all of them listed."""
+        found = set(_walk(self.path, self._root(), ""))
+        unlisted = sorted(found - {*self.manifest.files, MANIFEST})
+        if unlisted:
+            reason = f"file {unlisted[0]!r} is not in the manifest"
+            raise SnapshotInvalid(path=self.path, reason=reason)
+        _allow_descriptors(len(self.manifest.files))
+        for relpath in self.manifest.files:
+            self.get(relpath)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+
+
+def _allow_descriptors(count: int) -> None:
+    """Room for `count` more open files: a snapshot keeps four per bridge open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = len(os.listdir("/proc/self/fd")) + count + 64
+    if soft != resource.RLIM_INFINITY and wanted > soft:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
+def _walk(root: Path, dir_fd: int, prefix: str) -> Iterator[str]:
+    """Relative paths of the regular files under `dir_fd`; refuses anything else."""
+    for name in sorted(os.listdir(dir_fd)):
+        relpath = prefix + name
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            yield relpath
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise SnapshotInvalid(path=root, reason=f"{relpath!r} is {kind}")
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as e:
+            raise SnapshotInvalid(path=root, reason=f"{relpath!r} {_problem(e)}") from None
+        try:
+            _check_owned(root, repr(relpath), os.fstat(child), sticky_ok=False)
+            yield from _walk(root, child, relpath + "/")
+        finally:
+            os.close(child)
+
+
+def _verify(root: Path, relpath: str, fd: int, entry: FileEntry) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SnapshotInvalid(path=root, reason=f"file {relpath!r} is not a regular file")
+    _check_owned(root, f"file {relpath!r}", st, sticky_ok=False)
+    if st.st_size != entry.size:
+        raise SnapshotInvalid(
+            path=root, reason=f"file {relpath!r} is {st.st_size} bytes, manifest says {entry.size}"
+        )
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    if offset != entry.size or h.hexdigest() != entry.sha256:
+        raise SnapshotInvalid(path=root, reason=f"file {relpath!r} fails its SHA-256 check")
+
+
+def _read_manifest(path: Path, dir_fd: int) -> Manifest:
+    try:
+        fd = os.open(MANIFEST, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        raise SnapshotInvalid(path=path, reason="not a snapshot (no manifest.json)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SnapshotInvalid(path=path, reason="not a snapshot (no manifest.json)")
+        _check_owned(path, MANIFEST, st, sticky_ok=False)
+        chunks = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return Manifest.from_json(b"".join(chunks).decode(errors="replace"), path)
 
 
 def load(path: Path, *, verify: bool = True, allow_foreign: bool = False) -> Snapshot:
     """Read a snapshot's manifest and (by default) check every file against it.
 
-    Refuses, with one line, anything that is not a whole snapshot of this host.
+    Refuses, with one line, anything that is not a whole snapshot of this
+    host, or that others than root and this user could have changed.
     """
-    if not path.is_dir():
-        raise SnapshotInvalid(path=path, reason="not a directory")
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise SnapshotInvalid(path=path, reason="not a snapshot (no manifest.json)")
-    manifest = Manifest.from_json(manifest_path.read_text(errors="replace"), path)
+    dir_fd = _open_snapshot_dir(path)
+    try:
+        manifest = _read_manifest(path, dir_fd)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    files = SnapshotFiles(path, manifest, dir_fd)
     if not allow_foreign and manifest.host != socket.gethostname():
         raise SnapshotInvalid(
             path=path, reason=f"taken on host {manifest.host!r}, not this one "
             "(--allow-foreign to use it anyway)"
         )
+    outside = [name for name in manifest.files if not _inside(name) or name == MANIFEST]
+    if outside:
+        raise SnapshotInvalid(path=path, reason=f"file {outside[0]!r} lies outside it")
     if verify:
-        for relpath, entry in manifest.files.items():
-            _verify_file(path, relpath, entry)
-    return Snapshot(path, manifest)
-
-
-def _verify_file(root: Path, relpath: str, entry: FileEntry) -> None:
-    file = (root / relpath).resolve()
-    if root.resolve() not in file.parents:
-        raise SnapshotInvalid(path=root, reason=f"file {relpath!r} lies outside the snapshot")
-    if not file.is_file():
-        raise SnapshotInvalid(path=root, reason=f"file {relpath!r} is missing")
-    size = file.stat().st_size
-    if size != entry.size:
-        raise SnapshotInvalid(
-            path=root, reason=f"file {relpath!r} is {size} bytes, manifest says {entry.size}"
-        )
-    if _sha256(file) != entry.sha256:
-        raise SnapshotInvalid(path=root, reason=f"file {relpath!r} fails its SHA-256 check")
+        files.verify_all()
+    return Snapshot(path, manifest, files)
 
 
 def snapshots(store: Path) -> list[Path]:
@@ -266,8 +563,9 @@ def snapshots(store: Path) -> list[Path]:
     if not store.is_dir():
         return []
     return sorted(
-        p for p in store.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        (p for p in store.iterdir()
+         if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()),
+        key=_order,
     )
 
 
@@ -279,26 +577,52 @@ def newest(store: Path) -> Path:
 
 
 def resolve(store: Path, name: str | None) -> Path:
-    """A snapshot given by path or by name in the store; the newest if None."""
+    """A snapshot given by path (with a `/`: `./NAME`) or by name in the store
+    (a bare name is never looked up in the current directory); the newest if None."""
     if name is None:
         return newest(store)
-    candidate = Path(name)
-    if candidate.exists() or "/" in name:
-        return candidate
+    if "/" in name:
+        return Path(name)
+    if not _inside(name) or name.startswith("."):
+        raise SnapshotNotFound(what=f"named {name!r} in {store}")
     return store / name
 
 
-def prune(store: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` snapshots (never the pending one)."""
-    kept = {pending_snapshot(store), failed_snapshot(store)}
+# An unlocked work directory this much older or newer than the clock is a
+# dead save's; a younger one may be a save that has not locked it yet.
+STALE_INCOMING = 60.0
+
+
+def prune(store: Path, keep: int, protect: Iterable[Path] = ()) -> list[Path]:
+    """Delete all but the newest `keep` snapshots (never the pending, the
+    failed or a `protect`ed one), and the work directories of dead saves."""
+    kept = {pending_snapshot(store), failed_snapshot(store), *protect}
     found = snapshots(store)
     doomed = [p for p in found[:-keep] if p not in kept] if keep > 0 else []
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in store.glob(".incoming-*"):
-        if time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
+    for work in store.glob(f"{INCOMING}*"):
+        if _abandoned(work):
+            shutil.rmtree(work, ignore_errors=True)
     return doomed
+
+
+def _abandoned(work: Path) -> bool:
+    """Whether no save is building `work`: its writer holds it locked. The
+    clock only guards the moment before the lock, in either direction."""
+    try:
+        fd = os.open(work, _DIR_FLAGS)
+    except OSError:
+        return False
+    try:
+        if abs(time.time() - os.fstat(fd).st_mtime) < STALE_INCOMING:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _mark(store: Path, marker: str, snapshot: Path) -> None:
@@ -310,7 +634,8 @@ def _marked(store: Path, marker: str) -> Path | None:
         name = (store / marker).read_text().strip()
     except FileNotFoundError:
         return None
-    return store / name if name and "/" not in name else None
+    # A name in the store, nothing else: not `..`, not a work directory.
+    return store / name if _inside(name) and "/" not in name and not name.startswith(".") else None
 
 
 def _unmark(store: Path, marker: str) -> None:

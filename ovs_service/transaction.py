@@ -69,8 +69,7 @@ def _save(run: _Run, outcome: Outcome, stages: Sequence[str] = ()) -> Prepared:
     """Save and verify everything before anything stops: if this fails, nothing
     was touched. The snapshot is pending from here on."""
     with run.step("save"):
-        snapshot = operations.take_snapshot(stages=stages)
-        store.mark_pending(run.root, snapshot.path)
+        snapshot = operations.take_snapshot(stages=stages, store_dir=run.root, pending=True)
         run.tx.set_snapshot(snapshot.path)
         outcome.snapshot = str(snapshot.path)
         loaded, records = operations.prepare_restore(snapshot.path, skip_missing=True)

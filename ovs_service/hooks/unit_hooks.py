@@ -66,12 +66,11 @@ def _save(root: Path) -> int:
         return 0
     start = time.monotonic()
     try:
-        snapshot = operations.take_snapshot()
+        snapshot = operations.take_snapshot(store_dir=root, pending=True)
     except SaveIncomplete as e:
-        # The other bridges' snapshot is whole: restore them after the restart.
+        # The other bridges' snapshot is whole and pending: restore them after the restart.
         log.error("%s", e)
         snapshot = e.snapshot
-    store.mark_pending(root, snapshot.path)
     _status(f"saved {len(snapshot.manifest.bridges)} bridges to {snapshot.path} "
             f"in {time.monotonic() - start:.3f}s")
     return 0

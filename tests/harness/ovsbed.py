@@ -383,7 +383,8 @@ class Cli:
     bed: OvsBed
     state_dir: Path
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> CliResult:
+    def __call__(self, *args: str, check: bool = True, timeout: float = 600,
+                 cwd: Path | None = None) -> CliResult:
         argv = (sys.executable, "-m", "ovs_service", *args)
         env = {
             **os.environ,
@@ -396,7 +397,8 @@ class Cli:
         # A test must never reach a switch other than its own.
         assert env["OVS_RUNDIR"] == str(self.bed.dir)
         proc = subprocess.run(
-            argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            argv, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
+            check=False,
         )
         result = CliResult(argv, proc.returncode, proc.stdout, proc.stderr)
         if check:

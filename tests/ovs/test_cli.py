@@ -47,7 +47,7 @@ def test_retention_keeps_the_newest_and_the_pending(ovs: OvsBed, cli: Cli) -> No
     saved = [cli.save() for _ in range(6)]
     left = [Path(s["path"]) for s in cli("snapshot", "list", "--json").json()]
     assert left == [first, *saved[-5:]]
-    assert oct(cli.state_dir.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(s.stat().st_mode & 0o777) == "0o700" for s in left)
 
 
 def test_status_and_plans(ovs: OvsBed, cli: Cli) -> None:

@@ -8,7 +8,10 @@ would show.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +124,108 @@ def file_outside_the_snapshot(snapshot: Path) -> None:
     _edit_manifest(snapshot, change)
 
 
+def rehash(snapshot: Path) -> None:
+    """Make the manifest agree with the files it lists, as a careful tamperer would."""
+    def change(doc: dict[str, Any]) -> None:
+        for relpath, entry in doc["files"].items():
+            data = (snapshot / relpath).read_bytes()
+            entry.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+    _edit_manifest(snapshot, change)
+
+
+def _point_index_outside(snapshot: Path) -> tuple[str, str]:
+    """br1's messages copied beside the snapshot, and the index sent there;
+    its old and new directory."""
+    index_path = snapshot / "flows" / "index.json"
+    index = json.loads(index_path.read_text())
+    record = next(r for r in index if r["name"] == "br1")
+    old = record["directory"]
+    shutil.copytree(snapshot / old, snapshot.parent / "elsewhere")
+    record["directory"] = "../elsewhere"
+    index_path.write_text(json.dumps(index))
+    return old, record["directory"]
+
+
+def index_points_outside(snapshot: Path) -> None:
+    """The index sends br1 to files outside the snapshot; the manifest is re-hashed."""
+    _point_index_outside(snapshot)
+    rehash(snapshot)
+
+
+def index_points_outside_consistently(snapshot: Path) -> None:
+    """The same, with the outside files listed in the manifest under their true digests."""
+    old, new = _point_index_outside(snapshot)
+
+    def change(doc: dict[str, Any]) -> None:
+        for relpath in [r for r in doc["files"] if r.startswith(old + "/")]:
+            doc["files"][new + relpath[len(old):]] = doc["files"].pop(relpath)
+
+    _edit_manifest(snapshot, change)
+    rehash(snapshot)
+
+
+def unlisted_file(snapshot: Path) -> None:
+    (snapshot / "notes.txt").write_text("not in the manifest\n")
+
+
+def unlisted_secrets(snapshot: Path) -> None:
+    (snapshot / "datapaths" / "secrets.json").write_text('{"ipsec0": {"psk": "x"}}\n')
+
+
+def unlisted_firewall(snapshot: Path) -> None:
+    (snapshot / "interfaces").mkdir()
+    (snapshot / "interfaces" / "firewall.json").write_text("{}\n")
+
+
+def _br1_flows(snapshot: Path) -> Path:
+    index = json.loads((snapshot / "flows" / "index.json").read_text())
+    directory: str = next(r["directory"] for r in index if r["name"] == "br1")
+    return snapshot / directory / "flows.ofp"
+
+
+def symlinked_file_inside(snapshot: Path) -> None:
+    """A listed file replaced by a link to the same bytes, elsewhere in the snapshot."""
+    flows = _br1_flows(snapshot)
+    flows.rename(flows.with_name("flows.real"))
+    flows.symlink_to("flows.real")
+
+
+def symlinked_file_outside(snapshot: Path) -> None:
+    flows = _br1_flows(snapshot)
+    outside = snapshot.parent / "flows.outside"
+    flows.rename(outside)
+    flows.symlink_to(outside)
+
+
+def symlinked_directory(snapshot: Path) -> None:
+    directory = _br1_flows(snapshot).parent
+    outside = snapshot.parent / "bridge.outside"
+    directory.rename(outside)
+    directory.symlink_to(outside)
+
+
+def snapshot_writable_by_others(snapshot: Path) -> None:
+    os.chmod(snapshot, 0o757)
+
+
+def snapshot_writable_by_group(snapshot: Path) -> None:
+    os.chmod(snapshot, 0o770)
+
+
+def store_writable_by_others(snapshot: Path) -> None:
+    os.chmod(snapshot.parent, 0o777)  # no sticky bit: anyone may swap the snapshot
+
+
+def file_writable_by_others(snapshot: Path) -> None:
+    os.chmod(_br1_flows(snapshot), 0o606)
+
+
+def owned_by_another_user(snapshot: Path) -> None:
+    for path in [snapshot, *snapshot.rglob("*")]:
+        os.chown(path, 65534, 65534)
+
+
 DAMAGES: dict[str, Callable[[Path], None]] = {
     f.__name__: f
     for f in (
@@ -138,6 +243,19 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
         manifest_not_an_object,
         manifest_without_files,
         file_outside_the_snapshot,
+        index_points_outside,
+        index_points_outside_consistently,
+        unlisted_file,
+        unlisted_secrets,
+        unlisted_firewall,
+        symlinked_file_inside,
+        symlinked_file_outside,
+        symlinked_directory,
+        snapshot_writable_by_others,
+        snapshot_writable_by_group,
+        store_writable_by_others,
+        file_writable_by_others,
+        owned_by_another_user,
     )
 }
 
@@ -226,3 +344,33 @@ def test_not_a_snapshot(scene: Scene, tmp_path: Path, kind: str) -> None:
     elif kind == "store itself":
         target = scene.cli.state_dir
     scene.assert_refused("--from", str(target))
+
+
+def _br1_dump(bed: OvsBed) -> str:
+    return bed.ofctl("-O", "OpenFlow13", "--no-stats", "dump-flows", "br1")
+
+
+def test_a_sticky_store_is_fine(scene: Scene) -> None:
+    """A store writable by others but sticky (as /tmp): they cannot swap what is ours."""
+    os.chmod(scene.snapshot.parent, 0o1777)
+    scene.cli.restore("--from", str(scene.snapshot))
+    assert "in_port=1 actions=drop" in _br1_dump(scene.bed)
+
+
+def test_a_name_is_looked_up_in_the_store_only(scene: Scene, tmp_path: Path) -> None:
+    """`restore --from NAME` with a directory NAME in the current directory:
+    the store's snapshot is restored; `./NAME` takes the other one."""
+    other = scene.cli.save()  # br1 has no flows here
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    other.rename(cwd / scene.snapshot.name)
+    assert "actions=drop" not in _br1_dump(scene.bed)
+    scene.cli("restore", "--from", scene.snapshot.name, "--bridge", "br1", cwd=cwd)
+    assert "in_port=1 actions=drop" in _br1_dump(scene.bed)
+    scene.cli("restore", "--from", f"./{scene.snapshot.name}", "--bridge", "br1", cwd=cwd)
+    assert "actions=drop" not in _br1_dump(scene.bed)
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_a_name_stays_in_the_store(scene: Scene, name: str) -> None:
+    scene.assert_refused("--from", name)
