@@ -73,3 +73,20 @@ class UsageError(OvsServiceError):
 class Busy(OvsServiceError):
     template = "another ovs-service transaction holds the lock ({holder}); retry, or use --wait"
     exit_code = 6
+
+
+# Transactions: failures the CLI reports after putting the switch back.
+
+
+class InjectedFault(OvsServiceError):
+    """Tests only (OVS_SERVICE_FAULT=fail:STEP): a step that fails as a real one can."""
+
+    template = "step {step} failed (injected by OVS_SERVICE_FAULT)"
+
+
+class PrecheckFailed(OvsServiceError):
+    template = "{op} not started, nothing was changed: {reason}"
+
+
+class RolledForward(OvsServiceError):
+    template = "{op} failed at {step}: {reason}; {after}"
