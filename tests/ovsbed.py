@@ -362,9 +362,9 @@ class Cli:
     bed: OvsBed
     state_dir: Path
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> CliResult:
-        argv = (sys.executable, "-m", "ovs_service", *args)
-        env = {
+    def env(self) -> dict[str, str]:
+        """The environment `python -m ovs_service` runs in against this bed."""
+        return {
             **os.environ,
             **self.bed.env,
             "OVS_SERVICE_STATE_DIR": str(self.state_dir),
@@ -372,6 +372,10 @@ class Cli:
                 p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
             ),
         }
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> CliResult:
+        argv = (sys.executable, "-m", "ovs_service", *args)
+        env = self.env()
         # A test must never reach a switch other than its own.
         assert env["OVS_RUNDIR"] == str(self.bed.dir)
         proc = subprocess.run(
