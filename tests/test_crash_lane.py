@@ -172,6 +172,24 @@ def test_a_second_caller_is_refused_or_waits(
     _assert_whole(ns, switch, hosts, before, "a restart that waited for the lock")
 
 
+@pytest.mark.parametrize("step", ["restart-ovsdb-server", "start-ovs-vswitchd", "restore"])
+def test_a_failure_after_the_stop_rolls_forward(
+    lane: tuple[SystemdNamespace, NsSwitch, Hosts], step: str
+) -> None:
+    """No recover: a step that fails once ovs-vswitchd has stopped (a failed
+    job; here injected, OVS_SERVICE_FAULT=fail:STEP) leaves the switch running
+    with its state, and the CLI exits 1 saying what failed."""
+    ns, switch, hosts = lane
+    before = canon.all_states(switch)
+    proc = ns.run(["env", f"OVS_SERVICE_FAULT=fail:{step}", "ovs-service", "restart"],
+                  check=False)
+    assert proc.returncode == 1, f"{proc.returncode} {proc.stderr}"
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"restart failed at {step}: step {step} failed (injected" in line, line
+    assert "the switch was put back" in line, line
+    _assert_whole(ns, switch, hosts, before, f"a failure at {step}, rolled forward")
+
+
 def test_fault_points_cover_every_step() -> None:
     """The count the issue asks for: kill points covered / steps that exist."""
     from ovs_service import transaction
