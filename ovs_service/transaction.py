@@ -387,7 +387,7 @@ def force_reload_kmod(
     root = store.state_dir()
     steps = StepLog(on_step=on_step)
     outcome = KmodOutcome(op="force-reload-kmod", steps=steps.steps)
-    with store.lock(root, wait, on_wait), Systemd() as sd:
+    with store.lock(root, wait, on_wait):
         has_modules = kmod.module_support()
         if has_modules:
             # Before the journal: a refusal leaves nothing to recover.
@@ -395,7 +395,7 @@ def force_reload_kmod(
         else:
             outcome.notes.append("this kernel has no loadable module support: "
                                  "module steps skipped, the rest done")
-        with _Run(root, "force-reload-kmod", steps) as run:
+        with Systemd() as sd, _Run(root, "force-reload-kmod", steps) as run:
             _reload_kmod(root, sd, run, outcome, has_modules)
     outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
     return outcome
