@@ -19,8 +19,12 @@ APT_PACKAGES = \
 PIP_TOOLS = ruff mypy
 
 DEB_WORK = .cache/deb
+# The venv lane: the project and the newest PyPI releases of its dependencies.
+VENV = .cache/venv-pypi
+FAST = not slow and not systemd and not vm
 
-.PHONY: all test test-fast test-systemd test-kmod lint bench deb demo install-deps clean
+.PHONY: all test test-fast test-systemd test-kmod test-venv lint bench deb demo \
+	install-packages install-deps clean
 
 all: test
 
@@ -29,13 +33,29 @@ test:
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast:
-	$(PYTEST) -m "not slow and not systemd and not vm" $(PYTEST_ARGS)
+	$(PYTEST) -m "$(FAST)" $(PYTEST_ARGS)
 
 test-systemd:
 	$(PYTEST) -m systemd $(PYTEST_ARGS)
 
 test-kmod:
 	$(PYTEST) -m vm $(PYTEST_ARGS)
+
+# `pip install .` into a fresh venv with the newest releases from PyPI (pystemd
+# builds from source against libsystemd-dev), then the CLI from / and the fast
+# tests with that interpreter (-P: the checkout is not on its path; the tests
+# that run the CLI as a command run the installed console scripts or the
+# checkout's code with these libraries).
+test-venv:
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --no-cache-dir --upgrade pip
+	$(VENV)/bin/pip install --quiet --no-cache-dir --upgrade ".[test]"
+	@echo "venv lane: $$($(VENV)/bin/python --version), newest PyPI releases:"
+	@$(VENV)/bin/pip list --format=freeze | grep -iE '^(typer|click|pystemd|pyroute2|sdnotify|pytest|mypy|ruff)=='
+	cd / && $(CURDIR)/$(VENV)/bin/ovs-service --version
+	cd / && $(CURDIR)/$(VENV)/bin/ovs-service --help >/dev/null
+	$(VENV)/bin/python -P -m pytest -p no:cacheprovider -m "$(FAST)" $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check ovs_service tests
@@ -57,13 +77,16 @@ deb:
 	cp $(DEB_WORK)/*.deb dist/
 	@ls -l dist/*.deb
 
-# The live demo; demo.sh runs install-deps first when a tool it needs is missing.
+# The live demo; demo.sh runs install-packages first when a tool it needs is missing.
 demo:
 	PYTHON=$(PYTHON) ./demo.sh
 
-install-deps:
+# Debian's packages only: all the demo needs (it runs the checkout's own code).
+install-packages:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
+
+install-deps: install-packages
 	$(PYTHON) -m pip install --break-system-packages $(PIP_TOOLS)
 	$(PYTHON) -m pip install --break-system-packages --no-deps -e .
 

@@ -1,11 +1,13 @@
 #!/bin/bash
 # The live demo, in one command on a fresh Debian 12 machine:  sudo ./demo.sh
 #
-# Installs what is missing (`make install-deps`: Open vSwitch, systemd, the
-# Python libraries, ovs-service itself), then boots a throwaway systemd in
+# Installs what is missing (`make install-packages`: Debian's Open vSwitch,
+# systemd and Python libraries), then boots a throwaway systemd in
 # private namespaces, runs Open vSwitch under it, and restarts it with
 # `ovs-service restart` while two hosts ping through it (see demo/demo.py).
-# The machine's own switch and network are never touched.
+# The machine's own switch and network are never touched, and ovs-service is
+# not installed: the throwaway systemd runs this checkout's code, wherever it
+# lies and whatever else the machine has installed.
 # Options go to demo/demo.py (--no-contrast skips the run with Debian's units).
 set -euo pipefail
 
@@ -20,29 +22,23 @@ fi
 # Installs take minutes: only when something the demo runs is missing.
 ready() {
     local tool
-    for tool in ovs-service ovs-service-hook ovsdb-server ovs-vswitchd ovs-vsctl ovs-ofctl \
+    for tool in ovsdb-server ovs-vswitchd ovs-vsctl ovs-ofctl \
             dbus-daemon ip ping nsenter unshare setpriv pkill; do
         command -v "$tool" >/dev/null || { echo "demo.sh: $tool is missing" >&2; return 1; }
     done
     [ -x /lib/systemd/systemd ] || { echo "demo.sh: systemd is missing" >&2; return 1; }
-    "$PYTHON" -c 'import pystemd, typer, pytest' 2>/dev/null \
+    "$PYTHON" -c 'import pystemd, typer, pyroute2, sdnotify, pytest' 2>/dev/null \
         || { echo "demo.sh: Python libraries are missing" >&2; return 1; }
 }
 
 if ! ready; then
-    echo "demo.sh: installing what is needed (make install-deps)..." >&2
+    echo "demo.sh: installing what is needed (make install-packages)..." >&2
     if ! command -v make >/dev/null; then
         apt-get update
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends make
     fi
-    make PYTHON="$PYTHON" install-deps
+    make PYTHON="$PYTHON" install-packages
     ready
-fi
-
-# The corpus bridge needs the shared corpus beside the repository.
-if [ -z "${OVS_SERVICE_CORPUS:-}" ] && [ -d ../shared/corpus ]; then
-    OVS_SERVICE_CORPUS=$(cd ../shared/corpus && pwd)
-    export OVS_SERVICE_CORPUS
 fi
 
 exec "$PYTHON" demo/demo.py "$@"

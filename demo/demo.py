@@ -49,6 +49,7 @@ from systemd_ns import (  # noqa: E402
 TRAFFIC_BRIDGE = "brt"
 CORPUS_BRIDGE = "br0"
 PING_INTERVAL = 0.001  # 1 kHz
+FAULT_ENV = "OVS_SERVICE_FAULT"
 
 # -- the terminal ------------------------------------------------------------
 
@@ -101,6 +102,8 @@ class Result:
     before: dict[str, list[str]]
     after: dict[str, list[str]]
     exit_code: int
+    restarted: bool
+    """Whether ovs-vswitchd runs as a new process after the restart."""
     gap: float
     flow_restore_wait: str
     talks: bool
@@ -119,8 +122,7 @@ class Result:
 
 
 def build_state(ns: SystemdNamespace, switch: NsSwitch) -> Hosts:
-    if corpus.SPECS.exists():
-        corpus.build_corpus(switch, CORPUS_BRIDGE)
+    corpus.build_corpus(switch, CORPUS_BRIDGE)
     return add_hosts(ns, switch, TRAFFIC_BRIDGE)
 
 
@@ -140,6 +142,9 @@ def stream(ns: SystemdNamespace, argv: Sequence[str], timeout: float = 120) -> i
     """
     env = {"PATH": INNER_PATH, "LANG": "C.UTF-8", "HOME": "/root", "TERM": "dumb",
            "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
+    # ovs-service's fault injection, so that a test can make the restart fail.
+    if FAULT_ENV in os.environ:
+        env[FAULT_ENV] = os.environ[FAULT_ENV]
     say(f"    $ {' '.join(argv)}")
     master, slave = os.openpty()
     try:
@@ -219,13 +224,16 @@ def scenario(units: Sequence[Path], start_unit: str, restart: Sequence[str], *,
             if not talks:
                 raise DemoError("the hosts do not reach each other before the restart")
             say(f"  ▸ pinging every {PING_INTERVAL * 1000:g} ms while it runs:")
+            daemon = ns.main_pid("ovs-vswitchd.service")
             with hosts.prober(PING_INTERVAL) as gap:
                 exit_code = stream(ns, restart)
             # Jobs that the restart propagated may still be queued.
             with contextlib.suppress(SystemdNamespaceError):
                 ns.settle(timeout=10)
+            restarted = ns.main_pid("ovs-vswitchd.service") not in (0, daemon)
             return Result(before=before, after=canon.all_states(switch), exit_code=exit_code,
-                          gap=gap.seconds, flow_restore_wait=switch.flow_restore_wait(),
+                          restarted=restarted, gap=gap.seconds,
+                          flow_restore_wait=switch.flow_restore_wait(),
                           talks=hosts.ping(timeout=10))
         finally:
             if hosts is not None:
@@ -266,13 +274,29 @@ def gap_text(seconds: float) -> str:
     return "no reply at all" if seconds == float("inf") else f"{seconds * 1000:.0f} ms"
 
 
-def run(with_contrast: bool) -> int:
-    if not corpus.SPECS.exists():
-        say(f"  (no corpus at {corpus.CORPUS_DIR}: the traffic bridge only;\n"
-            "   set OVS_SERVICE_CORPUS to a corpus folder to add the corpus bridge)")
+def restart_failed(result: Result) -> bool:
+    """Say so first and loudly when the restart did not run: no ✓ and no gap figure."""
+    if result.exit_code == 0 and result.restarted:
+        return False
+    say()
+    say(f"  {BAD} " + _paint("1;31", "THE RESTART FAILED: nothing below measures a restart"))
+    if result.exit_code != 0:
+        say(f"      ovs-service restart exited with {describe_exit(result.exit_code)} "
+            "(its output is above)")
+    if not result.restarted:
+        say("      ovs-vswitchd was not restarted: the same process runs as before")
+    return True
 
+
+def describe_exit(code: int) -> str:
+    return f"signal {-code}" if code < 0 else str(code)
+
+
+def run(with_contrast: bool) -> int:
     heading("1. ovs-service restart, under systemd, with ovs-service's units")
     ours = scenario(UNITS, "openvswitch.service", ["ovs-service", "restart"], show_state=True)
+    if restart_failed(ours):
+        return 1
     identical = ours.after == ours.before
     mark(ours.exit_code == 0, f"ovs-service restart exited with {ours.exit_code}")
     mark(identical, f"canonical state before vs after: "

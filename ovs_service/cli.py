@@ -1,8 +1,8 @@
 """The `ovs-service` command: a thin layer over `operations` and friends.
 
-Every command prints for people by default and a JSON document with
-`--json`. Errors are one line on stderr and a non-zero exit status (see
-`EXIT_CODES`); `--debug` adds the traceback.
+Every command prints for people by default and exactly one JSON document
+with `--json`. Errors are one line on stderr and a non-zero exit status (see
+`errors.EXIT_CODES`); `--debug` adds the traceback.
 """
 
 import json
@@ -13,25 +13,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) reads these
 
-import click
 import typer
 
 from ovs_service import __version__, flows, operations, ovs, store
 from ovs_service import log as logsetup
-from ovs_service.errors import OvsServiceError
+from ovs_service.errors import EXIT_CODES, INTERRUPTED, OvsServiceError
 from ovs_service.openflow import VERSION_NAME, describe
-
-EXIT_CODES = {
-    0: "success",
-    1: "failure (a command or the switch refused something)",
-    2: "bad usage, or a snapshot that is damaged, foreign or missing",
-    3: "Open vSwitch unreachable",
-    4: "a restore failed; the snapshot is kept for `ovs-service restore`",
-}
 
 app = typer.Typer(
     name="ovs-service",
     help="Keep Open vSwitch's OpenFlow state across restarts, upgrades and module reloads.",
+    epilog="Exit status: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+    + ".",
     no_args_is_help=True,
     add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -149,13 +142,9 @@ def restore(
            "bridges": [b.__dict__ for b in outcome.bridges],
            "port_mismatches": [m.__dict__ for m in outcome.port_mismatches],
            "interfaces": outcome.interfaces}
-    if not outcome.ok and not as_json:
-        typer.echo("\n".join(lines))
-    if not outcome.ok:
-        if as_json:
-            _emit(True, doc, "")
-        operations.raise_for(outcome)
+    # One report, whatever failed; then the failure's line and exit status.
     _emit(as_json, doc, "\n".join(lines))
+    operations.raise_for(outcome)
 
 
 @snapshot_app.command("list")
@@ -445,12 +434,18 @@ def main() -> None:
         result = command.main(args=sys.argv[1:], prog_name="ovs-service", standalone_mode=False)
     except OvsServiceError as e:
         _fail(e, e.exit_code, debug)
-    except click.exceptions.Abort:
-        _fail(RuntimeError("aborted"), 130, debug)
-    except click.ClickException as e:
-        _fail(RuntimeError(e.format_message()), 2, debug)
+    except typer.Abort:
+        _fail(RuntimeError("aborted"), INTERRUPTED, debug)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
     except OSError as e:
         _fail(e, 1, debug)
     except KeyboardInterrupt:
-        _fail(RuntimeError("interrupted"), 130, debug)
+        _fail(RuntimeError("interrupted"), INTERRUPTED, debug)
+    except Exception as e:
+        # The command-line parser's own errors (bad option, missing
+        # argument) come from the library typer builds on, whichever it is.
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            _fail(RuntimeError(e.format_message()), 2, debug)
+        raise
     sys.exit(result if isinstance(result, int) else 0)

@@ -21,6 +21,8 @@ before it brings it up.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -219,7 +221,8 @@ def _add_datapath(dp: Datapath, made: Recreated) -> bool:
     try:
         ovs.dpctl("add-dp", f"system@{dp.name}")
     except CommandFailed as e:
-        if "exists" not in str(e):
+        # ovs-dpctl names the errno's text (LC_ALL=C): "... failed (File exists)".
+        if f"({os.strerror(errno.EEXIST)})" not in e.fields["stderr"]:
             made.problems.append(f"system@{dp.name}: {e}")
             return False
     return True

@@ -1,10 +1,25 @@
 """Errors the user sees as one line: each class carries a message template.
 
 Callers raise `BridgeNotFound(bridge="br0")`; the CLI prints `str(error)` and
-exits with `error.exit_code`, with a traceback only under --debug.
+exits with `error.exit_code`, with a traceback only under --debug. Every
+exception class of the package lives here, and every exit status it can end
+with is in EXIT_CODES, from which the CLI's help is made (the README and the
+man page are checked against it by the tests).
 """
 
 from typing import Any, ClassVar
+
+EXIT_CODES = {
+    0: "success",
+    1: "failure (a command or the switch refused something)",
+    2: "bad usage, or a snapshot that is damaged, foreign or missing",
+    3: "Open vSwitch unreachable",
+    4: "a restore failed; the snapshot is kept for `ovs-service restore`",
+    5: "a systemd job failed, or systemd is unreachable",
+    6: "another transaction holds the lock",
+    130: "interrupted",
+}
+INTERRUPTED = 130
 
 
 class OvsServiceError(Exception):
@@ -73,6 +88,45 @@ class UsageError(OvsServiceError):
 class Busy(OvsServiceError):
     template = "another ovs-service transaction holds the lock ({holder}); retry, or use --wait"
     exit_code = 6
+
+
+class RestorePartsFailed(OvsServiceError):
+    """Every bridge came back, but a part restored beside them did not."""
+
+    template = "restore of {parts} failed: {reason}"
+    exit_code = 4
+
+
+class SystemdError(OvsServiceError):
+    template = "systemd: {message}"
+    exit_code = 5
+
+
+class JobFailed(OvsServiceError):
+    template = "systemd job {action} {unit} ended with {result!r}; see: journalctl -u {unit}"
+    exit_code = 5
+
+
+class ModuleError(OvsServiceError):
+    template = "kernel module {module}: {reason}"
+
+
+class InterfacesError(OvsServiceError):
+    template = "interfaces: {reason}"
+
+
+class InterfacesSnapshotInvalid(OvsServiceError):
+    template = "interfaces snapshot: {reason}"
+    exit_code = 2
+
+
+class FirewallError(OvsServiceError):
+    template = "firewall: {reason}"
+
+
+class FirewallSnapshotInvalid(OvsServiceError):
+    template = "firewall snapshot: {reason}"
+    exit_code = 2
 
 
 # Transactions: failures the CLI reports after putting the switch back.

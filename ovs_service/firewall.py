@@ -41,7 +41,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ovs_service.errors import CommandFailed, CommandNotFound, OvsServiceError
+from ovs_service.errors import (
+    CommandFailed,
+    CommandNotFound,
+    FirewallError,
+    FirewallSnapshotInvalid,
+)
 from ovs_service.run import run
 
 SCHEMA = 1
@@ -53,15 +58,6 @@ _CHAIN = re.compile(r"^\tchain (\S+) \{")
 # iptables-save's note on a table it cannot represent, e.g.
 # "# Table `filter' contains incompatible base-chains, use 'nft' tool to list them."
 _INCOMPATIBLE = re.compile(r"^# Table `([^']+)' .*incompatible")
-
-
-class FirewallError(OvsServiceError):
-    template = "firewall: {reason}"
-
-
-class FirewallSnapshotInvalid(OvsServiceError):
-    template = "firewall snapshot: {reason}"
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from typing import Any, Literal
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ovs_service.errors import OvsServiceError
+from ovs_service.errors import InterfacesError, InterfacesSnapshotInvalid
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,6 @@ RT_SCOPE_UNIVERSE = 0
 
 Family = Literal[4, 6]
 InterfaceStatus = Literal["restored", "partial", "missing"]
-
-
-class InterfacesError(OvsServiceError):
-    template = "interfaces: {reason}"
-
-
-class InterfacesSnapshotInvalid(OvsServiceError):
-    template = "interfaces snapshot: {reason}"
-    exit_code = 2
 
 
 # -- the snapshot ---------------------------------------------------------------

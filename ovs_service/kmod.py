@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ovs_service.errors import OvsServiceError
+from ovs_service.errors import ModuleError, OvsServiceError
 from ovs_service.run import run
 
 PROC = Path("/proc")
@@ -26,10 +26,6 @@ VPORT_PREFIX = "vport_"
 # ip_gre and gre are left alone: only the out-of-tree module (gone since Open
 # vSwitch 3.0) conflicted with them, and unloading ip_gre deletes every GRE
 # device of the host.
-
-
-class ModuleError(OvsServiceError):
-    template = "kernel module {module}: {reason}"
 
 
 def module_support() -> bool:

@@ -16,6 +16,7 @@ from ovs_service import datapaths, flows, kmod, ovs, store
 from ovs_service.errors import (
     BridgeNotFound,
     RestoreFailed,
+    RestorePartsFailed,
     SnapshotInvalid,
     SnapshotWriteFailed,
     UsageError,
@@ -214,6 +215,7 @@ def restore_snapshot(
 
 
 def raise_for(outcome: RestoreOutcome) -> None:
+    """Raise for the first thing that failed: a bridge, else a part beside them."""
     failed = [b for b in outcome.bridges if not b.ok]
     if failed:
         first = failed[0]
@@ -222,3 +224,19 @@ def raise_for(outcome: RestoreOutcome) -> None:
             reason=first.reason
             + (f" (and {len(failed) - 1} other bridges)" if len(failed) > 1 else ""),
         )
+    if outcome.interfaces is not None and not outcome.interfaces.get("ok"):
+        parts = {name: report for name, report in outcome.interfaces.items()
+                 if isinstance(report, dict) and not report.get("ok", True)}
+        reasons = [_first_problem(report) for report in parts.values()]
+        raise RestorePartsFailed(parts=" and ".join(parts) or "interfaces",
+                                 reason="; ".join(reasons) or "see the report")
+
+
+def _first_problem(report: dict[str, Any]) -> str:
+    """One line for a failed part: the interfaces' first problem, the firewall's failed part."""
+    for problem in report.get("problems", []):
+        return f"{problem.get('subject')}: {problem.get('action')}: {problem.get('message')}"
+    for part in report.get("parts", []):
+        if part.get("status") == "failed":
+            return f"{part.get('part')}: {part.get('detail')}"
+    return "see the report"

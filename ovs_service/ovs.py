@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Sequence
@@ -73,9 +74,21 @@ def vsctl(*args: str) -> Completed:
     try:
         return run(["ovs-vsctl", VSCTL_TIMEOUT, *args])
     except CommandFailed as e:
-        if "database connection failed" in str(e) or "timeout" in str(e):
+        if unreachable(e):
             raise OvsUnreachable(what="ovsdb-server", reason=e.fields["stderr"]) from None
         raise
+
+
+def unreachable(error: CommandFailed) -> bool:
+    """Whether ovs-vsctl failed for want of ovsdb-server, not for what it was asked.
+
+    Decided by what happened, never by the command line (which holds
+    `--timeout`): its own alarm (VSCTL_TIMEOUT) killed it, or it said that the
+    connection failed (under LC_ALL=C, as `run` runs everything).
+    """
+    return error.fields["returncode"] in (-signal.SIGALRM, "timeout") or (
+        ": database connection failed (" in error.fields["stderr"]
+    )
 
 
 def ofctl(*args: str) -> Completed:

@@ -34,13 +34,14 @@ def run(
 ) -> Completed:
     """Run `argv`; return its output, or raise CommandFailed naming the command.
 
-    `env` is added to the inherited environment. With `stdout` given, the
+    `env` is added to the inherited environment, in which LC_ALL=C keeps
+    every tool's messages in one, stable language. With `stdout` given, the
     program writes straight into that file (for large dumps), and
     `Completed.stdout` is empty.
     """
     argv = tuple(str(a) for a in argv)
     log.debug("run: %s", shlex.join(argv))
-    full_env = {**os.environ, **env} if env else None
+    full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
     try:
         proc = subprocess.run(
             argv,

@@ -9,23 +9,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ovs_service.errors import OvsServiceError
+from ovs_service.errors import JobFailed, SystemdError
 
 log = logging.getLogger(__name__)
 
 DESTINATION = b"org.freedesktop.systemd1"
 MANAGER_PATH = b"/org/freedesktop/systemd1"
 MANAGER_IFACE = b"org.freedesktop.systemd1.Manager"
-
-
-class SystemdError(OvsServiceError):
-    template = "systemd: {message}"
-    exit_code = 5
-
-
-class JobFailed(OvsServiceError):
-    template = "systemd job {action} {unit} ended with {result!r}; see: journalctl -u {unit}"
-    exit_code = 5
 
 
 # A unit's states past ExecStart= and past ExecStop=, and how often to look.

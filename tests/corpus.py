@@ -7,41 +7,40 @@ plus two meters, two flows that use them, and port config flags.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ovsbed import BedError, OvsBed
 
-# The corpus lives beside the repository (shared/corpus), unless named.
-CORPUS_DIR = Path(
-    os.environ.get("OVS_SERVICE_CORPUS", Path(__file__).parents[2] / "shared" / "corpus")
-)
+# The corpus is part of the repository (tests/data, with its provenance).
+CORPUS_DIR = Path(__file__).resolve().parent / "data"
 SPECS = CORPUS_DIR / "ovs-testsuite-specs.tsv"
+EXTRAS = CORPUS_DIR / "corpus-extras.tsv"
 
 PROTOCOLS = tuple(f"OpenFlow1{minor}" for minor in range(6))
 PORTS = {f"p{n}": n for n in range(1, 9)}
-TLV_MAP = ",".join(
-    f"{{class=0xffff,type={t},len={length}}}->tun_metadata{t}"
-    for t, length in enumerate((4, 8, 4, 4))
-)
-METERS = (
-    "meter=1 kbps burst stats bands=type=drop rate=1000 burst_size=100",
-    "meter=2 pktps bands=type=dscp_remark rate=500 prec_level=1",
-)
+
+
+def _extras(kind: str) -> tuple[tuple[str, str], ...]:
+    """(OpenFlow version, text) of each `kind` line of corpus-extras.tsv, in order."""
+    rows = []
+    for line in EXTRAS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            row_kind, version, text = line.split("\t", 2)
+            if row_kind == kind:
+                rows.append((version, text))
+    return tuple(rows)
+
+
+TLV_MAP = _extras("tlv")[0][1]
+METERS = tuple(text for _, text in _extras("meter"))
 # The userspace datapath implements only drop bands; used when it refuses the one above.
-METER_FALLBACK = {"meter=2": "meter=2 pktps stats bands=type=drop rate=500"}
-METERED_FLOWS = (
-    "priority=5,ip,nw_dst=10.9.0.1 actions=meter:1,output:2",
-    "priority=5,ip,nw_dst=10.9.0.2 actions=meter:2,output:3",
-)
+METER_FALLBACK = {text.split()[0]: text for _, text in _extras("meter-fallback")}
+METERED_FLOWS = tuple(text for _, text in _extras("metered-flow"))
 # (port, mod-port action, version): NO_FLOOD exists only in OpenFlow 1.0.
-PORT_MODS = (
-    ("1", "no-flood", "OpenFlow10"),
-    ("2", "no-forward", "OpenFlow15"),
-    ("3", "no-packet-in", "OpenFlow15"),
-    ("4", "no-receive", "OpenFlow15"),
+PORT_MODS = tuple(
+    (*text.split(None, 1), version) for version, text in _extras("port-mod")
 )
 
 

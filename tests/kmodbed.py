@@ -387,6 +387,7 @@ def booted_guest(lane: str) -> Iterator[Guest]:
             ["systemctl", "--failed", "--no-legend"], check=False).stdout
         # The guest's /var/lib is the host's under an overlay: give ovs-service
         # an empty store, whatever the host holds.
+        booted.run(["mkdir", "-p", STATE_DIR])  # the overlay is the guest's own
         booted.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", STATE_DIR])
         yield booted
         print(f"\n{lane}: {time.monotonic() - lane_start:.1f} s in all")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pathlib import Path
 from ovsbed import REPO, BedError, unique_name
 from systemd_ns import SystemdNamespace
 
+# Shared with every namespace at the same path (/dev is the machine's).
+SCRATCH = "/dev/shm"
 UNITS = [REPO / "units" / n for n in ("ovsdb-server.service", "ovs-vswitchd.service",
                                       "openvswitch.service")]
 DROPINS = [REPO / "units" / "dropins" / n for n in ("ovs-vswitchd.service.d",
@@ -31,9 +34,9 @@ class NsSwitch:
 
     def __init__(self, ns: SystemdNamespace) -> None:
         self.ns = ns
-        # Batch files must be readable inside: not under /tmp (private there).
-        self.dir = REPO / ".cache" / unique_name("lane")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Batch files must be readable inside at the same path: not under /tmp
+        # or /run (private there), nor in the checkout (it may be read-only).
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{unique_name('lane')}-", dir=SCRATCH))
 
     def close(self) -> None:
         subprocess.run(["rm", "-rf", str(self.dir)], check=False)

@@ -2,7 +2,7 @@
 # Boot systemd as PID 1 of a fresh PID + mount namespace, for tests.
 #
 # Started as:  unshare --fork --pid --mount --mount-proc --propagation private \
-#                  --uts [--net] systemd_boot.sh CGROUP_NAME
+#                  --uts [--net] systemd_boot.sh CGROUP_NAME [SOURCE]
 # (see systemd_ns.py), with stdout a pseudo-terminal the test side reads.
 #
 # The namespace shares the machine's file systems, so everything systemd
@@ -17,10 +17,15 @@
 # CGROUP_NAME: a fresh child cgroup this script moves into before exec'ing
 # systemd, so that this systemd manages its own subtree and never the
 # machine's root cgroup (which another instance may be using at the same time).
+#
+# SOURCE: a checkout of ovs-service that must be visible inside at its own
+# path, even where that path is hidden by the private mounts below (a clone
+# under /tmp, say).
 set -eu
 
 TARGET=ovs-service-test.target
-cgroup_name=${1:?usage: $0 CGROUP_NAME}
+cgroup_name=${1:?usage: $0 CGROUP_NAME [SOURCE]}
+source=${2:-}
 
 if [ "$$" != 1 ]; then
     echo "$0: must run as PID 1 of a new PID namespace (under unshare --fork --pid)" >&2
@@ -46,16 +51,28 @@ fi
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 
+# The checkout, held at a place of our own before the private mounts may
+# hide it; put back at its own path once they are in place (see below).
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+if [ -n "$source" ]; then
+    mkdir -p /run/ovs-service-test/source
+    mount --bind "$source" /run/ovs-service-test/source
+fi
+
 # Private, empty folders: systemd's and the test's scratch space, the Open
 # vSwitch database, logs and runtime folder, ovs-service's snapshots, and
 # the state systemd keeps under /var (timer stamps, journal).
-for dir in /run /tmp /var/tmp \
+for dir in /tmp /var/tmp \
         /etc/openvswitch /var/lib/openvswitch /var/log/openvswitch \
         /var/lib/ovs-service /var/lib/systemd /var/log/journal; do
     [ -d "$dir" ] || mkdir -p "$dir"
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$dir"
 done
 chmod 1777 /tmp /var/tmp
+if [ -n "$source" ] && [ ! -e "$source/pyproject.toml" ]; then
+    mkdir -p "$source"
+    mount --bind /run/ovs-service-test/source "$source"
+fi
 mkdir -p /run/lock /run/systemd/system /run/systemd/system-generators \
     /run/systemd/system.conf.d /run/systemd/journald.conf.d
 chmod 1777 /run/lock
@@ -129,7 +146,7 @@ for link in /etc/systemd/system/*.wants/* /etc/systemd/system/*.requires/* \
         dbus.socket|dbus.service) ;;
         systemd-journald.service|systemd-journald.socket) ;;
         systemd-journald-dev-log.socket) ;;
-        openvswitch-switch.service|ovs-*.service|ovsdb-*.service) ;;
+        openvswitch.service|openvswitch-switch.service|ovs-*.service|ovsdb-*.service) ;;
         *) mask "$unit" ;;
     esac
 done

@@ -48,6 +48,10 @@ from typing import Literal
 import pytest
 
 BOOT_SCRIPT = Path(__file__).resolve().with_name("systemd_boot.sh")
+# The checkout whose code runs inside (`own_code`), at the same path as here.
+SOURCE = BOOT_SCRIPT.parents[1]
+# Debian's interpreter: the namespace runs Debian's Python libraries.
+INNER_PYTHON = "/usr/bin/python3"
 SYSTEMD = Path("/lib/systemd/systemd")
 INNER_UNIT_DIR = "/run/systemd/system"
 # Searched before /usr/local/bin by systemd for bare command names and by the
@@ -141,10 +145,12 @@ class SystemdNamespace:
         self,
         *,
         network: Literal["private", "host"] = "private",
+        own_code: bool = True,
         boot_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
         self.network = network
+        self.own_code = own_code
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
         self.cgroup_name = f"{CGROUP_PREFIX}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -179,7 +185,7 @@ class SystemdNamespace:
             "unshare", "--fork", "--pid", "--mount", "--mount-proc",
             "--propagation", "private", "--uts", "--kill-child=SIGKILL",
             *(["--net"] if self.network == "private" else []),
-            str(BOOT_SCRIPT), self.cgroup_name,
+            str(BOOT_SCRIPT), self.cgroup_name, *([str(SOURCE)] if self.own_code else []),
         ]  # fmt: skip
         # The namespace's console is a pseudo-terminal read here: systemd
         # would otherwise write to the machine's /dev/console.
@@ -202,11 +208,32 @@ class SystemdNamespace:
             self.pid = self._find_init()
             self._pidns = _pid_namespace(self.pid)
             self._wait_ready(began)
+            if self.own_code:
+                self._use_own_code()
         except BaseException:
             self.stop()
             raise
         self.boot_seconds = time.monotonic() - began
         return self
+
+    def _use_own_code(self) -> None:
+        """Make `ovs-service` and its hooks inside run this checkout's code.
+
+        Whatever else is installed on the machine (an editable install of
+        another checkout, Debian's package): the commands come first on PATH
+        and in systemd's search path, and every unit the manager starts from
+        now on imports `ovs_service` from here.
+        """
+        source = str(SOURCE)
+        self.shadow_command("ovs-service", (
+            f"#!{INNER_PYTHON} -P\n"
+            "import sys\n"
+            f"sys.path.insert(0, {source!r})\n"
+            "from ovs_service.cli import main\n"
+            "sys.exit(main())\n"
+        ))
+        self.shadow_command("ovs-service-hook", (SOURCE / "bin" / "ovs-service-hook").read_text())
+        self.systemctl("set-environment", f"PYTHONPATH={source}")
 
     def _read_console(self) -> None:
         while True:
@@ -339,6 +366,7 @@ class SystemdNamespace:
             "SYSTEMD_COLORS": "0",
             "SYSTEMD_PAGER": "",
             "SYSTEMD_LOG_COLOR": "0",
+            **({"PYTHONPATH": str(SOURCE)} if self.own_code else {}),
             **(env or {}),
         }
         proc = subprocess.run(
@@ -411,6 +439,9 @@ class SystemdNamespace:
         self._check_private(inner)
         target = self.path(inner)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # A mask (a link to /dev/null) is replaced, never written through.
+        if target.is_symlink():
+            target.unlink()
         target.write_text(text)
         target.chmod(mode)
         return target

@@ -451,7 +451,7 @@ def installed_switch(built: Built) -> Iterator[InstalledSwitch]:
         pytest.skip("openvswitch-switch is not installed")
     units = [built.root / UNIT_DIR.lstrip("/") / name for name in
              ("openvswitch.service", "ovs-vswitchd.service.d", "ovsdb-server.service.d")]
-    with booted() as ns:
+    with booted(own_code=False) as ns:
         for path in sorted(built.root.rglob("*")):
             rel = path.relative_to(built.root).as_posix()
             if path.is_file() and rel.startswith((DIST_PACKAGES, "usr/bin/")):

@@ -272,7 +272,8 @@ def settle(guest: Guest, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="module")
 def guest(debs: Debs, times: Times) -> Iterator[Guest]:
-    with Guest("systemd") as booted:
+    # The package's own code, not the checkout's.
+    with Guest("systemd", own_code=False) as booted:
         times.add("boot the systemd guest", booted.boot_seconds or 0.0)
         assert booted.system_state == "running", booted.run(
             ["systemctl", "--failed", "--no-legend"], check=False).stdout

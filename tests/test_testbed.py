@@ -116,4 +116,4 @@ def test_canon_is_deterministic_and_wipe_empties(ovs: OvsBed) -> None:
 
 
 def test_corpus_file_present() -> None:
-    assert SPECS.is_file(), f"the corpus is expected at {SPECS} (or set OVS_SERVICE_CORPUS)"
+    assert SPECS.is_file(), f"the corpus is expected at {SPECS}"

@@ -109,6 +109,7 @@ class Guest:
         boot_timeout: float = 300.0,
         command_timeout: float = 120.0,
         kernel_args: Sequence[str] = (),
+        own_code: bool = True,
     ) -> None:
         self.mode = mode
         self.memory_mb = memory_mb
@@ -117,6 +118,8 @@ class Guest:
         self.boot_timeout = boot_timeout
         self.command_timeout = command_timeout
         self.kernel_args = tuple(kernel_args)
+        # The checkout's ovs-service first on PATH and on the units' PYTHONPATH.
+        self.own_code = own_code
         self.boot_seconds: float | None = None
         """From starting qemu to the agent answering (systemd: to the system running)."""
         self.system_state: str | None = None
@@ -179,6 +182,7 @@ class Guest:
             f"ovsvm.repo={repo}",
             f"ovsvm.modules={artifacts.modules}",
             f"ovsvm.python={GUEST_PYTHON}",
+            f"ovsvm.owncode={int(self.own_code)}",
             *self.kernel_args,
         ]
         argv = [

@@ -1,0 +1,75 @@
+"""Failures are classified by what happened (exit status, stderr, errno), never by
+the words of the command line: a command that holds `--timeout` or a datapath
+named `exists-0` must not change the verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ovsbed import OvsBed
+
+from ovs_service import datapaths, ovs
+from ovs_service.errors import CommandFailed, OvsUnreachable
+from ovs_service.run import run
+
+
+@pytest.fixture
+def switch_env(ovs: OvsBed, monkeypatch: pytest.MonkeyPatch) -> OvsBed:
+    """This process talks to the private switch, as the CLI would."""
+    for key, value in ovs.env.items():
+        monkeypatch.setenv(key, value)
+    return ovs
+
+
+def test_a_refused_vsctl_command_is_not_unreachable(switch_env: OvsBed) -> None:
+    with pytest.raises(CommandFailed) as refused:
+        ovs.vsctl("get", "Bridge", "br9", "name")
+    assert 'no row "br9"' in refused.value.fields["stderr"]
+
+
+def test_a_missing_ovsdb_server_is_unreachable(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVS_RUNDIR", str(tmp_path))
+    with pytest.raises(OvsUnreachable, match="database connection failed"):
+        ovs.vsctl("list-br")
+
+
+@pytest.fixture
+def silent_socket(tmp_path: Path) -> Iterator[Path]:
+    """A unix socket that accepts and never answers, like a hung ovsdb-server."""
+    path = tmp_path / "db.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(8)
+        yield path
+
+
+def test_an_ovsdb_server_that_never_answers_is_unreachable(
+        silent_socket: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVS_RUNDIR", str(silent_socket.parent))
+    monkeypatch.setattr(ovs, "VSCTL_TIMEOUT", "--timeout=1")
+    with pytest.raises(OvsUnreachable):
+        ovs.vsctl("list-br")
+
+
+def test_every_tool_runs_with_lc_all_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its messages, which errors are classified by, stay in one language."""
+    monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+    assert run(["sh", "-c", "echo $LC_ALL"]).stdout == "C\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ovs-dpctl)")
+def test_a_datapath_that_cannot_be_made_is_a_problem_whatever_its_name() -> None:
+    """Without the kernel module (or with it), `exists-0` is made or reported, never assumed."""
+    if not Path("/usr/bin/ovs-dpctl").exists():
+        pytest.skip("ovs-dpctl not installed")
+    if Path("/sys/module/openvswitch").exists():
+        pytest.skip("the kernel module is loaded here: add-dp would succeed")
+    made = datapaths.Recreated()
+    assert not datapaths._add_datapath(datapaths.Datapath("exists-0", "system", []), made)
+    assert any("system@exists-0" in problem for problem in made.problems), made
