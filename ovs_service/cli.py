@@ -114,6 +114,10 @@ def restore(
     allow_foreign: bool = typer.Option(
         False, "--allow-foreign", help="Accept a snapshot taken on another host."
     ),
+    firewall: bool = typer.Option(
+        False, "--firewall",
+        help="Also replace the firewall tables the snapshot holds with its copies "
+        "(others stay). Without it the firewall is left alone."),
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -124,7 +128,8 @@ def restore(
     """
     path = store.resolve(store.state_dir(), source)
     with _locked(wait):
-        outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign)
+        outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
+                                              firewall=firewall)
     lines = [
         f"{b.bridge}: {'restored' if b.ok else 'FAILED'} "
         f"({b.counts.get('flows', 0)} flows, {b.counts.get('groups', 0)} groups, "
@@ -138,10 +143,13 @@ def restore(
         lines.append(f"interfaces: {'restored' if not problems else 'PROBLEMS'}")
         lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
                   for p in problems]
+    if outcome.firewall is not None:
+        lines += [f"firewall {p['part']}: {p['status']}"
+                  + (f": {p['detail']}" if p["detail"] else "") for p in outcome.firewall["parts"]]
     doc = {"snapshot": str(outcome.snapshot), "ok": outcome.ok,
            "bridges": [b.__dict__ for b in outcome.bridges],
            "port_mismatches": [m.__dict__ for m in outcome.port_mismatches],
-           "interfaces": outcome.interfaces}
+           "interfaces": outcome.interfaces, "firewall": outcome.firewall}
     # One report, whatever failed; then the failure's line and exit status.
     _emit(as_json, doc, "\n".join(lines))
     operations.raise_for(outcome)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ovs_service import ovs
-from ovs_service.errors import CommandFailed
+from ovs_service.errors import CommandFailed, PortNameUnsafe
 
 SCHEMA = 1
 STAGE = "datapaths"
@@ -37,6 +37,9 @@ SECRET_OPTIONS = frozenset({"psk", "peer_cert", "certificate", "private_key", "u
 LOCAL_OFPORT = 65534
 RECREATED_TYPES = frozenset({"", "system", "internal"})
 IFF_UP = 0x1  # if.h
+# `ovs-dpctl add-if DP NAME,key=value,...` has no escaping: in a port name
+# (Linux allows both) these would add options, such as another type.
+ADD_IF_SEPARATORS = (",", "=")
 
 _DP_HEADER = re.compile(r"^(?P<type>[\w-]+)@(?P<name>[^:]+):\s*$")
 _DP_PORT = re.compile(r"^\s+port (?P<no>\d+): (?P<name>\S+)(?: \((?P<desc>.*)\))?\s*$")
@@ -206,8 +209,32 @@ def recreate_kernel_datapaths(snapshot: DatapathsSnapshot) -> Recreated:
         have = {port.name for port in present.ports} if present else set()
         for port in dp.ports:
             if port.name not in have and _recreated(port):
+                try:
+                    check_port_names([Datapath(dp.name, dp.type, [port])])
+                except PortNameUnsafe as e:
+                    made.problems.append(str(e))
+                    continue
                 _add_port(dp, port, made)
     return made
+
+
+def check_port_names(dps: Sequence[Datapath]) -> None:
+    """Refuse a port that `ovs-dpctl add-if` could not re-create as it is."""
+    for dp in dps:
+        for port in dp.ports:
+            for char in ADD_IF_SEPARATORS:
+                if char in port.name and _recreated(port):
+                    raise PortNameUnsafe(port=port.name, datapath=dp.name, char=char)
+
+
+def check_kernel_port_names() -> None:
+    """Before a module reload touches anything: every kernel datapath port
+    can be re-created at its number (a kernel without datapaths has none)."""
+    try:
+        dps = list(kernel_datapaths().values())
+    except CommandFailed:
+        return
+    check_port_names(dps)
 
 
 def _recreated(port: DatapathPort) -> bool:

@@ -129,6 +129,12 @@ class FirewallSnapshotInvalid(OvsServiceError):
     exit_code = 2
 
 
+class PortNameUnsafe(OvsServiceError):
+    template = ("port {port!r} of datapath {datapath!r} cannot be re-created at its number: "
+                "ovs-dpctl add-if would read the {char!r} in its name as an option; "
+                "rename it, or restart instead of reloading the module")
+
+
 # Transactions: failures the CLI reports after putting the switch back.
 
 

@@ -22,11 +22,17 @@ and `ip6tables-save` print; a table that iptables-save marks as incompatible
 and its stand-in section is cut from the iptables text. With the legacy
 backend nothing is shared and nothing is left out.
 
-Restore runs `nft -f -` on `flush ruleset` plus the nft part (one atomic
-transaction, which also clears iptables-nft's tables), then `iptables-restore`
-and `ip6tables-restore`, which replace their own tables, each atomically.
-Between the first and the others iptables-nft's tables are briefly empty;
-during a module reload no packet crosses the datapath anyway. Counters are kept.
+Restore replaces the snapshot's own tables and no other: what was added
+since (by docker, fail2ban, firewalld...) stays. The nft part is one `nft -f`
+transaction that deletes and re-creates each of its tables; iptables-restore
+replaces the tables it names, table by table. All parts are checked before
+any is loaded, and if a load fails nonetheless, the iptables tables it and
+the parts before it replaced are put back: a failure never leaves the host
+with a table emptied. After a module reload only the nft tables that bind
+the re-created interfaces by index or as a device need loading again; the
+caller says which interfaces (`restore_firewall(..., interfaces=...)`).
+Counters are kept.
+
 iptables-nft creates a built-in chain only once a rule needs it, but
 iptables-save lists them all and iptables-restore creates them all; the
 chains each left-out table had are therefore recorded, and the empty ones
@@ -37,8 +43,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from ovs_service.errors import (
@@ -51,13 +58,18 @@ from ovs_service.run import run
 
 SCHEMA = 1
 
-Status = Literal["restored", "absent", "failed"]
+# unchanged: left as it was (not needed, or another part failed)
+Status = Literal["restored", "absent", "failed", "unchanged"]
 Backend = Literal["nf_tables", "legacy"]
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _CHAIN = re.compile(r"^\tchain (\S+) \{")
 # iptables-save's note on a table it cannot represent, e.g.
 # "# Table `filter' contains incompatible base-chains, use 'nft' tool to list them."
 _INCOMPATIBLE = re.compile(r"^# Table `([^']+)' .*incompatible")
+# Table names go into nft commands: nothing but a name (a snapshot is data).
+_XTABLES_TABLE = re.compile(r"[a-z][a-z0-9_]*")
+_NFT_TABLE = re.compile(r"(?:ip|ip6) [a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class FirewallSnapshot:
     ip6tables: XtablesRuleset | None
     nft: str | None  # `nft list ruleset` without iptables' tables; None: nft not installed
     nft_left_out: tuple[NftTableChains, ...] = ()  # tables restored by iptables instead
+    boot_id: str | None = None  # the boot it was saved in; None: unknown
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,19 +126,23 @@ class FirewallSnapshot:
             raise FirewallSnapshotInvalid(reason="nft: expected a string or null")
         if not isinstance(left_out, list):
             raise FirewallSnapshotInvalid(reason="nft_left_out: expected a list")
+        boot = doc.get("boot_id")
+        if boot is not None and not isinstance(boot, str):
+            raise FirewallSnapshotInvalid(reason="boot_id: expected a string or null")
         return cls(
             iptables=_xtables_from(doc.get("iptables"), "iptables"),
             ip6tables=_xtables_from(doc.get("ip6tables"), "ip6tables"),
             nft=nft,
             nft_left_out=tuple(_table_chains_from(t) for t in left_out),
+            boot_id=boot,
         )
 
 
 def _table_chains_from(doc: object) -> NftTableChains:
     table = doc.get("table") if isinstance(doc, dict) else None
     chains = doc.get("chains") if isinstance(doc, dict) else None
-    if (not isinstance(table, str) or not isinstance(chains, list)
-            or not all(isinstance(c, str) for c in chains)):
+    if (not isinstance(table, str) or not _NFT_TABLE.fullmatch(table)
+            or not isinstance(chains, list) or not all(isinstance(c, str) for c in chains)):
         raise FirewallSnapshotInvalid(reason=f"nft_left_out: bad entry {doc!r}")
     return NftTableChains(table, tuple(chains))
 
@@ -140,8 +157,9 @@ def _xtables_from(doc: object, where: str) -> XtablesRuleset | None:
         raise FirewallSnapshotInvalid(reason=f"{where}.text: expected a string")
     if backend not in ("nf_tables", "legacy"):
         raise FirewallSnapshotInvalid(reason=f"{where}.backend: unknown {backend!r}")
-    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
-        raise FirewallSnapshotInvalid(reason=f"{where}.tables: expected a list of strings")
+    if not isinstance(tables, list) or not all(
+            isinstance(t, str) and _XTABLES_TABLE.fullmatch(t) for t in tables):
+        raise FirewallSnapshotInvalid(reason=f"{where}.tables: expected a list of table names")
     return XtablesRuleset(text, "nf_tables" if backend == "nf_tables" else "legacy", tuple(tables))
 
 
@@ -176,7 +194,7 @@ def save_firewall() -> FirewallSnapshot:
     ip6tables = _save_xtables("ip6tables-save")
     ruleset = _tool_output(["nft", "list", "ruleset"])
     if ruleset is None:
-        return FirewallSnapshot(iptables, ip6tables, None)
+        return FirewallSnapshot(iptables, ip6tables, None, boot_id=boot_id())
     left_out = {
         f"{family} {table}"
         for family, saved in (("ip", iptables), ("ip6", ip6tables))
@@ -192,6 +210,7 @@ def save_firewall() -> FirewallSnapshot:
             NftTableChains(table, nft_chains(blocks.get(table, "")))
             for table in sorted(left_out)
         ),
+        boot_id=boot_id(),
     )
 
 
@@ -272,31 +291,214 @@ def nft_without(ruleset: str, tables: Iterable[str]) -> str:
 # -- restore --------------------------------------------------------------------
 
 
-def restore_firewall(snapshot: FirewallSnapshot) -> FirewallRestoreReport:
-    """Load the saved rulesets: nft first (flushing the whole ruleset), then
-    iptables and ip6tables. A part that fails is reported; the others still run."""
-    nft = _restore_part("nft", ["nft", "-f", "-"],
-                        None if snapshot.nft is None else "flush ruleset\n" + snapshot.nft)
-    parts = [nft]
-    for part, family, saved in (("iptables", "ip", snapshot.iptables),
-                                ("ip6tables", "ip6", snapshot.ip6tables)):
-        outcome = _restore_part(part, [f"{part}-restore", "--counters"],
-                                None if saved is None else saved.text)
-        if outcome.status == "restored" and nft.status != "absent":
-            tables = [t for t in snapshot.nft_left_out if t.table.split()[0] == family]
-            outcome = FirewallPartOutcome(part, "restored", _drop_added_chains(tables))
-        parts.append(outcome)
-    return FirewallRestoreReport(tuple(parts))
-
-
-def _restore_part(part: str, argv: list[str], text: str | None) -> FirewallPartOutcome:
-    if text is None:
-        return FirewallPartOutcome(part, "absent", "not installed when saved")
+def boot_id() -> str | None:
+    """This boot's random id, which the kernel draws afresh at every boot."""
     try:
-        run(argv, input=text)
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def saved_this_boot(snapshot: FirewallSnapshot) -> bool:
+    """Whether the rulesets were saved since the host last booted: only then
+    are they a copy of this boot's firewall rather than an old one."""
+    return snapshot.boot_id is not None and snapshot.boot_id == boot_id()
+
+
+@dataclass(frozen=True)
+class _Load:
+    """One restore tool's input: the nft transaction, or an iptables-save text."""
+
+    part: str  # "nft", "iptables", "ip6tables"
+    text: str
+    tables: tuple[str, ...] = ()  # iptables: the tables the text replaces
+    backend: Backend = "legacy"
+
+
+def restore_firewall(
+    snapshot: FirewallSnapshot, interfaces: Collection[str] | None = None
+) -> FirewallRestoreReport:
+    """Replace the snapshot's own tables with their saved copies, all or nothing.
+
+    Tables the snapshot does not hold (added since by someone else) are left
+    alone. With `interfaces`, only the nft tables that bind one of them by
+    index or as a hook device are replaced: what re-creating those interfaces
+    breaks; iptables matches interfaces by name and is left alone.
+
+    The nft part is one transaction that deletes and re-creates its tables;
+    iptables-restore replaces the tables it names, each atomically. Every
+    part is checked first, and nothing is loaded unless all pass; if a load
+    fails nonetheless, the iptables tables replaced so far are put back as
+    they were, so a failure never leaves a table empty.
+    """
+    outcomes: dict[str, FirewallPartOutcome] = {}
+    loads: list[_Load] = []
+    for part, saved in (("iptables", snapshot.iptables), ("ip6tables", snapshot.ip6tables)):
+        if saved is None:
+            outcomes[part] = FirewallPartOutcome(part, "absent", "not installed when saved")
+        elif interfaces is not None:
+            outcomes[part] = FirewallPartOutcome(
+                part, "unchanged", "matches interfaces by name: nothing to redo")
+        else:
+            loads.append(_Load(part, saved.text, saved.tables, saved.backend))
+    if snapshot.nft is None:
+        outcomes["nft"] = FirewallPartOutcome("nft", "absent", "not installed when saved")
+    else:
+        blocks = [(head, block) for head, block in nft_table_blocks(snapshot.nft)
+                  if interfaces is None or binds_interfaces(block, interfaces)]
+        if blocks:
+            loads.append(_Load("nft", nft_replacing(blocks)))  # last: it needs no undoing
+        else:
+            outcomes["nft"] = FirewallPartOutcome("nft", "unchanged", "no table to replace")
+    outcomes.update(_load_all(loads))
+    if all(outcomes[load.part].status == "restored" for load in loads):
+        for load in loads:
+            if load.part != "nft" and snapshot.nft is not None:
+                family = "ip" if load.part == "iptables" else "ip6"
+                tables = [t for t in snapshot.nft_left_out if t.table.split()[0] == family]
+                outcomes[load.part] = FirewallPartOutcome(
+                    load.part, "restored", _drop_added_chains(tables))
+    return FirewallRestoreReport(tuple(outcomes[p] for p in ("nft", "iptables", "ip6tables")))
+
+
+def _load_all(loads: list[_Load]) -> dict[str, FirewallPartOutcome]:
+    """Check every load, then load them in order; on a failure, undo."""
+    for load in loads:
+        check = (["nft", "-c", "-f", "-"] if load.part == "nft"
+                 else [f"{load.part}-restore", "--test", "--counters"])
+        try:
+            run(check, input=load.text)
+        except (CommandFailed, CommandNotFound) as e:
+            return _failed(load.part, f"refused before anything changed: {e}", loads, [])
+    done: list[tuple[_Load, _Before]] = []
+    for load in loads:
+        try:
+            before = _Before() if load.part == "nft" else _before(load)
+        except (CommandFailed, CommandNotFound) as e:
+            return _failed(load.part, f"could not save the rules it replaces: {e}", loads, done)
+        try:
+            run(_loader(load.part), input=load.text)
+        except (CommandFailed, CommandNotFound) as e:
+            # iptables-restore commits table by table: the first may be in.
+            return _failed(load.part, str(e), loads, [*done, (load, before)])
+        done.append((load, before))
+    return {load.part: FirewallPartOutcome(load.part, "restored") for load in loads}
+
+
+def _loader(part: str) -> list[str]:
+    return ["nft", "-f", "-"] if part == "nft" else [f"{part}-restore", "--counters"]
+
+
+@dataclass(frozen=True)
+class _Before:
+    """What an iptables part's tables were before it was loaded."""
+
+    text: str = ""  # iptables-save's
+    chains: tuple[NftTableChains, ...] = ()  # nf_tables backend: the chains each table had
+
+
+def _before(load: _Load) -> _Before:
+    text = run([f"{load.part}-save", "--counters"]).stdout
+    if load.backend != "nf_tables":
+        return _Before(text)
+    family = "ip" if load.part == "iptables" else "ip6"
+    chains = []
+    for table in _xtables_sections(text).keys() & set(load.tables):
+        try:
+            listing = run(["nft", "list", "table", family, table]).stdout
+        except CommandNotFound:
+            break
+        chains.append(NftTableChains(f"{family} {table}", nft_chains(listing)))
+    return _Before(text, tuple(chains))
+
+
+def _failed(part: str, reason: str, loads: list[_Load],
+            done: list[tuple[_Load, _Before]]) -> dict[str, FirewallPartOutcome]:
+    """The outcome of a restore that `part` failed: what was loaded is put back."""
+    undone = {load.part: _put_back(load, before) for load, before in reversed(done)}
+    outcomes = {}
+    for load in loads:
+        problem = undone.get(load.part, "")
+        if problem:
+            outcomes[load.part] = FirewallPartOutcome(
+                load.part, "failed",
+                (reason + "; " if load.part == part else f"{part} failed; ") + problem)
+        elif load.part == part:
+            outcomes[part] = FirewallPartOutcome(part, "failed", reason + "; nothing changed")
+        else:
+            outcomes[load.part] = FirewallPartOutcome(
+                load.part, "unchanged", f"left as it was: {part} failed")
+    return outcomes
+
+
+def _put_back(load: _Load, before: _Before) -> str:
+    """Put an iptables part's tables back as they were; a table that did not
+    exist gets empty built-in chains that accept, and, with the nf_tables
+    backend, is deleted, as are the built-in chains iptables-restore adds.
+    Returns what went wrong, or ""."""
+    had = _xtables_sections(before.text)
+    saved = _xtables_sections(load.text)
+    text = "".join(had.get(table) or _empty_section(table, saved.get(table, ""))
+                   for table in load.tables)
+    new = [table for table in load.tables if table not in had]
+    family = "ip" if load.part == "iptables" else "ip6"
+    try:
+        run([f"{load.part}-restore", "--counters"], input=text)
+        if new and load.backend == "nf_tables":
+            run(["nft", "-f", "-"], input="".join(f"delete table {family} {t}\n" for t in new))
     except (CommandFailed, CommandNotFound) as e:
-        return FirewallPartOutcome(part, "failed", str(e))
-    return FirewallPartOutcome(part, "restored")
+        return f"putting back the {load.part} rules it replaced failed too: {e}"
+    return _drop_added_chains(before.chains)
+
+
+def _xtables_sections(text: str) -> dict[str, str]:
+    """The tables of an iptables-save text, each from its "*table" line to its COMMIT."""
+    sections: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("*"):
+            name, lines = line[1:].strip(), [line]
+        elif name is not None:
+            lines.append(line)
+            if line.strip() == "COMMIT":
+                sections[name] = "".join(lines)
+                name = None
+    return sections
+
+
+def _empty_section(table: str, section: str) -> str:
+    """A table's built-in chains (those with a policy), empty and accepting."""
+    builtin = [line.split()[0] for line in section.splitlines()
+               if line.startswith(":") and len(line.split()) > 1 and line.split()[1] != "-"]
+    return "".join([f"*{table}\n", *(f"{chain} ACCEPT [0:0]\n" for chain in builtin), "COMMIT\n"])
+
+
+def nft_table_blocks(ruleset: str) -> list[tuple[str, str]]:
+    """The table blocks of an nft listing as ("family name" as written, text);
+    whatever is outside a table block is not loaded."""
+    return [(block.split("{", 1)[0].split(None, 1)[1].strip(), block)
+            for key, block in split_nft_tables(ruleset) if key is not None]
+
+
+# nft's ways of naming an interface by index or as a hook's device: they do
+# not follow a re-created interface, while iifname/oifname compare names.
+_BINDING = re.compile(r"\b(?:iif|oif|iface_index|devices?)\b")
+
+
+def binds_interfaces(table_block: str, interfaces: Collection[str]) -> bool:
+    """Whether an nft table may bind one of these interfaces by index or as a
+    device (a table that names one and binds anything, to be safe)."""
+    if not _BINDING.search(table_block):
+        return False
+    words = set(re.findall(r'"([^"]*)"', table_block)) | set(re.split(r"[\s{},;]+", table_block))
+    return any(name in words for name in interfaces)
+
+
+def nft_replacing(blocks: Iterable[tuple[str, str]]) -> str:
+    """One nft transaction replacing these tables and no other: each is
+    created if missing (so that deleting it cannot fail), deleted, defined."""
+    return "".join(f"table {head}\ndelete table {head}\n{block}" for head, block in blocks)
 
 
 def _drop_added_chains(tables: Iterable[NftTableChains]) -> str:

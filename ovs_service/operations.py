@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ovs_service import datapaths, flows, kmod, ovs, store
 from ovs_service.errors import (
@@ -22,6 +22,9 @@ from ovs_service.errors import (
     UsageError,
 )
 from ovs_service.openflow import PreparedBundle
+
+if TYPE_CHECKING:
+    from ovs_service.firewall import FirewallSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +98,12 @@ class RestoreOutcome:
     bridges: list[flows.BridgeRestore]
     port_mismatches: list[datapaths.Mismatch] = field(default_factory=list)
     interfaces: dict[str, Any] | None = None  # the interfaces stage's report
+    firewall: dict[str, Any] | None = None  # the firewall's report, if asked for
 
     @property
     def ok(self) -> bool:
-        return all(b.ok for b in self.bridges) and (
-            self.interfaces is None or bool(self.interfaces.get("ok"))
+        return all(b.ok for b in self.bridges) and all(
+            report is None or bool(report.get("ok")) for report in (self.interfaces, self.firewall)
         )
 
 
@@ -130,18 +134,49 @@ def recreate_kernel_datapaths(snapshot: store.Snapshot) -> list[str] | None:
     return done + made.problems
 
 
-def restore_interfaces_stage(snapshot: store.Snapshot) -> dict[str, Any]:
-    """Put back internal interfaces' kernel state and the firewall; a report, never a raise."""
-    from ovs_service import firewall, interfaces
+def restore_interfaces_stage(snapshot: store.Snapshot, firewall: bool = False) -> dict[str, Any]:
+    """Put back internal interfaces' kernel state; a report, never a raise.
+
+    With `firewall` (a module reload, or the recovery of one), also the nft
+    tables that bind those interfaces by index or as a device, which their
+    re-creation broke; nothing else of the firewall, and not at all if the
+    snapshot was taken before the host last booted: then it is an old copy.
+    """
+    from ovs_service import firewall as fw
+    from ovs_service import interfaces
 
     if INTERFACES_FILE not in snapshot.manifest.files:
         raise SnapshotInvalid(path=snapshot.path, reason="has no interfaces stage")
     saved = interfaces.InterfacesSnapshot.from_json(snapshot.file(INTERFACES_FILE).read_text())
     report = interfaces.restore_interfaces(saved).to_dict()
-    fw = firewall.FirewallSnapshot.from_json(snapshot.file(FIREWALL_FILE).read_text())
-    fw_report = firewall.restore_firewall(fw).to_dict()
-    return {"ok": bool(report["ok"] and fw_report["ok"]), "interfaces": report,
-            "firewall": fw_report}
+    fw_report: dict[str, Any] | None = None
+    if firewall:
+        rules = _firewall_snapshot(snapshot)
+        if fw.saved_this_boot(rules):
+            names = [i.name for i in saved.interfaces] + list(saved.missing)
+            fw_report = fw.restore_firewall(rules, interfaces=names).to_dict()
+        else:
+            log.warning("firewall not restored: %s was saved before the host last booted",
+                        snapshot.path)
+            fw_report = {"ok": True, "parts": [], "skipped": "saved before the last boot"}
+    return {"ok": bool(report["ok"] and (fw_report is None or fw_report["ok"])),
+            "interfaces": report, "firewall": fw_report}
+
+
+def _firewall_snapshot(snapshot: store.Snapshot) -> FirewallSnapshot:
+    from ovs_service import firewall as fw
+
+    if FIREWALL_FILE not in snapshot.manifest.files:
+        raise SnapshotInvalid(path=snapshot.path, reason="has no firewall rules")
+    return fw.FirewallSnapshot.from_json(snapshot.file(FIREWALL_FILE).read_text())
+
+
+def restore_firewall_stage(snapshot: store.Snapshot) -> dict[str, Any]:
+    """Replace the firewall tables the snapshot holds with its copies, as
+    asked for explicitly (`restore --firewall`); tables it does not hold stay."""
+    from ovs_service import firewall as fw
+
+    return fw.restore_firewall(_firewall_snapshot(snapshot)).to_dict()
 
 
 def prepare_restore(
@@ -194,10 +229,15 @@ def restore_snapshot(
     bridge_names: Sequence[str] = (),
     stages: Sequence[str] = (),
     allow_foreign: bool = False,
+    firewall: bool = False,
 ) -> RestoreOutcome:
     """Restore the stages a snapshot holds (or those named): ports pinned first,
-    then flows, then interfaces; port numbers verified at the end."""
+    then flows, then interfaces; port numbers verified at the end. The
+    firewall only with `firewall`: the host's firewall is not ovs-service's
+    to replace unless asked."""
     snapshot, selected = prepare_restore(path, bridge_names, allow_foreign)
+    if firewall:  # refused before anything is touched
+        _firewall_snapshot(snapshot)
     wanted = _check_stages(stages, default=snapshot.manifest.stages)
     dps = load_datapaths(snapshot) if "datapaths" in wanted else None
     if dps is not None:
@@ -206,12 +246,13 @@ def restore_snapshot(
             log.warning("pinned OpenFlow port numbers of %s", ", ".join(moved))
     results = flows.restore(snapshot, selected) if "flows" in wanted else []
     report = restore_interfaces_stage(snapshot) if "interfaces" in wanted else None
+    fw_report = restore_firewall_stage(snapshot) if firewall else None
     mismatches = []
     if dps is not None:
         restored = {r.name for r in selected}
         names = [i.name for i in dps.interfaces if i.bridge in restored]
         mismatches = datapaths.verify(dps, names) if names else []
-    return RestoreOutcome(snapshot.path, results, mismatches, report)
+    return RestoreOutcome(snapshot.path, results, mismatches, report, fw_report)
 
 
 def raise_for(outcome: RestoreOutcome) -> None:
@@ -224,19 +265,27 @@ def raise_for(outcome: RestoreOutcome) -> None:
             reason=first.reason
             + (f" (and {len(failed) - 1} other bridges)" if len(failed) > 1 else ""),
         )
-    if outcome.interfaces is not None and not outcome.interfaces.get("ok"):
-        parts = {name: report for name, report in outcome.interfaces.items()
-                 if isinstance(report, dict) and not report.get("ok", True)}
+    parts = {name: report for name, report in
+             (("interfaces", outcome.interfaces), ("firewall", outcome.firewall))
+             if report is not None and not report.get("ok")}
+    if parts:
         reasons = [_first_problem(report) for report in parts.values()]
-        raise RestorePartsFailed(parts=" and ".join(parts) or "interfaces",
-                                 reason="; ".join(reasons) or "see the report")
+        raise RestorePartsFailed(parts=" and ".join(parts), reason="; ".join(reasons))
 
 
 def _first_problem(report: dict[str, Any]) -> str:
-    """One line for a failed part: the interfaces' first problem, the firewall's failed part."""
+    """One line for a failed part: its first problem, or its first failed piece.
+
+    The interfaces stage's report nests the interfaces' and (within a module
+    reload) the firewall's; the firewall's own lists its parts.
+    """
     for problem in report.get("problems", []):
         return f"{problem.get('subject')}: {problem.get('action')}: {problem.get('message')}"
     for part in report.get("parts", []):
         if part.get("status") == "failed":
             return f"{part.get('part')}: {part.get('detail')}"
+    for name in ("interfaces", "firewall"):
+        nested = report.get(name)
+        if isinstance(nested, dict) and not nested.get("ok", True):
+            return f"{name}: {_first_problem(nested)}"
     return "see the report"

@@ -338,11 +338,15 @@ def _restore_flows(tx: journal.Journal, result: Recovery, pending: Path) -> None
 
 def _restore_interfaces(tx: journal.Journal, result: Recovery, snapshot: store.Snapshot) -> None:
     """The module reload took the internal interfaces' addresses, routes and
-    link settings with it; the firewall is saved and restored with them."""
+    link settings with it, and the nft tables that bind them by index stopped
+    matching: those are loaded again, unless the host has booted since the
+    save (the snapshot's firewall is then an old copy)."""
     if operations.INTERFACES_FILE in snapshot.manifest.files:
         with tx.step("restore-interfaces"):
-            report = operations.restore_interfaces_stage(snapshot)
-        result.actions.append("restored interfaces and firewall"
+            report = operations.restore_interfaces_stage(snapshot, firewall=True)
+        skipped = (report["firewall"] or {}).get("skipped")
+        result.actions.append("restored interfaces and firewall (the tables bound to them)"
+                              + (f" (firewall left alone: {skipped})" if skipped else "")
                               + ("" if report["ok"] else " (with problems)"))
     saved = operations.load_datapaths(snapshot)
     for m in datapaths.verify(saved) if saved is not None else []:
@@ -388,6 +392,7 @@ def force_reload_kmod(
     steps = StepLog(on_step=on_step)
     outcome = KmodOutcome(op="force-reload-kmod", steps=steps.steps)
     with store.lock(root, wait, on_wait):
+        datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
         has_modules = kmod.module_support()
         if has_modules:
             # Before the journal: a refusal leaves nothing to recover.
@@ -430,7 +435,7 @@ def _reload_kmod(root: Path, sd: Systemd, run: _Run, outcome: KmodOutcome,
             s.detail = f"{len(made.ports)} ports, {len(made.problems)} problems"
         _start_and_restore(run, sd, outcome, prepared)
         with run.step("restore-interfaces"):
-            outcome.interfaces = operations.restore_interfaces_stage(prepared[0])
+            outcome.interfaces = operations.restore_interfaces_stage(prepared[0], firewall=True)
             if saved_dps is not None:
                 outcome.port_mismatches = list(datapaths.verify(saved_dps))
         with run.step("check-dead-ifs"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from ovs_service import datapaths, ovs
-from ovs_service.errors import CommandFailed
+from ovs_service.errors import CommandFailed, PortNameUnsafe
 from ovs_service.run import Completed
 
 SAVED = datapaths.DatapathsSnapshot(
@@ -92,3 +92,35 @@ def test_no_kernel_datapath_saved_asks_the_kernel_nothing(kernel: FakeKernel) ->
     netdev_only = datapaths.DatapathsSnapshot(SAVED.datapaths[1:], [])
     assert datapaths.recreate_kernel_datapaths(netdev_only) == datapaths.Recreated()
     assert kernel.calls == []
+
+
+# Legal Linux interface names that ovs-dpctl add-if would read as options.
+INJECTING = ("p9,type=gre", "a=b")
+
+
+@pytest.mark.parametrize("name", INJECTING)
+def test_a_port_name_that_would_add_options_is_never_passed_to_add_if(
+    kernel: FakeKernel, name: str
+) -> None:
+    dp = SAVED.datapaths[0]
+    hostile = datapaths.DatapathsSnapshot(
+        [datapaths.Datapath(dp.name, dp.type, [*dp.ports, datapaths.DatapathPort(9, name, "", {})]),
+         *SAVED.datapaths[1:]], [])
+    made = datapaths.recreate_kernel_datapaths(hostile)
+    assert not [c for c in kernel.calls if c[0] == "add-if" and name in c[2]]
+    assert made.ports == ["ovs-system:1(p0)", "ovs-system:3(br0)", "ovs-system:6(v2)"]
+    (problem,) = made.problems
+    assert repr(name) in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize("name", INJECTING)
+def test_a_module_reload_refuses_such_a_port_before_touching_anything(
+    kernel: FakeKernel, name: str
+) -> None:
+    kernel.dps = {"ovs-system": {0: "ovs-system", 1: "p0", 9: name}}
+    with pytest.raises(PortNameUnsafe) as refused:
+        datapaths.check_kernel_port_names()
+    assert repr(name) in str(refused.value) and "\n" not in str(refused.value)
+    assert kernel.calls == [("show",)]
+    kernel.dps = {"ovs-system": {0: "ovs-system", 1: "p0"}}
+    datapaths.check_kernel_port_names()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ovsbed import OvsBed
 
 from ovs_service.firewall import (
     FirewallSnapshot,
@@ -38,7 +39,23 @@ if op == "save":
 else:
     with open(path) as f:
         snapshot = firewall.FirewallSnapshot.from_json(f.read())
-    print(json.dumps(firewall.restore_firewall(snapshot).to_dict()))
+    only = {"interfaces": json.loads(sys.argv[3])} if len(sys.argv) > 3 else {}
+    print(json.dumps(firewall.restore_firewall(snapshot, **only).to_dict()))
+"""
+
+# The interfaces stage of a module reload, run on a snapshot of the store.
+RELOAD_STAGE = r"""
+import json, sys
+from pathlib import Path
+from ovs_service import interfaces, operations, store
+firewall_file, target = Path(sys.argv[1]), Path(sys.argv[2])
+writer = store.SnapshotWriter(target)
+with writer.open(operations.INTERFACES_FILE) as f:
+    f.write(interfaces.InterfacesSnapshot((), (), ("tap-fw0",)).to_json().encode())
+with writer.open(operations.FIREWALL_FILE) as f:
+    f.write(firewall_file.read_bytes())
+snapshot = writer.commit(ovs_version="test", stages=["interfaces"], bridges=[])
+print(json.dumps(operations.restore_interfaces_stage(store.load(target), firewall=True)))
 """
 
 NFT_RULESET = """
@@ -91,28 +108,33 @@ def sh(argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | N
 
 
 class Namespace:
-    def __init__(self) -> None:
-        self.name = f"ovssvc-fw-{os.getpid()}-{secrets.token_hex(3)}"
-        sh(["ip", "netns", "add", self.name])
+    def __init__(self, existing: str | None = None) -> None:
+        self.name = existing or f"ovssvc-fw-{os.getpid()}-{secrets.token_hex(3)}"
+        if existing is None:
+            sh(["ip", "netns", "add", self.name])
 
     def run(self, *argv: str, input: str | None = None) -> str:
         return sh(["ip", "netns", "exec", self.name, *argv], input=input)
 
-    def stage(self, op: str, path: Path, *, path_env: str | None = None) -> str:
+    def stage(self, op: str, path: Path, *args: str, path_env: str | None = None,
+              script: str = STAGE) -> str:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         if path_env is not None:
             env["PATH"] = path_env
         ip = shutil.which("ip") or "ip"  # found here: PATH may be cut down for the stage
-        return sh([ip, "netns", "exec", self.name, sys.executable, "-c", STAGE, op, str(path)],
-                  env=env)
+        return sh([ip, "netns", "exec", self.name, sys.executable, "-c", script, op, str(path),
+                   *args], env=env)
 
     def save(self, path: Path, *, path_env: str | None = None) -> dict[str, Any]:
         self.stage("save", path, path_env=path_env)
         doc: dict[str, Any] = json.loads(path.read_text())
         return doc
 
-    def restore(self, path: Path, *, path_env: str | None = None) -> dict[str, Any]:
-        report: dict[str, Any] = json.loads(self.stage("restore", path, path_env=path_env))
+    def restore(self, path: Path, *, path_env: str | None = None,
+                interfaces: Sequence[str] | None = None) -> dict[str, Any]:
+        args = () if interfaces is None else (json.dumps(list(interfaces)),)
+        report: dict[str, Any] = json.loads(
+            self.stage("restore", path, *args, path_env=path_env))
         return report
 
 
@@ -218,23 +240,212 @@ def test_missing_tools_are_recorded_as_absent(netns: Namespace, tmp_path: Path) 
 
 
 @pytest.mark.root
-def test_a_failing_part_is_reported_and_the_others_restored(
-    netns: Namespace, tmp_path: Path
-) -> None:
+def test_a_part_refused_by_its_check_changes_nothing(netns: Namespace, tmp_path: Path) -> None:
     for argv in IPTABLES:
         netns.run(*argv)
-    before = listings(netns)
     snapshot_file = tmp_path / "firewall.json"
     doc = netns.save(snapshot_file)
     doc["nft"] += "table inet broken {\n\tchain c {\n\t\tnot a rule\n\t}\n}\n"
     snapshot_file.write_text(json.dumps(doc))
 
-    netns.run("nft", "flush", "ruleset")
+    netns.run("iptables", "-F", "INPUT")
+    netns.run("ip6tables", "-t", "raw", "-F")
+    before = listings(netns)
     report = netns.restore(snapshot_file)
     assert not report["ok"]
-    assert [p["status"] for p in report["parts"]] == ["failed", "restored", "restored"]
+    assert [p["status"] for p in report["parts"]] == ["failed", "unchanged", "unchanged"]
     assert "nft" in report["parts"][0]["detail"]
     assert listings(netns) == before
+
+
+def _fail_at_commit(text: str) -> str:
+    """An iptables-save text whose last table passes `--test` but fails to
+    commit (a jump to a chain that does not exist): the tables before it in
+    the text are already in when it fails."""
+    *head, last = text.rstrip("\n").split("\n*")
+    chain = next(line.split()[0][1:] for line in last.splitlines() if line.startswith(":"))
+    last = last.replace("\nCOMMIT", f"\n-A {chain} -j NO-SUCH-CHAIN\nCOMMIT", 1)
+    return "\n*".join([*head, last]) + "\n"
+
+
+def _set_up(netns: Namespace) -> None:
+    netns.run("ip", "tuntap", "add", "dev", "tap-fw0", "mode", "tap")
+    for argv in IPTABLES:
+        netns.run(*argv)
+    netns.run("nft", "-f", "-", input=NFT_RULESET)
+
+
+def _changed_since_the_save(netns: Namespace) -> None:
+    """Someone else's changes: a rule in a saved table, a rule in a table the
+    snapshot does not hold, and tables and chains of their own."""
+    netns.run("iptables", "-I", "INPUT", "-s", "198.51.100.7", "-j", "DROP")
+    netns.run("iptables", "-t", "raw", "-A", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP")
+    netns.run("iptables", "-N", "someone-else")
+    netns.run("nft", "add", "rule", "inet", "mine", "input", "ip", "saddr", "198.51.100.9",
+              "drop")
+    netns.run("nft", "-f", "-", input=OTHER_TABLE)
+
+
+OTHER_TABLE = """
+table inet someone-else {
+    chain input {
+        type filter hook input priority 20; policy accept;
+        ip saddr 203.0.113.0/24 drop
+    }
+}
+"""
+
+
+@pytest.mark.root
+def test_an_iptables_part_that_fails_to_commit_leaves_every_rule_as_it_was(
+    netns: Namespace, tmp_path: Path
+) -> None:
+    _set_up(netns)
+    snapshot_file = tmp_path / "firewall.json"
+    doc = netns.save(snapshot_file)
+    doc["iptables"]["text"] = _fail_at_commit(doc["iptables"]["text"])
+    snapshot_file.write_text(json.dumps(doc))
+    _changed_since_the_save(netns)
+    before = listings(netns)
+
+    report = netns.restore(snapshot_file)
+    assert not report["ok"]
+    statuses = {p["part"]: p["status"] for p in report["parts"]}
+    assert statuses == {"nft": "unchanged", "iptables": "failed", "ip6tables": "unchanged"}
+    assert listings(netns) == before  # nothing opened, nothing replaced
+
+
+@pytest.mark.root
+def test_a_late_failure_puts_back_the_tables_loaded_before_it(
+    netns: Namespace, tmp_path: Path
+) -> None:
+    _set_up(netns)
+    snapshot_file = tmp_path / "firewall.json"
+    doc = netns.save(snapshot_file)
+    doc["ip6tables"]["text"] = _fail_at_commit(doc["ip6tables"]["text"])
+    snapshot_file.write_text(json.dumps(doc))
+    _changed_since_the_save(netns)
+    before = listings(netns)
+
+    report = netns.restore(snapshot_file)
+    statuses = {p["part"]: p["status"] for p in report["parts"]}
+    assert statuses == {"nft": "unchanged", "iptables": "unchanged", "ip6tables": "failed"}
+    assert "put back" in report["parts"][1]["detail"] or "left as it was" in (
+        report["parts"][1]["detail"])
+    assert listings(netns) == before
+
+
+def _tables(listing: dict[str, Any]) -> dict[str, Any]:
+    """Each table's own lines: ("iptables", "filter") -> [...], ("nft", "inet mine") -> text."""
+    tables: dict[str, Any] = {}
+    for tool in ("iptables", "ip6tables"):
+        name = ""
+        for line in listing[tool]:
+            if line.startswith("*"):
+                name = line[1:]
+            tables.setdefault(f"{tool} {name}", []).append(line)
+    for block in listing["nft"]:
+        words = block.split()
+        tables[f"nft {words[1]} {words[2]}"] = block
+    return tables
+
+
+@pytest.mark.root
+def test_restore_replaces_the_snapshot_tables_and_no_other(
+    netns: Namespace, tmp_path: Path
+) -> None:
+    _set_up(netns)
+    saved = _tables(listings(netns))
+    snapshot_file = tmp_path / "firewall.json"
+    netns.save(snapshot_file)
+    _changed_since_the_save(netns)
+    changed = _tables(listings(netns))
+
+    report = netns.restore(snapshot_file)
+    assert report["ok"], report
+    after = _tables(listings(netns))
+    theirs = {"iptables raw", "nft ip raw", "nft inet someone-else"}
+    assert theirs <= changed.keys() and not theirs & saved.keys()
+    assert after == {**saved, **{t: changed[t] for t in theirs}}
+
+
+@pytest.mark.root
+def test_after_a_module_reload_only_the_tables_binding_the_interfaces_are_loaded(
+    netns: Namespace, tmp_path: Path
+) -> None:
+    _set_up(netns)
+    saved = _tables(listings(netns))
+    snapshot_file = tmp_path / "firewall.json"
+    netns.save(snapshot_file)
+    _changed_since_the_save(netns)
+    netns.run("ip", "link", "del", "dev", "tap-fw0")
+    netns.run("ip", "tuntap", "add", "dev", "tap-fw0", "mode", "tap")
+    changed = _tables(listings(netns))
+
+    report = netns.restore(snapshot_file, interfaces=["tap-fw0"])
+    assert report["ok"], report
+    assert [p["status"] for p in report["parts"]] == ["restored", "unchanged", "unchanged"]
+    after = _tables(listings(netns))
+    # inet mine matches `iif "tap-fw0"`, by index: it alone is loaded again.
+    assert after == {**changed, "nft inet mine": saved["nft inet mine"]}
+
+
+@pytest.mark.root
+def test_a_module_reload_leaves_a_firewall_saved_in_another_boot_alone(
+    netns: Namespace, tmp_path: Path
+) -> None:
+    _set_up(netns)
+    snapshot_file = tmp_path / "firewall.json"
+    doc = netns.save(snapshot_file)
+    assert doc["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    doc["boot_id"] = "00000000-0000-0000-0000-000000000000"
+    snapshot_file.write_text(json.dumps(doc))
+    _changed_since_the_save(netns)
+    netns.run("ip", "link", "del", "dev", "tap-fw0")
+    netns.run("ip", "tuntap", "add", "dev", "tap-fw0", "mode", "tap")
+    before = listings(netns)
+
+    out = netns.stage(str(snapshot_file), tmp_path / "snapshot", script=RELOAD_STAGE)
+    report = json.loads(out)
+    assert report["firewall"]["skipped"] and report["firewall"]["parts"] == []
+    assert listings(netns) == before
+
+
+@pytest.mark.root
+def test_restore_leaves_the_firewall_alone_unless_asked(ovs: OvsBed, tmp_path: Path) -> None:
+    """`ovs-service restore` of a snapshot with the interfaces stage, run in
+    the namespace of the test's own Open vSwitch."""
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    ovs.add_bridge("br-fw", ports={"p-fw": 5})
+    netns = Namespace(existing=ovs.netns)
+    env = {**os.environ, **ovs.env, "OVS_SERVICE_STATE_DIR": str(tmp_path / "state"),
+           "PYTHONPATH": str(REPO)}
+
+    def cli(*args: str) -> str:
+        return sh(["ip", "netns", "exec", ovs.netns, sys.executable, "-m", "ovs_service", *args],
+                  env=env)
+
+    netns.run("iptables", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP")
+    netns.run("nft", "-f", "-", input=NFT_RULESET.replace("tap-fw0", "p-fw"))
+    saved = listings(netns)
+    snapshot = tmp_path / "snapshot"
+    cli("save", "--stage", "flows", "--stage", "interfaces", "--to", str(snapshot))
+    netns.run("iptables", "-F", "INPUT")
+    netns.run("nft", "delete", "table", "inet", "mine")
+    netns.run("nft", "-f", "-", input=OTHER_TABLE)
+    changed = listings(netns)
+
+    doc = json.loads(cli("restore", "--from", str(snapshot), "--json"))
+    assert listings(netns) == changed
+    assert doc["ok"] and doc["interfaces"]["ok"] and doc["firewall"] is None, doc
+
+    doc = json.loads(cli("restore", "--from", str(snapshot), "--firewall", "--json"))
+    assert doc["ok"] and doc["firewall"]["ok"], doc
+    after = _tables(listings(netns))
+    assert after == {**_tables(saved), "nft inet someone-else": _tables(changed)[
+        "nft inet someone-else"]}
 
 
 # -- no root needed -------------------------------------------------------------
@@ -290,6 +501,11 @@ def test_snapshot_json_round_trip_and_rejects() -> None:
     for bad in ({**snapshot.to_dict(), "schema": 2},
                 {**snapshot.to_dict(), "nft": 3},
                 {**snapshot.to_dict(), "nft_left_out": ["ip filter"]},
+                {**snapshot.to_dict(), "boot_id": 7},
+                {**snapshot.to_dict(), "nft_left_out": [{"table": "ip x\nflush ruleset",
+                                                         "chains": []}]},
+                {**snapshot.to_dict(), "iptables": {"text": "", "backend": "nf_tables",
+                                                    "tables": ["nat\nflush ruleset"]}},
                 {**snapshot.to_dict(), "iptables": {"text": "", "backend": "x", "tables": []}}):
         with pytest.raises(FirewallSnapshotInvalid):
             FirewallSnapshot.from_json(json.dumps(bad))

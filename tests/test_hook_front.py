@@ -49,7 +49,8 @@ class Front:
             tool.chmod(0o755)
         self.path = f"{bin_dir}:{os.environ['PATH']}"
 
-    def run(self, *args: str, invocation: str = "") -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, invocation: str = "",
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         self.calls.unlink(missing_ok=True)
         env = {**os.environ, "PATH": self.path, "OVS_SERVICE_STATE_DIR": str(self.state),
                "OVS_SERVICE_RUN_DIR": str(self.run_dir),
@@ -57,7 +58,7 @@ class Front:
                "OVS_RUNDIR": str(self.run_dir / "no-switch"),
                "INVOCATION_ID": invocation, "PYTHONPATH": str(FRONT.parents[1])}
         return subprocess.run(["/bin/sh", str(self.front), *args], env=env, capture_output=True,
-                              text=True, timeout=30, check=False)
+                              text=True, timeout=30, check=False, cwd=cwd)
 
     def vsctl(self) -> list[str]:
         return self.calls.read_text().splitlines() if self.calls.exists() else []
@@ -90,7 +91,7 @@ def test_prestart_sets_flow_restore_wait_only_with_a_snapshot_pending(front: Fro
     (run,) = front.runs.read_text().splitlines()
     assert "--unit=ovs-service-restore.service" in run
     assert "BindsTo=ovs-vswitchd.service" in run
-    assert run.endswith("-m ovs_service.hooks restorer")
+    assert run.endswith(" -P -m ovs_service.hooks restorer")
     assert f"OVS_SERVICE_STATE_DIR={front.state}" in run
 
 
@@ -200,6 +201,28 @@ def test_prestart_after_a_dead_transaction_runs_the_python_prestart(front: Front
     assert broken.returncode == 0 and "Traceback" not in broken.stderr, broken.stderr
     assert "20261125T000000Z-1: not a directory" in broken.stderr, broken.stderr
     assert [c for c in front.vsctl() if SET in c]
+
+
+def test_python_never_imports_ovs_service_from_the_current_directory(
+    front: Front, tmp_path: Path
+) -> None:
+    """`python3 -m` puts the current directory first on sys.path: a package
+    named ovs_service there would run as root in place of ours."""
+    planted = tmp_path / "cwd" / "ovs_service"
+    (planted / "hooks").mkdir(parents=True)
+    marker = tmp_path / "planted-code-ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "hooks" / "__init__.py").write_text("")
+    (planted / "hooks" / "__main__.py").write_text("")
+    # A journal left by a dead process: prestart runs the Python hooks.
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    (front.state / journal.JOURNAL).write_text(
+        json.dumps({"op": "restart", "pid": proc.pid, "started": 0.0}))
+    result = front.run("prestart", cwd=planted.parent)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), "the hook imported ovs_service from its current directory"
+    assert "Error" not in result.stderr, result.stderr
 
 
 def test_save_runs_when_a_failed_transaction_left_its_files(

@@ -267,13 +267,18 @@ def test_ipv6_link_local_addresses_follow_the_restored_mac(bed: Bed, reload: Rel
 def test_firewall_is_identical(bed: Bed, reload: Reload) -> None:
     assert reload.after.firewall == bed.before.firewall
     parts = reload.result["interfaces"]["firewall"]["parts"]
+    # Only the nft tables that bind the re-created interfaces by index are
+    # loaded again; iptables matches names and is left alone.
     assert [(p["part"], p["status"]) for p in parts] == [
-        ("nft", "restored"), ("iptables", "restored"), ("ip6tables", "restored")]
+        ("nft", "restored"), ("iptables", "unchanged"), ("ip6tables", "unchanged")]
 
 
 def test_an_unrelated_gre_tunnel_survives(bed: Bed, reload: Reload) -> None:
     # Unloading ip_gre would delete it: the reload must leave the module alone.
     assert ifindex(bed.guest, TUNNEL) == bed.tunnel_ifindex
+
+
+GAP_MARGIN = 5.0  # seconds
 
 
 def test_traffic_between_the_namespaces_resumes(bed: Bed, reload: Reload) -> None:
@@ -291,6 +296,10 @@ def test_traffic_between_the_namespaces_resumes(bed: Bed, reload: Reload) -> Non
     print(f"\nforwarding gap: {max(gaps):.1f} s "
           f"(reload {reload.finished - reload.started:.1f} s, ping every 0.2 s)")
     guest.run(["kill", str(bed.ping_pid)])
+    # A correctness bound, not a speed target: traffic stops for no longer
+    # than the reload itself, with room for a slow, shared machine.
+    assert max(gaps) <= reload.finished - reload.started + GAP_MARGIN, (
+        f"forwarding stopped for {max(gaps):.1f} s")
 
     def packets() -> tuple[int, int]:
         """Packets the explicit flows from v1 (table 1) and v2 (table 2) matched."""

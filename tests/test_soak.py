@@ -3,8 +3,9 @@
 The transactions run in one long-lived Python process inside the systemd
 namespace, so that a leak of file descriptors or memory per restart shows.
 Afterwards: the canonical state is exactly what it was (no drift), the
-hosts still talk, the store holds no more than its retention limit and no
-stray files, and the process's descriptors did not grow.
+hosts still talk, no restart stopped traffic for longer than MAX_GAP, the
+store holds no more than its retention limit and no stray files, and the
+process's descriptors did not grow.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from ovsbed import REPO
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
 RESTARTS = int(os.environ.get("OVS_SERVICE_SOAK", "100"))
+# The longest any restart may keep traffic from flowing. A correctness bound
+# (traffic came back, every time), not a speed target: a restart's outage is
+# well under a second, and a shared machine may stall the rest.
+MAX_GAP = 5.0  # seconds
 
 SOAK = """
 import json, os, resource, sys
@@ -57,3 +62,4 @@ def test_hundred_restarts() -> None:
         assert set(names) - set(snapshots) <= {"lock"}, f"stray files: {names}"
         print(f"{RESTARTS} restarts; longest traffic gap {gap.seconds * 1000:.0f} ms; "
               f"descriptors {min(fds)}..{max(fds)}; peak RSS {rss[-1] // 1024} MiB")
+        assert gap.seconds <= MAX_GAP, f"traffic stopped for {gap.seconds:.2f} s in a restart"

@@ -153,3 +153,21 @@ def test_nothing_ties_forwarding_to_a_database_restart() -> None:
     assert "ovsdb-server.service" in _values(vswitchd, "Wants")[0].split()
     for path in (vswitchd, UNITS / "ovsdb-server.service"):
         assert _values(path, "PartOf") == ["openvswitch.service"]
+
+
+# Options that install a device allow-list, on some supported systemd
+# (ProtectClock= on 245 to 252): ovs-vswitchd would lose /dev/net/tun
+# (netdev bridges, tap ports) and /dev/vfio (DPDK).
+DEVICE_LIST_OPTIONS = ("ProtectClock", "PrivateDevices", "DevicePolicy", "DeviceAllow")
+
+
+def test_no_option_narrows_the_daemons_devices() -> None:
+    files = [*OUR_UNITS, *DROPINS.glob("*.d/*.conf")]
+    assert OUR_UNITS and len(files) > len(OUR_UNITS)
+    found = [
+        f"{path.name}: {line.strip()}"
+        for path in files
+        for line in path.read_text().splitlines()
+        if line.split("=", 1)[0].strip() in DEVICE_LIST_OPTIONS
+    ]
+    assert found == []

@@ -3,7 +3,7 @@
 `ovs-service-hook` (bin/ovs-service-hook) is a sh script: it leaves a
 running transaction's work to it (the journal's transaction.defer), sets and
 clears flow-restore-wait itself (prestart, stoppost, poststart with nothing
-pending), and runs `python3 -m ovs_service.hooks HOOK` for the rest:
+pending), and runs `python3 -P -m ovs_service.hooks HOOK` for the rest:
 
 - save (ExecStop=, before the daemon stops): snapshot every bridge and mark
   the snapshot pending.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python3 -m ovs_service.hooks save|prestart|poststart|restorer [--debug]"
+USAGE = "usage: python3 -P -m ovs_service.hooks save|prestart|poststart|restorer [--debug]"
 HOOKS = ("save", "prestart", "poststart", "restorer")
 
 
