@@ -201,7 +201,7 @@ def _fault(step: str, when: str) -> None:
     target = os.environ.get(FAULT_ENV, "")
     if not target:
         return
-    if when == "before" and target == f"{FAIL_PREFIX}{step}":
+    if when == "running" and target == f"{FAIL_PREFIX}{step}":
         raise InjectedFault(step=step)
     if target == (step if when == "before" else f"{step}:after"):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -269,6 +269,7 @@ class Journal:
         _fault(name, "before")
         self.record = replace(self.record, step=name, state="running")
         self._write()
+        _fault(name, "running")  # fails as the step itself would
         yield
         self.record = replace(self.record, state="done", done=[*self.record.done, name])
         self._write()

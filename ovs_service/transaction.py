@@ -203,7 +203,9 @@ def _rolling_forward(run: _Run) -> Iterator[None]:
         run.tx.keep_going()
         result = Recovery(found=run.tx.record)
         try:
-            _roll_forward(run.root, run.tx.record, run.tx, result)
+            # The units are started whatever their state: ovs-vswitchd may
+            # still be on its way down (its stop job is not waited for yet).
+            _roll_forward(run.root, run.tx.record, run.tx, result, start=True)
         except (OvsServiceError, OSError) as again:
             raise RolledForward(op=run.op, step=step, reason=reason,
                                 after=f"putting the switch back failed too ({again}); "
@@ -272,11 +274,13 @@ def recover(wait: float = 0.0) -> Recovery:
 
 
 def _roll_forward(
-    root: Path, record: journal.Record | None, tx: journal.Journal, result: Recovery
+    root: Path, record: journal.Record | None, tx: journal.Journal, result: Recovery,
+    start: bool = False,
 ) -> None:
-    """Whatever a transaction left undone, done; `tx` is the journal of who does it."""
+    """Whatever a transaction left undone, done; `tx` is the journal of who does
+    it. The units are started if ovs-vswitchd is not running, or if `start`."""
     reloaded = _interrupted_reload(root, record, tx, result)
-    if not ovs.daemon_running("ovs-vswitchd"):
+    if start or not ovs.daemon_running("ovs-vswitchd"):
         if reloaded is not None:
             _recreate_datapaths(tx, result, reloaded)
         _start_units(root, tx, result)

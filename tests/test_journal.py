@@ -158,6 +158,8 @@ def test_a_failure_can_be_injected_at_a_step(
         pass
     with pytest.raises(InjectedFault, match="reload-module"), tx.step("reload-module"):
         pass
+    # As a real failure would: inside the step, which the journal names.
+    assert tx.record.step == "reload-module" and tx.record.state == "running"
 
 
 def test_recover_proceeds_past_a_journal_whose_pid_is_another_process(
