@@ -202,6 +202,7 @@ def _fault(step: str, when: str) -> None:
     if not target:
         return
     if when == "running" and target == f"{FAIL_PREFIX}{step}":
+        del os.environ[FAULT_ENV]  # once: putting the switch back may run the step again
         raise InjectedFault(step=step)
     if target == (step if when == "before" else f"{step}:after"):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -222,6 +223,7 @@ class Journal:
         # After a failure the steps still taken are best done without a journal
         # than not at all (the disk may be full): see `keep_going`.
         self.best_effort = False
+        self.failed: str | None = None  # the step that failed first
         (self.root / DEFER).unlink(missing_ok=True)  # where earlier versions kept it
         self._write()
 
@@ -269,8 +271,13 @@ class Journal:
         _fault(name, "before")
         self.record = replace(self.record, step=name, state="running")
         self._write()
-        _fault(name, "running")  # fails as the step itself would
-        yield
+        try:
+            _fault(name, "running")  # fails as the step itself would
+            yield
+        except BaseException:
+            # The first to fail: steps in `finally:` clauses run after it.
+            self.failed = self.failed or name
+            raise
         self.record = replace(self.record, state="done", done=[*self.record.done, name])
         self._write()
         _fault(name, "after")

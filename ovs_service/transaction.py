@@ -152,7 +152,7 @@ def restart(
     with store.lock(root, wait, on_wait), Systemd() as sd, _Run(root, "restart", steps) as run:
         prepared = _save(run, outcome)
         _precheck(run.op, _room_for_journal(root))
-        with _rolling_forward(run):
+        with _rolling_forward(run, sd):
             _stop(run, sd)
             _start_and_restore(run, sd, outcome, prepared)
         finish_restore(root, prepared[0].path, outcome.bridges)
@@ -184,7 +184,7 @@ def _precheck(op: str, blockers: list[str]) -> None:
 
 
 @contextmanager
-def _rolling_forward(run: _Run) -> Iterator[None]:
+def _rolling_forward(run: _Run, sd: Systemd | None = None) -> Iterator[None]:
     """From the stop on, a failure puts the switch back before it is reported.
 
     The switch would otherwise stay stopped (and after force-reload-kmod's
@@ -198,13 +198,15 @@ def _rolling_forward(run: _Run) -> Iterator[None]:
     except Exception as error:
         if not isinstance(error, OvsServiceError | OSError):
             raise
-        step = run.tx.record.step or "?"
+        step = run.tx.failed or run.tx.record.step or "?"
         reason = " ".join(str(error).split()) or type(error).__name__
         run.tx.keep_going()
         result = Recovery(found=run.tx.record)
         try:
-            # The units are started whatever their state: ovs-vswitchd may
-            # still be on its way down (its stop job is not waited for yet).
+            if sd is not None:
+                # ovs-vswitchd may be on its way down (the stop job is waited
+                # for later): what it looks like now would mislead.
+                sd.settle()
             _roll_forward(run.root, run.tx.record, run.tx, result, start=True)
         except (OvsServiceError, OSError) as again:
             raise RolledForward(op=run.op, step=step, reason=reason,
@@ -423,7 +425,7 @@ def _reload_kmod(root: Path, sd: Systemd, run: _Run, outcome: KmodOutcome,
     prepared = _save(run, outcome, operations.STAGES)
     saved_dps = operations.load_datapaths(prepared[0])
     _precheck(run.op, _room_for_journal(root))
-    with _rolling_forward(run):
+    with _rolling_forward(run, sd):
         _stop(run, sd)
         with run.step("delete-datapaths") as s:
             run.tx.set_datapaths_deleted()  # from here on, recover re-creates them

@@ -160,6 +160,8 @@ def test_a_failure_can_be_injected_at_a_step(
         pass
     # As a real failure would: inside the step, which the journal names.
     assert tx.record.step == "reload-module" and tx.record.state == "running"
+    with tx.step("reload-module"):  # once
+        pass
 
 
 def test_recover_proceeds_past_a_journal_whose_pid_is_another_process(
