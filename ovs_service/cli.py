@@ -61,6 +61,22 @@ STAGE_OPT = typer.Option(
     "Default: flows and datapaths to save; what the snapshot holds to restore.")
 
 
+WAIT_OPT = typer.Option(0.0, "--wait", help="Wait up to this many seconds for another "
+                        "transaction to finish (default: fail at once).")
+
+
+def _on_wait() -> None:
+    typer.echo("waiting for another transaction to finish...", err=True)
+
+
+def _locked(wait: float) -> Any:
+    """The transactions' lock, for a save or a restore from the command line:
+    two restores at once would delete each other's meters, and with them the
+    flows that use them. The unit hooks run inside a transaction that holds
+    it; they never come through here."""
+    return store.lock(store.state_dir(), wait, _on_wait)
+
+
 def _emit(as_json: bool, doc: Any, text: str) -> None:
     if as_json:
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
@@ -75,17 +91,19 @@ def save(
     to: Optional[Path] = typer.Option(
         None, "--to", help="Write the snapshot to this new directory."
     ),
+    wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Save the OpenFlow state of every bridge (or those named) and print the snapshot's path.
 
     Example: ovs-service save --bridge br-int
     """
-    try:
-        snap = operations.take_snapshot(bridge, stage, to)
-    except SaveIncomplete as e:
-        _emit_saved(as_json, e.snapshot)  # the others' snapshot is written and usable
-        raise
+    with _locked(wait):
+        try:
+            snap = operations.take_snapshot(bridge, stage, to)
+        except SaveIncomplete as e:
+            _emit_saved(as_json, e.snapshot)  # the others' snapshot is written and usable
+            raise
     _emit_saved(as_json, snap)
 
 
@@ -109,6 +127,7 @@ def restore(
         False, "--firewall",
         help="Also replace the firewall tables the snapshot holds with its copies "
         "(others stay). Without it the firewall is left alone."),
+    wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Restore a snapshot onto the running switch, each bridge atomically.
@@ -117,7 +136,9 @@ def restore(
     Example: ovs-service restore --from /var/lib/ovs-service/20261125T101500.123456789
     """
     path = store.resolve(store.state_dir(), source)
-    outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign, firewall=firewall)
+    with _locked(wait):
+        outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
+                                              firewall=firewall)
     lines = [
         f"{b.bridge}: {'restored' if b.ok else 'FAILED'} "
         f"({b.counts.get('flows', 0)} flows, {b.counts.get('groups', 0)} groups, "
@@ -294,8 +315,6 @@ def _progress(as_json: bool) -> Any:
     return show
 
 
-WAIT_OPT = typer.Option(0.0, "--wait", help="Wait up to this many seconds for another "
-                        "transaction to finish (default: fail at once).")
 DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Print the plan and change nothing.")
 
 
@@ -325,9 +344,7 @@ def restart(
     if dry_run:
         _plan("restart", as_json)
         return
-    outcome = transaction.restart(
-        on_step=_progress(as_json), wait=wait,
-        on_wait=lambda: typer.echo("waiting for another transaction to finish...", err=True))
+    outcome = transaction.restart(on_step=_progress(as_json), wait=wait, on_wait=_on_wait)
     total = sum(s.seconds for s in outcome.steps)
     _emit(as_json, {"op": "restart", "ok": outcome.ok, "snapshot": outcome.snapshot,
                     "seconds": total,
@@ -356,9 +373,8 @@ def force_reload_kmod(
     if dry_run:
         _plan("force-reload-kmod", as_json)
         return
-    outcome = transaction.force_reload_kmod(
-        on_step=_progress(as_json), wait=wait,
-        on_wait=lambda: typer.echo("waiting for another transaction to finish...", err=True))
+    outcome = transaction.force_reload_kmod(on_step=_progress(as_json), wait=wait,
+                                            on_wait=_on_wait)
     total = sum(s.seconds for s in outcome.steps)
     lines = [f"force-reload-kmod done in {total:.3f}s; module "
              f"{'reloaded' if outcome.module_reloaded else 'not reloaded'}; "

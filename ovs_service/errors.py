@@ -145,3 +145,20 @@ class SaveIncomplete(OvsServiceError):
     def snapshot(self) -> Any:
         """The snapshot written without the failed bridges (a `store.Snapshot`)."""
         return self.fields["snapshot"]
+
+
+# Transactions: failures the CLI reports after putting the switch back.
+
+
+class InjectedFault(OvsServiceError):
+    """Tests only (OVS_SERVICE_FAULT=fail:STEP): a step that fails as a real one can."""
+
+    template = "step {step} failed (injected by OVS_SERVICE_FAULT)"
+
+
+class PrecheckFailed(OvsServiceError):
+    template = "{op} not started, nothing was changed: {reason}"
+
+
+class RolledForward(OvsServiceError):
+    template = "{op} failed at {step}: {reason}; {after}"

@@ -4,11 +4,19 @@ Written atomically next to the snapshots before and after every step, so
 that after a crash `ovs-service recover` (or the unit hooks, on their own)
 can tell what was happening and finish it. The unit hooks also read it to
 leave a live transaction's work to the transaction.
+
+A journal outlives its process: a failed transaction leaves it for recover,
+and it survives reboots. So it names its process by PID, start time and
+boot id (`ProcessId`), never by PID alone: PIDs are reused, and start over
+after a reboot. What the sh front reads (`DEFER`) lives in the runtime
+directory, which a reboot empties, and goes on every way out of a
+transaction.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -18,14 +26,81 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ovs_service import store
+from ovs_service.errors import InjectedFault
+
+log = logging.getLogger(__name__)
 
 JOURNAL = "transaction.json"
-# For ovs-service-hook, a sh script: "PID INVOCATION HOOK...", the unit hooks
-# the transaction does itself at this point (see `left_to_transaction`).
+# For ovs-service-hook, a sh script: "PID START BOOT INVOCATION HOOK...", the
+# unit hooks the transaction does itself at this point (see
+# `left_to_transaction`), in the runtime directory (`run_dir`).
 DEFER = "transaction.defer"
+DEFAULT_RUN_DIR = Path("/run/ovs-service")
+PROC = Path("/proc")
 # The steps in which a transaction starts ovs-vswitchd and restores itself.
 STARTS = ("start-ovs-vswitchd", "start-units")
-FAULT_ENV = "OVS_SERVICE_FAULT"  # tests only: "STEP" or "STEP:after" kills us there
+# Tests only: "STEP" or "STEP:after" kills us there; "fail:STEP" makes STEP fail.
+FAULT_ENV = "OVS_SERVICE_FAULT"
+FAIL_PREFIX = "fail:"
+# /proc/PID/stat: the fields after "(comm)" start at field 3; starttime is field 22.
+_STAT_FIRST_AFTER_COMM = 3
+_STAT_STARTTIME = 22
+# An old journal's wall-clock `started` against a process start computed from
+# the boot time, which /proc/stat gives in whole seconds.
+_LEGACY_SLACK = 1.0
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("OVS_SERVICE_RUN_DIR") or DEFAULT_RUN_DIR)
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A process as it can be recognised later: its PID may be another's by then."""
+
+    pid: int
+    start: int  # clock ticks from boot to its start (/proc/PID/stat field 22)
+    boot: str  # /proc/sys/kernel/random/boot_id
+
+    @classmethod
+    def of(cls, pid: int, proc: Path = PROC) -> ProcessId | None:
+        """The process that has `pid` now, or None if there is none (or it cannot be read)."""
+        start = start_time(pid, proc)
+        return None if start is None else cls(pid=pid, start=start, boot=boot_id(proc))
+
+    def alive(self, proc: Path = PROC) -> bool:
+        return self.pid > 0 and ProcessId.of(self.pid, proc) == self
+
+
+def boot_id(proc: Path = PROC) -> str:
+    return (proc / "sys/kernel/random/boot_id").read_text().strip()
+
+
+def start_time(pid: int, proc: Path = PROC) -> int | None:
+    """Field 22 of /proc/PID/stat. The command name (field 2) is in parentheses
+    and may itself hold spaces and parentheses: the fields after it start
+    after the last ')'."""
+    if pid <= 0:  # kill(0) and /proc/0 would name something else
+        return None
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        after_comm = stat[stat.rindex(")") + 1:].split()
+        return int(after_comm[_STAT_STARTTIME - _STAT_FIRST_AFTER_COMM])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _started_at(pid: int, proc: Path) -> float | None:
+    """When the process with `pid` started, in seconds since the epoch."""
+    start = start_time(pid, proc)
+    if start is None:
+        return None
+    try:
+        btime = next(int(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
+                     if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime + start / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -42,18 +117,30 @@ class Record:
     done: list[str] = field(default_factory=list)
     # The ovs-vswitchd.service start this transaction restores itself ($INVOCATION_ID)
     invocation: str | None = None
+    # The writer's start time and boot id (see ProcessId); absent from the
+    # journals of earlier versions.
+    start: int | None = None
+    boot: str | None = None
 
     @property
     def alive(self) -> bool:
-        if self.pid <= 0:  # unreadable journal; kill(0) would signal our own group
+        return self.is_alive()
+
+    def is_alive(self, proc: Path = PROC) -> bool:
+        """Whether the process that wrote this journal still runs.
+
+        A journal of an earlier version names its process by PID alone. That
+        PID counts as its writer only if the process now holding it started
+        before the journal did (its `started`): a PID reused after the writer
+        died, in this boot or after a reboot, belongs to a process that
+        started later.
+        """
+        if self.pid <= 0:  # an unreadable journal
             return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        if self.start is not None and self.boot is not None:
+            return ProcessId(self.pid, self.start, self.boot).alive(proc)
+        began = _started_at(self.pid, proc)
+        return began is not None and began <= self.started + _LEGACY_SLACK
 
 
 _FIELDS = frozenset(f.name for f in fields(Record))
@@ -77,7 +164,7 @@ def read(root: Path) -> Record | None:
 def active(root: Path) -> Record | None:
     """The journal of a transaction whose process still runs, if any."""
     record = read(root)
-    return record if record and record.pid and record.alive else None
+    return record if record and record.alive else None
 
 
 def left_to_transaction(record: Record) -> list[str]:
@@ -97,61 +184,109 @@ def left_to_transaction(record: Record) -> list[str]:
     return hooks
 
 
-def _write(root: Path, record: Record) -> None:
+def _write(root: Path, run: Path, record: Record) -> None:
     store.write_atomic(_path(root), json.dumps(asdict(record)).encode())
-    # Not synced: after a crash the PID in it is gone, and the hooks do their work.
-    line = f"{record.pid} {record.invocation or '-'} {' '.join(left_to_transaction(record))}\n"
-    tmp = root / f".{DEFER}"
+    # Not synced, and in the runtime directory: after a crash or a reboot the
+    # process it names is gone, and the hooks do their work.
+    line = (f"{record.pid} {record.start} {record.boot} {record.invocation or '-'} "
+            f"{' '.join(left_to_transaction(record))}\n")
+    tmp = run / f".{DEFER}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(line)
-    tmp.replace(root / DEFER)
+    tmp.replace(run / DEFER)
 
 
 def _fault(step: str, when: str) -> None:
     target = os.environ.get(FAULT_ENV, "")
-    if target and target == (step if when == "before" else f"{step}:after"):
+    if not target:
+        return
+    if when == "running" and target == f"{FAIL_PREFIX}{step}":
+        del os.environ[FAULT_ENV]  # once: putting the switch back may run the step again
+        raise InjectedFault(step=step)
+    if target == (step if when == "before" else f"{step}:after"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Journal:
-    def __init__(self, root: Path, op: str) -> None:
+    """This process's transaction, on disk. Used as a context manager: on
+    every way out the hooks stop leaving work to it (`DEFER` goes); the
+    journal itself stays until `finish`, for recover."""
+
+    def __init__(self, root: Path, op: str, run: Path | None = None) -> None:
         self.root = store.ensure_dir(root)
-        self.record = Record(op=op, pid=os.getpid(), started=time.time())
-        _write(self.root, self.record)
+        self.run = store.ensure_dir(run or run_dir())
+        me = ProcessId.of(os.getpid())
+        assert me is not None, "our own /proc/PID/stat"
+        self.record = Record(op=op, pid=me.pid, started=time.time(), start=me.start,
+                             boot=me.boot)
+        # After a failure the steps still taken are best done without a journal
+        # than not at all (the disk may be full): see `keep_going`.
+        self.best_effort = False
+        self.failed: str | None = None  # the step that failed first
+        (self.root / DEFER).unlink(missing_ok=True)  # where earlier versions kept it
+        self._write()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        (self.run / DEFER).unlink(missing_ok=True)
+
+    def keep_going(self) -> None:
+        """From now on a journal that cannot be written is logged, not raised."""
+        self.best_effort = True
+
+    def _write(self) -> None:
+        try:
+            _write(self.root, self.run, self.record)
+        except OSError as e:
+            if not self.best_effort:
+                raise
+            log.warning("cannot write the transaction journal: %s", e)
 
     def set_snapshot(self, snapshot: Path) -> None:
         self.record = replace(self.record, snapshot=snapshot.name)
-        _write(self.root, self.record)
+        self._write()
 
     def set_invocation(self, invocation: str) -> None:
         self.record = replace(self.record, invocation=invocation)
-        _write(self.root, self.record)
+        self._write()
 
     def set_datapaths_deleted(self) -> None:
         self.record = replace(self.record, datapaths_deleted=True)
-        _write(self.root, self.record)
+        self._write()
 
     def take_over(self, dead: Record) -> None:
         """Carry a dead transaction's unfinished kernel work into this journal."""
         self.record = replace(self.record, snapshot=dead.snapshot,
                               datapaths_deleted=dead.datapaths_deleted)
-        _write(self.root, self.record)
+        self._write()
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         _fault(name, "before")
         self.record = replace(self.record, step=name, state="running")
-        _write(self.root, self.record)
-        yield
+        self._write()
+        try:
+            _fault(name, "running")  # fails as the step itself would
+            yield
+        except BaseException:
+            # The first to fail: steps in `finally:` clauses run after it.
+            self.failed = self.failed or name
+            raise
         self.record = replace(self.record, state="done", done=[*self.record.done, name])
-        _write(self.root, self.record)
+        self._write()
         _fault(name, "after")
 
     def finish(self) -> None:
-        clear(self.root)
+        clear(self.root, self.run)
 
 
-def clear(root: Path) -> None:
-    (root / DEFER).unlink(missing_ok=True)
+def clear(root: Path, run: Path | None = None) -> None:
+    (root / DEFER).unlink(missing_ok=True)  # an earlier version's
+    ((run or run_dir()) / DEFER).unlink(missing_ok=True)
     _path(root).unlink(missing_ok=True)

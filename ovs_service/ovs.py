@@ -53,14 +53,21 @@ def _listening(path: Path) -> bool:
     return True
 
 
-def daemon_running(name: str) -> bool:
-    """Whether the daemon named in its pidfile under the run directory is alive."""
+# The command name the kernel keeps for a process (/proc/PID/comm) is cut to 15 bytes.
+TASK_COMM_LEN = 15
+
+
+def daemon_running(name: str, proc: Path = Path("/proc")) -> bool:
+    """Whether the daemon named in its pidfile under the run directory is alive.
+
+    A pidfile left by a daemon that died may name a PID that another process
+    has since been given: the process must also be that daemon."""
     try:
         pid = int((rundir() / f"{name}.pid").read_text().strip())
-        os.kill(pid, 0)
+        comm = (proc / str(pid) / "comm").read_text().rstrip("\n")
     except (OSError, ValueError):
         return False
-    return True
+    return pid > 0 and comm == name[:TASK_COMM_LEN]
 
 
 def vsctl(*args: str) -> Completed:

@@ -695,7 +695,7 @@ def lock(store: Path, wait: float = 0.0, on_wait: Any = None) -> Iterator[None]:
                     raise
             if time.monotonic() >= deadline:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise Busy(holder=holder)
+                raise Busy(holder=f"{store / LOCK}, {holder}")
             if on_wait and not told:
                 on_wait()
                 told = True

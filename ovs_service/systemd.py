@@ -55,6 +55,7 @@ class Systemd:
         except ImportError as e:
             raise SystemdError(message=f"pystemd is not installed ({e})") from None
         self._removed: dict[bytes, str] = {}
+        self._submitted: list[Job] = []
         try:
             self._bus = DBus()
             self._bus.open()
@@ -113,7 +114,18 @@ class Systemd:
             path = method(unit.encode(), mode.encode())
         except Exception as e:
             raise SystemdError(message=f"{action} {unit}: {e}") from None
-        return Job(action, unit, path)
+        job = Job(action, unit, path)
+        self._submitted.append(job)
+        return job
+
+    def settle(self, timeout: float = 300.0) -> None:
+        """Wait until every job queued here has ended, whatever its result."""
+        deadline = time.monotonic() + timeout
+        while any(j.path not in self._removed for j in self._submitted):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._pump(min(remaining, 1.0))
 
     def wait(self, job: Job, timeout: float = 300.0) -> str:
         deadline = time.monotonic() + timeout

@@ -6,6 +6,10 @@ exits) → start ovs-vswitchd with flow-restore-wait → restore (as soon as it
 runs) → clear flow-restore-wait. Each step is written to the journal before
 and after it runs; flow-restore-wait is cleared on every way out once it has
 been set.
+
+Whatever can be checked is checked before anything stops (`_precheck`):
+once ovs-vswitchd has stopped, a failure rolls forward (`_rolling_forward`)
+the way recover does, and only then is reported.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, store
-from ovs_service.errors import Busy, RestoreFailed, SnapshotInvalid
+from ovs_service.errors import (
+    Busy,
+    OvsServiceError,
+    PrecheckFailed,
+    RestoreFailed,
+    RolledForward,
+    SnapshotInvalid,
+)
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.openflow import PreparedBundle
 
@@ -53,8 +64,15 @@ class _Run:
 
     def __init__(self, root: Path, op: str, steps: StepLog) -> None:
         self.root = root
+        self.op = op
         self.tx = journal.Journal(root, op)
         self.steps = steps
+
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tx.close()  # on every way out: the hooks stop leaving work to us
 
     @contextmanager
     def step(self, name: str) -> Iterator[StepRecord]:
@@ -130,15 +148,72 @@ def restart(
     root = store.state_dir()
     steps = StepLog(on_step=on_step)
     outcome = Outcome(op="restart", steps=steps.steps)
-    with store.lock(root, wait, on_wait), Systemd() as sd:
-        run = _Run(root, "restart", steps)
+    with store.lock(root, wait, on_wait), Systemd() as sd, _Run(root, "restart", steps) as run:
         prepared = _save(run, outcome)
-        _stop(run, sd)
-        _start_and_restore(run, sd, outcome, prepared)
+        _precheck(run.op, _room_for_journal(root))
+        with _rolling_forward(run, sd):
+            _stop(run, sd)
+            _start_and_restore(run, sd, outcome, prepared)
         finish_restore(root, prepared[0].path, outcome.bridges)
         run.tx.finish()
     outcome.ok = True
     return outcome
+
+
+# What the journal needs after the stop: it is rewritten (a new file, then a
+# rename) before and after every step.
+JOURNAL_ROOM = 1 << 20
+JOURNAL_INODES = 64
+
+
+def _room_for_journal(root: Path) -> list[str]:
+    """Why the journal might not be writable after the stop (the snapshot is
+    written before it, so a full disk stops the save, which changes nothing)."""
+    fs = os.statvfs(root)
+    if fs.f_bavail * fs.f_frsize < JOURNAL_ROOM:
+        return [f"{root}: less than {JOURNAL_ROOM >> 20} MiB free for the transaction journal"]
+    if fs.f_files and fs.f_favail < JOURNAL_INODES:
+        return [f"{root}: fewer than {JOURNAL_INODES} inodes free for the transaction journal"]
+    return []
+
+
+def _precheck(op: str, blockers: list[str]) -> None:
+    if blockers:
+        raise PrecheckFailed(op=op, reason="; ".join(blockers))
+
+
+@contextmanager
+def _rolling_forward(run: _Run, sd: Systemd | None = None) -> Iterator[None]:
+    """From the stop on, a failure puts the switch back before it is reported.
+
+    The switch would otherwise stay stopped (and after force-reload-kmod's
+    delete-datapaths, without its datapaths) until someone runs recover:
+    this does what recover does, at once, with the journal as it stands
+    (written on a best-effort basis from here: the disk may be what failed).
+    The error names the step that failed and how the rolling forward went.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not isinstance(error, OvsServiceError | OSError):
+            raise
+        step = run.tx.failed or run.tx.record.step or "?"
+        reason = " ".join(str(error).split()) or type(error).__name__
+        run.tx.keep_going()
+        result = Recovery(found=run.tx.record)
+        try:
+            if sd is not None:
+                # ovs-vswitchd may be on its way down (the stop job is waited
+                # for later): what it looks like now would mislead.
+                sd.settle()
+            _roll_forward(run.root, run.tx.record, run.tx, result, start=True)
+        except (OvsServiceError, OSError) as again:
+            raise RolledForward(op=run.op, step=step, reason=reason,
+                                after=f"putting the switch back failed too ({again}); "
+                                "the journal is kept: ovs-service recover") from error
+        raise RolledForward(op=run.op, step=step, reason=reason,
+                            after="the switch was put back: " + "; ".join(result.actions)
+                            ) from error
 
 
 def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore]) -> None:
@@ -192,26 +267,35 @@ def recover(wait: float = 0.0) -> Recovery:
         result = Recovery(found=record)
         # Our own journal replaces the dead one: the unit hooks leave the
         # restore to us (they would wait for the lock we hold).
-        tx = journal.Journal(root, "recover")
-        reloaded = _interrupted_reload(root, record, tx, result)
-        if not ovs.daemon_running("ovs-vswitchd"):
-            if reloaded is not None:
-                _recreate_datapaths(tx, result, reloaded)
-            _start_units(root, tx, result)
-        pending = store.pending_snapshot(root)
-        if pending is not None:
-            _restore_flows(tx, result, pending)
-        if reloaded is not None:
-            _restore_interfaces(tx, result, reloaded)
-        if pending is not None:
-            finish_restore(root, pending, result.bridges)
-        if ovs.flow_restore_wait():
-            ovs.set_flow_restore_wait(False)
-            result.actions.append("cleared flow-restore-wait")
-        tx.finish()
+        with journal.Journal(root, "recover") as tx:
+            _roll_forward(root, record, tx, result)
         if not result.actions:
             result.actions.append("nothing to recover")
     return result
+
+
+def _roll_forward(
+    root: Path, record: journal.Record | None, tx: journal.Journal, result: Recovery,
+    start: bool = False,
+) -> None:
+    """Whatever a transaction left undone, done; `tx` is the journal of who does
+    it. The units are started if ovs-vswitchd is not running, or if `start`."""
+    reloaded = _interrupted_reload(root, record, tx, result)
+    if start or not ovs.daemon_running("ovs-vswitchd"):
+        if reloaded is not None:
+            _recreate_datapaths(tx, result, reloaded)
+        _start_units(root, tx, result)
+    pending = store.pending_snapshot(root)
+    if pending is not None:
+        _restore_flows(tx, result, pending)
+    if reloaded is not None:
+        _restore_interfaces(tx, result, reloaded)
+    if pending is not None:
+        finish_restore(root, pending, result.bridges)
+    if ovs.flow_restore_wait():
+        ovs.set_flow_restore_wait(False)
+        result.actions.append("cleared flow-restore-wait")
+    tx.finish()
 
 
 def _interrupted_reload(
@@ -312,16 +396,36 @@ def force_reload_kmod(
     root = store.state_dir()
     steps = StepLog(on_step=on_step)
     outcome = KmodOutcome(op="force-reload-kmod", steps=steps.steps)
-    with store.lock(root, wait, on_wait), Systemd() as sd:
+    with store.lock(root, wait, on_wait):
         datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
-        run = _Run(root, "force-reload-kmod", steps)
-        prepared = _save(run, outcome, operations.STAGES)
-        saved_dps = operations.load_datapaths(prepared[0])
-        _stop(run, sd)
         has_modules = kmod.module_support()
-        if not has_modules:
+        if has_modules:
+            # Before the journal: a refusal leaves nothing to recover.
+            _precheck("force-reload-kmod", kmod.unload_blockers(_own_kernel_ports))
+        else:
             outcome.notes.append("this kernel has no loadable module support: "
                                  "module steps skipped, the rest done")
+        with Systemd() as sd, _Run(root, "force-reload-kmod", steps) as run:
+            _reload_kmod(root, sd, run, outcome, has_modules)
+    outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
+    return outcome
+
+
+def _own_kernel_ports() -> int:
+    """Kernel datapath ports of the types the openvswitch module provides itself."""
+    return sum(port.type in datapaths.RECREATED_TYPES
+               for dp in datapaths.kernel_datapaths().values() for port in dp.ports)
+
+
+def _reload_kmod(root: Path, sd: Systemd, run: _Run, outcome: KmodOutcome,
+                 has_modules: bool) -> None:
+    from ovs_service import kmod
+
+    prepared = _save(run, outcome, operations.STAGES)
+    saved_dps = operations.load_datapaths(prepared[0])
+    _precheck(run.op, _room_for_journal(root))
+    with _rolling_forward(run, sd):
+        _stop(run, sd)
         with run.step("delete-datapaths") as s:
             run.tx.set_datapaths_deleted()  # from here on, recover re-creates them
             s.detail = ", ".join(_delete_kernel_datapaths()) or "none"
@@ -341,10 +445,8 @@ def force_reload_kmod(
                 outcome.port_mismatches = list(datapaths.verify(saved_dps))
         with run.step("check-dead-ifs"):
             outcome.dead_sockets = list(deadifs.check_dead_ifs())
-        finish_restore(root, prepared[0].path, outcome.bridges)
-        run.tx.finish()
-    outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
-    return outcome
+    finish_restore(root, prepared[0].path, outcome.bridges)
+    run.tx.finish()
 
 
 def _delete_kernel_datapaths() -> list[str]:

@@ -25,6 +25,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.ovs)
 
 
+@pytest.fixture(autouse=True)
+def _private_run_dir(tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's runtime directory (transaction.defer) of its own, never the machine's."""
+    monkeypatch.setenv("OVS_SERVICE_RUN_DIR", str(tmp_path_factory.mktemp("run")))
+
+
 def _why_no_ovs() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, Open vSwitch daemons)"

@@ -383,10 +383,9 @@ class Cli:
     bed: OvsBed
     state_dir: Path
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 600,
-                 cwd: Path | None = None) -> CliResult:
-        argv = (sys.executable, "-m", "ovs_service", *args)
-        env = {
+    def env(self) -> dict[str, str]:
+        """The environment `python -m ovs_service` runs in against this bed."""
+        return {
             **os.environ,
             **self.bed.env,
             "OVS_SERVICE_STATE_DIR": str(self.state_dir),
@@ -394,6 +393,11 @@ class Cli:
                 p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
             ),
         }
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 600,
+                 cwd: Path | None = None) -> CliResult:
+        argv = (sys.executable, "-m", "ovs_service", *args)
+        env = self.env()
         # A test must never reach a switch other than its own.
         assert env["OVS_RUNDIR"] == str(self.bed.dir)
         proc = subprocess.run(

@@ -184,6 +184,26 @@ def test_recover_killed_too_then_recover_again(guest: Guest, reference: SwitchSt
     assert_whole(guest, reference, "SIGKILL of force-reload-kmod and of two recovers")
 
 
+# After the stop, what can fail (rmmod refused, a failed ovsdb-server job, a
+# full disk) is injected here: OVS_SERVICE_FAULT=fail:STEP makes STEP raise.
+@pytest.mark.parametrize("step", ["restart-ovsdb-server", "reload-module", "restore"])
+def test_a_failure_after_the_stop_rolls_forward(
+    guest: Guest, reference: SwitchState, step: str
+) -> None:
+    """No recover: the transaction puts the switch back itself (units started,
+    datapaths at their port numbers, flows, interfaces), then exits 1 with
+    the reason in one line."""
+    run = guest.run(["env", f"OVS_SERVICE_FAULT=fail:{step}", "ovs-service",
+                     "force-reload-kmod"], timeout=RELOAD_TIMEOUT, check=False)
+    assert run.returncode == 1, f"exit {run.returncode}\n{run.stdout}{run.stderr}"
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert f"force-reload-kmod failed at {step}: step {step} failed (injected" in lines[0], lines
+    assert "the switch was put back" in lines[0], lines
+    settle(guest)
+    assert_whole(guest, reference, f"a failure at {step}, rolled forward")
+
+
 def test_fault_points_cover_every_step() -> None:
     """The count the issue asks for: kill points covered / steps that exist."""
     from ovs_service import transaction

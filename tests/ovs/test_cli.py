@@ -3,18 +3,22 @@ store's own round trips. Checked against a private switch with ovs-ofctl."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ovs_service import store
 from ovs_service.errors import SnapshotInvalid
-from tests.harness import REPO
-from tests.harness.ovsbed import Cli, OvsBed, one_line_error
+from tests.harness import REPO, canon
+from tests.harness.ovsbed import Cli, CliResult, OvsBed, one_line_error, wait_for
 
 
 def test_list_show_and_diff(ovs: OvsBed, cli: Cli) -> None:
@@ -106,3 +110,71 @@ def test_check_dead_ifs_json() -> None:
                           env=env, capture_output=True, text=True, check=False)
     assert proc.returncode in (0, 1)
     assert isinstance(json.loads(proc.stdout), list)
+
+
+# save and restore take the transactions' lock: two restores at once would
+# delete each other's meters, and with them the flows that use them.
+
+
+def _meters_and_flows(ovs: OvsBed) -> None:
+    ovs.add_bridge("br0", protocols=("OpenFlow13",), ports={"p1": 1})
+    for meter in range(1, 9):
+        ovs.ofctl("-O", "OpenFlow13", "add-meter", "br0",
+                  f"meter={meter},kbps,band=type=drop,rate={meter * 1000}")
+    ovs.ofctl("-O", "OpenFlow13", "add-flows", "br0", "-", input="".join(
+        f"priority={10 + i},ip,nw_dst=10.0.{i}.0/24,actions=meter:{i % 8 + 1},output:1\n"
+        for i in range(200)))
+
+
+@contextlib.contextmanager
+def _lock_held(cli: Cli) -> Iterator[subprocess.Popen[bytes]]:
+    """The store's lock, held by another process (flock), as a transaction would."""
+    lock = cli.state_dir / store.LOCK
+    # One process that holds it (flock(1) with a command would leave it to a child).
+    holder = subprocess.Popen(["sh", "-c", 'exec 9>>"$0" && flock 9 && exec sleep 600', lock])
+    try:
+        wait_for("the helper to hold the lock", lambda: subprocess.run(
+            ["flock", "-n", str(lock), "true"], check=False).returncode != 0)
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("command", ["save", "restore"])
+def test_save_and_restore_wait_for_the_lock(ovs: OvsBed, cli: Cli, command: str) -> None:
+    _meters_and_flows(ovs)
+    snapshot = cli.save()
+    with _lock_held(cli) as holder:
+        refused = cli(command, check=False)
+        one_line_error(refused)
+        assert refused.returncode == 6, refused.describe()
+        assert str(cli.state_dir / store.LOCK) in refused.stderr, refused.describe()
+        waiting = threading.Thread(target=lambda: results.append(cli(command, "--wait", "60",
+                                                                     check=False)))
+        results: list[CliResult] = []
+        waiting.start()
+        time.sleep(1)
+        assert not results, "did not wait for the lock"
+        holder.kill()
+        waiting.join(timeout=120)
+    (waited,) = results
+    assert waited.returncode == 0, waited.describe()
+    assert "waiting for another transaction" in waited.stderr
+    assert cli("snapshot", "list", "--json").json()[0]["path"] == str(snapshot)
+
+
+def test_concurrent_restores_both_leave_the_whole_state(ovs: OvsBed, cli: Cli) -> None:
+    _meters_and_flows(ovs)
+    before = canon.all_states(ovs)
+    snapshot = cli.save()
+    for _ in range(3):
+        canon.wipe(ovs, "br0")
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "ovs_service", "restore", "--from", str(snapshot),
+             "--wait", "120"], env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True) for _ in range(2)]
+        done = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+        assert [code for code, _, _ in done] == [0, 0], done
+        after = canon.all_states(ovs)
+        assert after == before, canon.diff(before["br0"], after["br0"])

@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ovs_service import journal, store
+from tests.harness.ovsbed import OvsBed
 
 FRONT = Path(__file__).resolve().parents[2] / "bin" / "ovs-service-hook"
 SET = "set Open_vSwitch . other_config:flow-restore-wait=true"
 CLEAR = "--if-exists remove Open_vSwitch . other_config flow-restore-wait"
+OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
 
 
 class Front:
     def __init__(self, tmp: Path) -> None:
         self.state = tmp / "state"
         self.state.mkdir()
+        self.run_dir = tmp / "run"
         self.calls = tmp / "vsctl.calls"
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
@@ -47,6 +53,9 @@ class Front:
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         self.calls.unlink(missing_ok=True)
         env = {**os.environ, "PATH": self.path, "OVS_SERVICE_STATE_DIR": str(self.state),
+               "OVS_SERVICE_RUN_DIR": str(self.run_dir),
+               # No switch here: never the machine's own.
+               "OVS_RUNDIR": str(self.run_dir / "no-switch"),
                "INVOCATION_ID": invocation, "PYTHONPATH": str(FRONT.parents[1])}
         return subprocess.run(["/bin/sh", str(self.front), *args], env=env, capture_output=True,
                               text=True, timeout=30, check=False, cwd=cwd)
@@ -95,7 +104,7 @@ def test_stoppost_and_idle_poststart_clear_flow_restore_wait(front: Front) -> No
 
 
 def test_hooks_left_to_a_running_transaction(front: Front) -> None:
-    tx = journal.Journal(front.state, "restart")  # this process: alive
+    tx = journal.Journal(front.state, "restart", front.run_dir)  # this process: alive
     assert _deferred(front.run("stoppost"))
     assert not _deferred(front.run("save"))  # it has not saved yet
     tx.set_snapshot(front.state / "20261125T000000Z-1")
@@ -116,16 +125,59 @@ def test_hooks_left_to_a_running_transaction(front: Front) -> None:
         other = front.run("poststart", "--debug", invocation="fedc3210")
         assert not _deferred(other) and front.vsctl()
     tx.finish()
-    assert not (front.state / journal.DEFER).exists()
+    assert not (front.run_dir / journal.DEFER).exists()
     assert not _deferred(front.run("stoppost"))
 
 
 def test_a_dead_transaction_is_ignored(front: Front) -> None:
     proc = subprocess.Popen(["/bin/true"])
     proc.wait()
-    (front.state / journal.DEFER).write_text(f"{proc.pid} - stoppost save prestart poststart\n")
+    front.run_dir.mkdir()
+    (front.run_dir / journal.DEFER).write_text(
+        f"{proc.pid} 1 {_boot_id()} - stoppost save prestart poststart\n")
     assert not _deferred(front.run("stoppost"))
     assert front.vsctl()
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _starttime(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def test_a_live_pid_of_another_process_is_not_a_transaction(front: Front, tmp_path: Path) -> None:
+    """What a failed transaction (or one before a reboot) leaves: a defer file
+    whose PID now belongs to an unrelated process. The hooks do their work."""
+    # A command name with spaces and parentheses, as any process may have.
+    sleep = tmp_path / "x) 1 (y"
+    sleep.write_bytes(Path(shutil.which("sleep") or "/bin/sleep").read_bytes())
+    sleep.chmod(0o755)
+    unrelated = subprocess.Popen([str(sleep), "600"])
+    try:
+        pid, start, boot = unrelated.pid, _starttime(unrelated.pid), _boot_id()
+        front.run_dir.mkdir()
+        defer = front.run_dir / journal.DEFER
+        # Where and how an earlier version wrote it, PID only: left across a reboot.
+        (front.state / journal.DEFER).write_text(f"{pid} - stoppost save prestart poststart\n")
+        for stale in (f"{pid} {start + 1} {boot}", f"{pid} {start} {OTHER_BOOT}"):
+            defer.write_text(f"{stale} - stoppost save prestart poststart\n")
+            stoppost = front.run("stoppost")
+            assert not _deferred(stoppost), (stale, stoppost.stderr)
+            assert [c for c in front.vsctl() if CLEAR in c], stale
+            # save goes on to the Python hook (which finds no switch to save here).
+            save = front.run("save")
+            assert not _deferred(save) and "ovs-vswitchd is not running" in save.stderr, (
+                stale, save.stderr)
+        # The same process, named exactly: it is the transaction.
+        defer.write_text(f"{pid} {start} {boot} - stoppost save prestart poststart\n")
+        assert _deferred(front.run("stoppost"))
+        assert _deferred(front.run("save"))
+    finally:
+        unrelated.kill()
+        unrelated.wait()
 
 
 def test_prestart_after_a_dead_transaction_runs_the_python_prestart(front: Front) -> None:
@@ -171,3 +223,40 @@ def test_python_never_imports_ovs_service_from_the_current_directory(
     assert result.returncode == 0, result.stderr
     assert not marker.exists(), "the hook imported ovs_service from its current directory"
     assert "Error" not in result.stderr, result.stderr
+
+
+def test_save_runs_when_a_failed_transaction_left_its_files(
+    ovs: OvsBed, tmp_path: Path
+) -> None:
+    """`systemctl restart` after a failed transaction whose PID is now another
+    process's: ExecStop='s save saves the switch (before, it said "a
+    transaction is running and does this itself", and every flow was lost)."""
+    ovs.add_bridge("br0", protocols=("OpenFlow13",))
+    ovs.ofctl("-O", "OpenFlow13", "add-flow", "br0", "priority=5,ip,actions=drop")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ovs-service-hook").write_text(FRONT.read_text())
+    (bin_dir / "ovs-service").write_text(f"#!{sys.executable}\n")
+    state, run = tmp_path / "state", tmp_path / "run"
+    unrelated = subprocess.Popen(["sleep", "600"])
+    try:
+        pid, start = unrelated.pid, _starttime(unrelated.pid)
+        left = {"op": "restart", "pid": pid, "started": time.time() - 60, "start": start - 1,
+                "boot": _boot_id(), "snapshot": "gone", "step": "restart-ovsdb-server",
+                "state": "running"}
+        state.mkdir()
+        run.mkdir()
+        (state / journal.JOURNAL).write_text(json.dumps(left))
+        (run / journal.DEFER).write_text(f"{pid} {start - 1} {_boot_id()} - stoppost save\n")
+        (state / journal.DEFER).write_text(f"{pid} - stoppost save\n")  # an earlier version's
+        env = {**os.environ, **ovs.env, "OVS_SERVICE_STATE_DIR": str(state),
+               "OVS_SERVICE_RUN_DIR": str(run), "PYTHONPATH": str(FRONT.parents[1])}
+        proc = subprocess.run(["/bin/sh", str(bin_dir / "ovs-service-hook"), "save"], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    assert proc.returncode == 0 and "does this itself" not in proc.stderr, proc.stderr
+    pending = store.pending_snapshot(state)
+    assert pending is not None, proc.stderr
+    assert json.loads((pending / "manifest.json").read_text())["bridges"] == ["br0"]

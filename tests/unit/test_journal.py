@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
-from ovs_service import journal
+import pytest
+
+from ovs_service import journal, ovs
+from tests.harness.ovsbed import Cli
 
 
 def test_a_journal_with_fields_we_do_not_know_is_still_read(tmp_path: Path) -> None:
@@ -36,3 +44,156 @@ def test_recover_takes_over_what_the_kernel_side_left(tmp_path: Path) -> None:
     assert record is not None and record.pid == os.getpid()
     assert (record.op, record.snapshot, record.datapaths_deleted) == ("recover", "s", True)
     assert record.step is None
+
+
+# A journal outlives its process (a failed transaction leaves it for recover,
+# and it survives reboots), and PIDs are reused: a live process with the
+# journal's PID is not, by that alone, the transaction.
+
+OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture
+def unrelated() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that has nothing to do with any transaction."""
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _stat_starttime(pid: int, comm: str) -> int:
+    """Field 22 of /proc/PID/stat, read knowing the command name beforehand."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    prefix = f"{pid} ({comm}) "
+    assert stat.startswith(prefix), stat
+    return int(stat[len(prefix):].split()[19])
+
+
+def test_a_live_pid_with_another_start_time_or_boot_is_not_the_writer(
+    tmp_path: Path, unrelated: subprocess.Popen[bytes]
+) -> None:
+    me = journal.ProcessId.of(unrelated.pid)
+    assert me is not None and me.start == _stat_starttime(unrelated.pid, "sleep")
+    assert me.boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert journal.Record(op="restart", pid=me.pid, started=time.time(), start=me.start,
+                          boot=me.boot).alive
+    for start, boot in ((me.start + 1, me.boot), (me.start, OTHER_BOOT)):
+        record = journal.Record(op="restart", pid=me.pid, started=time.time(), start=start,
+                                boot=boot, snapshot="s", step="stop-ovs-vswitchd")
+        assert not record.alive, (start, boot)
+        (tmp_path / journal.JOURNAL).write_text(json.dumps(asdict(record)))
+        assert journal.active(tmp_path) is None
+
+
+def test_a_journal_of_an_earlier_version_names_its_pid_only(
+    tmp_path: Path, unrelated: subprocess.Popen[bytes]
+) -> None:
+    """As after a reboot, or after the writer died and its PID went to another
+    process: the process with that PID started after the journal did."""
+    doc = {"op": "restart", "pid": unrelated.pid, "started": time.time() - 3600,
+           "snapshot": "s", "step": "stop-ovs-vswitchd", "state": "done"}
+    (tmp_path / journal.JOURNAL).write_text(json.dumps(doc))
+    assert journal.active(tmp_path) is None
+    # The same PID, the journal written after it started: it may be the writer.
+    (tmp_path / journal.JOURNAL).write_text(json.dumps({**doc, "started": time.time()}))
+    assert journal.active(tmp_path) is not None
+
+
+def test_the_command_name_may_hold_spaces_and_parentheses(
+    tmp_path: Path, unrelated: subprocess.Popen[bytes]
+) -> None:
+    name = "a) 1 2 (b) R 9"  # /proc/PID/comm keeps the first 15 bytes
+    tricky = tmp_path / name
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", tricky)
+    proc = subprocess.Popen([str(tricky), "600"])
+    try:
+        found = journal.ProcessId.of(proc.pid)
+        assert found is not None
+        assert found.start == _stat_starttime(proc.pid, name[:15])
+        assert found.alive()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_proc_root_is_read_as_given(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "sys/kernel/random").mkdir(parents=True)
+    (proc / "sys/kernel/random/boot_id").write_text(OTHER_BOOT + "\n")
+    (proc / "42").mkdir()
+    fields = " ".join(str(n) for n in range(3, 53))  # field N holds N
+    (proc / "42/stat").write_text(f"42 (x) y) (z) {fields}\n")
+    assert journal.ProcessId.of(42, proc) == journal.ProcessId(42, 22, OTHER_BOOT)
+    assert journal.ProcessId.of(43, proc) is None
+    assert journal.start_time(0, proc) is None
+
+
+def test_the_hooks_stop_deferring_on_every_way_out(tmp_path: Path) -> None:
+    """The defer file is in the runtime directory, and goes on success,
+    failure and exception alike; the journal stays for recover unless finished."""
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError), journal.Journal(tmp_path, "restart", run) as tx:
+        assert (run / journal.DEFER).is_file()
+        assert not (tmp_path / journal.DEFER).exists()
+        tx.set_snapshot(tmp_path / "s")
+        raise RuntimeError("a step failed")
+    assert not (run / journal.DEFER).exists()
+    assert (tmp_path / journal.JOURNAL).is_file()
+    with journal.Journal(tmp_path, "restart", run) as tx:
+        tx.finish()
+    assert not (run / journal.DEFER).exists() and not (tmp_path / journal.JOURNAL).exists()
+
+
+def test_a_failure_can_be_injected_at_a_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ovs_service.errors import InjectedFault
+
+    monkeypatch.setenv(journal.FAULT_ENV, "fail:reload-module")
+    tx = journal.Journal(tmp_path, "force-reload-kmod", tmp_path / "run")
+    with tx.step("delete-datapaths"):
+        pass
+    with pytest.raises(InjectedFault, match="reload-module"), tx.step("reload-module"):
+        pass
+    # As a real failure would: inside the step, which the journal names.
+    assert tx.record.step == "reload-module" and tx.record.state == "running"
+    with tx.step("reload-module"):  # once
+        pass
+
+
+def test_recover_proceeds_past_a_journal_whose_pid_is_another_process(
+    cli: Cli, unrelated: subprocess.Popen[bytes]
+) -> None:
+    """Before, recover exited 6 ("another transaction holds the lock") for as
+    long as the unrelated process lived."""
+    me = journal.ProcessId.of(unrelated.pid)
+    assert me is not None
+    left = {"op": "restart", "pid": me.pid, "started": time.time() - 60, "step": "save",
+            "state": "running"}
+    for record in ({**left, "start": me.start - 1, "boot": me.boot},
+                   {**left, "start": me.start, "boot": OTHER_BOOT},
+                   left):  # an earlier version's, PID only
+        (cli.state_dir / journal.JOURNAL).write_text(json.dumps(record))
+        done = cli("recover", "--json", check=False)
+        assert done.returncode == 0, done.describe()
+        assert done.json()["interrupted"] == {"op": "restart", "step": "save",
+                                              "state": "running"}
+        assert not (cli.state_dir / journal.JOURNAL).exists()
+
+
+def test_a_pidfile_naming_another_process_is_no_running_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unrelated: subprocess.Popen[bytes]
+) -> None:
+    """The same mistake in Open vSwitch's pidfiles: one left by a daemon that
+    died may name a PID that is another process's by now (recover would then
+    not start ovs-vswitchd)."""
+    monkeypatch.setenv("OVS_RUNDIR", str(tmp_path))
+    (tmp_path / "ovs-vswitchd.pid").write_text(f"{unrelated.pid}\n")
+    assert not ovs.daemon_running("ovs-vswitchd")
+    proc = tmp_path / "proc"
+    (proc / str(unrelated.pid)).mkdir(parents=True)
+    (proc / str(unrelated.pid) / "comm").write_text("ovs-vswitchd\n")
+    assert ovs.daemon_running("ovs-vswitchd", proc)
