@@ -720,8 +720,9 @@ def inner_profile() -> None:
     """
     import threading
 
-    from ovs_service import flows, openflow, tablediff, transaction
     from ovs_service import log as logsetup
+    from ovs_service import openflow, tablediff, transaction
+    from ovs_service.stages import flows
 
     logsetup.setup(False)
     lock = threading.Lock()

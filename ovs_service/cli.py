@@ -15,10 +15,11 @@ from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) reads 
 
 import typer
 
-from ovs_service import __version__, flows, operations, ovs, store
+from ovs_service import __version__, operations, ovs, store
 from ovs_service import log as logsetup
 from ovs_service.errors import EXIT_CODES, INTERRUPTED, OvsServiceError, SaveIncomplete
 from ovs_service.openflow import VERSION_NAME, describe
+from ovs_service.stages import flows
 
 app = typer.Typer(
     name="ovs-service",

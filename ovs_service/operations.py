@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovs_service import datapaths, flows, kmod, ovs, store
+from ovs_service import kmod, ovs, store
 from ovs_service.errors import (
     BridgeNotFound,
     OvsUnreachable,
@@ -25,9 +25,10 @@ from ovs_service.errors import (
     UsageError,
 )
 from ovs_service.openflow import PreparedBundle
+from ovs_service.stages import datapaths, flows
 
 if TYPE_CHECKING:
-    from ovs_service.firewall import FirewallSnapshot
+    from ovs_service.stages.firewall import FirewallSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def internal_interfaces() -> list[str]:
 
 
 def save_interfaces_stage(writer: store.SnapshotWriter) -> None:
-    from ovs_service import firewall, interfaces
+    from ovs_service.stages import firewall, interfaces
 
     with writer.open(INTERFACES_FILE) as f:
         f.write(interfaces.save_interfaces(internal_interfaces()).to_json().encode())
@@ -162,8 +163,8 @@ def restore_interfaces_stage(snapshot: store.Snapshot, firewall: bool = False) -
     re-creation broke; nothing else of the firewall, and not at all if the
     snapshot was taken before the host last booted: then it is an old copy.
     """
-    from ovs_service import firewall as fw
-    from ovs_service import interfaces
+    from ovs_service.stages import firewall as fw
+    from ovs_service.stages import interfaces
 
     _require_interfaces_stage(snapshot)
     saved = interfaces.InterfacesSnapshot.from_json(snapshot.file(INTERFACES_FILE).read_text())
@@ -183,7 +184,7 @@ def restore_interfaces_stage(snapshot: store.Snapshot, firewall: bool = False) -
 
 
 def _firewall_snapshot(snapshot: store.Snapshot) -> FirewallSnapshot:
-    from ovs_service import firewall as fw
+    from ovs_service.stages import firewall as fw
 
     if FIREWALL_FILE not in snapshot.manifest.files:
         raise SnapshotInvalid(path=snapshot.path, reason="has no firewall rules")
@@ -193,7 +194,7 @@ def _firewall_snapshot(snapshot: store.Snapshot) -> FirewallSnapshot:
 def restore_firewall_stage(snapshot: store.Snapshot) -> dict[str, Any]:
     """Replace the firewall tables the snapshot holds with its copies, as
     asked for explicitly (`restore --firewall`); tables it does not hold stay."""
-    from ovs_service import firewall as fw
+    from ovs_service.stages import firewall as fw
 
     return fw.restore_firewall(_firewall_snapshot(snapshot)).to_dict()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ovs_service import datapaths, deadifs, flows, journal, operations, ovs, store
+from ovs_service import deadifs, journal, operations, ovs, store
 from ovs_service.errors import (
     Busy,
     OvsServiceError,
@@ -32,6 +32,7 @@ from ovs_service.errors import (
 )
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.openflow import PreparedBundle
+from ovs_service.stages import datapaths, flows
 
 if TYPE_CHECKING:
     from ovs_service.systemd import Systemd

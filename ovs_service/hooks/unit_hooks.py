@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ovs_service import flows, journal, operations, ovs, store
+from ovs_service import journal, operations, ovs, store
 from ovs_service.errors import Busy, OvsServiceError, SaveIncomplete
+from ovs_service.stages import flows
 
 log = logging.getLogger("ovs_service.hooks")
 

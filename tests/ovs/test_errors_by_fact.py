@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ovs_service import datapaths, ovs
+from ovs_service import ovs
 from ovs_service.errors import CommandFailed, OvsUnreachable
 from ovs_service.run import run
+from ovs_service.stages import datapaths
 from tests.harness.ovsbed import OvsBed
 
 

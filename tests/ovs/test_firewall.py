@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ovs_service.errors import FirewallSnapshotInvalid
-from ovs_service.firewall import (
+from ovs_service.stages.firewall import (
     FirewallSnapshot,
     NftTableChains,
     XtablesRuleset,
@@ -31,7 +31,7 @@ TOOLS = ("iptables", "iptables-save", "ip6tables", "ip6tables-save", "nft")
 
 STAGE = r"""
 import json, sys
-from ovs_service import firewall
+from ovs_service.stages import firewall
 op, path = sys.argv[1], sys.argv[2]
 if op == "save":
     with open(path, "w") as f:
@@ -47,7 +47,8 @@ else:
 RELOAD_STAGE = r"""
 import json, sys
 from pathlib import Path
-from ovs_service import interfaces, operations, store
+from ovs_service import operations, store
+from ovs_service.stages import interfaces
 firewall_file, target = Path(sys.argv[1]), Path(sys.argv[2])
 writer = store.SnapshotWriter(target)
 with writer.open(operations.INTERFACES_FILE) as f:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from ovs_service.errors import InterfacesSnapshotInvalid
-from ovs_service.interfaces import (
+from ovs_service.stages.interfaces import (
     AddressState,
     InterfacesSnapshot,
     InterfaceState,
@@ -56,7 +56,7 @@ sys.stdin.read()
 
 STAGE = r"""
 import json, sys
-from ovs_service import interfaces
+from ovs_service.stages import interfaces
 op, path = sys.argv[1], sys.argv[2]
 if op == "save":
     snapshot = interfaces.save_interfaces(json.loads(sys.argv[3]))

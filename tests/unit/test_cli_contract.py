@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ovs_service import cli, errors, operations, store, transaction
-from ovs_service.flows import BridgeRestore
+from ovs_service.stages.flows import BridgeRestore
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ("save", "restore", "restart", "force-reload-kmod", "recover", "status",

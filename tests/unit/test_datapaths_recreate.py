@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from ovs_service import datapaths, ovs
+from ovs_service import ovs
 from ovs_service.errors import CommandFailed, PortNameUnsafe
 from ovs_service.run import Completed
+from ovs_service.stages import datapaths
 
 SAVED = datapaths.DatapathsSnapshot(
     datapaths=[

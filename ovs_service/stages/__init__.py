@@ -1,0 +1,1 @@
+"""The stages: each saves one kind of state into a snapshot and restores it."""
