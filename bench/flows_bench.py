@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.harness import REPO
 from tests.harness.ovsbed import OvsBed
@@ -70,7 +71,7 @@ def wipe(bed: OvsBed, bridges: list[str]) -> None:
 
 
 def run_size(bed: OvsBed, bridges: list[str], count: int, repeat: int,
-             work: Path) -> dict[str, object]:
+             work: Path) -> dict[str, Any]:
     env = {**os.environ, **bed.env, "OVS_SERVICE_STATE_DIR": str(work / "state"),
            "PYTHONPATH": str(REPO)}
     build_table(bed, bridges, count, work)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovs_service.errors import OpenFlowError, OvsUnreachable, SwitchGone
+from ovs_service.log import timed
 
 OF10, OF11, OF12, OF13, OF14, OF15 = 1, 2, 3, 4, 5, 6
 VERSIONS_SPOKEN = frozenset({OF10, OF12, OF13, OF14, OF15})
@@ -39,6 +40,29 @@ BUNDLE_CONTROL, BUNDLE_ADD_MESSAGE = 33, 34
 NX_VENDOR = 0x00002320
 ONF_VENDOR = 0x4F4E4600
 ONFT_BUNDLE_CONTROL, ONFT_BUNDLE_ADD_MESSAGE = 2300, 2301
+
+# enum ofp_bundle_ctrl_type (OpenFlow 1.4; ONF's extension at 1.3 uses the same)
+OFPBCT_OPEN_REQUEST = 0
+OFPBCT_OPEN_REPLY = 1
+OFPBCT_CLOSE_REQUEST = 2
+OFPBCT_CLOSE_REPLY = 3
+OFPBCT_COMMIT_REQUEST = 4
+OFPBCT_COMMIT_REPLY = 5
+OFPBCT_DISCARD_REQUEST = 6
+OFPBCT_DISCARD_REPLY = 7
+# enum ofp_bundle_flags
+OFPBF_ATOMIC = 1 << 0
+OFPBF_ORDERED = 1 << 1
+# struct ofp_bundle_ctrl_msg's body: bundle_id, type, flags (then properties);
+# struct ofp_bundle_add_msg's, before the message it carries: bundle_id, pad, flags.
+BUNDLE_CTRL = struct.Struct("!IHH")
+BUNDLE_ADD = struct.Struct("!I2xH")
+assert BUNDLE_CTRL.size == BUNDLE_ADD.size == 8
+# Every bundle here: all or nothing, applied in the order sent.
+BUNDLE_FLAGS = OFPBF_ATOMIC | OFPBF_ORDERED
+# What a bundle control request is timed as (see log.timed).
+BUNDLE_CONTROL_STEP = {OFPBCT_OPEN_REQUEST: "bundle-open", OFPBCT_COMMIT_REQUEST: "bundle-commit",
+                       OFPBCT_DISCARD_REQUEST: "bundle-discard"}
 
 MULTIPART_MORE = 1
 
@@ -84,13 +108,15 @@ class Connection:
         self._timeout_ms = int(timeout * 1000)
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN | select.POLLOUT)
-        try:
-            self._sock.connect(str(path))
-        except OSError as e:
-            self._sock.close()
-            raise OvsUnreachable(what=f"bridge {bridge!r} at {path}", reason=e.strerror) from None
-        self._send(_hello(version))
-        hello = self._recv()
+        with timed("openflow-connect", bridge):
+            try:
+                self._sock.connect(str(path))
+            except OSError as e:
+                self._sock.close()
+                raise OvsUnreachable(what=f"bridge {bridge!r} at {path}",
+                                     reason=e.strerror) from None
+            self._send(_hello(version))
+            hello = self._recv()
         if hello.type == ERROR or not self._peer_speaks(hello):
             self.close()
             raise OpenFlowError(
@@ -143,8 +169,9 @@ class Connection:
             # Written only once the socket says it takes bytes: in timeout
             # mode, a send would otherwise wait without reading.
             ready = 0
-            for _, event in self._poll.poll(self._timeout_ms):
-                ready |= event
+            with timed("openflow-send-wait", self.bridge):
+                for _, event in self._poll.poll(self._timeout_ms):
+                    ready |= event
             if not ready:
                 raise SwitchGone(bridge=self.bridge, message="the switch has read nothing "
                                  f"for {self._timeout_ms / 1000:.0f}s")
@@ -161,7 +188,8 @@ class Connection:
 
     def _fill(self) -> None:
         try:
-            chunk = self._sock.recv(1 << 20)
+            with timed("openflow-recv", self.bridge):
+                chunk = self._sock.recv(1 << 20)
         except OSError as e:
             raise self._lost(e) from None
         if not chunk:
@@ -294,17 +322,18 @@ class Connection:
     def _bundle_control(self, bundle_id: int, ctrl: int, flags: int) -> list[Message]:
         """Send a bundle control request; return the errors that came before its reply."""
         xid = self.next_xid()
-        body = struct.pack("!IHH", bundle_id, ctrl, flags)
-        self._send(self._bundle_message(BUNDLE_CONTROL, body, xid))
-        errors = []
-        while True:
-            msg = self._recv()
-            if msg.type == ERROR:
-                errors.append(msg)
-                if msg.xid == xid:
+        body = BUNDLE_CTRL.pack(bundle_id, ctrl, flags)
+        with timed(BUNDLE_CONTROL_STEP.get(ctrl, "bundle-control"), self.bridge):
+            self._send(self._bundle_message(BUNDLE_CONTROL, body, xid))
+            errors = []
+            while True:
+                msg = self._recv()
+                if msg.type == ERROR:
+                    errors.append(msg)
+                    if msg.xid == xid:
+                        return errors
+                elif msg.xid == xid:
                     return errors
-            elif msg.xid == xid:
-                return errors
 
     def bundle(self, messages: Iterable[bytes]) -> list[tuple[int, bytes]]:
         """Apply `messages` as one atomic, ordered bundle.
@@ -313,13 +342,13 @@ class Connection:
         nothing of the bundle took effect.
         """
         bundle_id = self.next_xid()
-        flags = 3  # atomic | ordered
-        errors = self._bundle_control(bundle_id, 0, flags)  # open
+        flags = BUNDLE_FLAGS
+        errors = self._bundle_control(bundle_id, OFPBCT_OPEN_REQUEST, flags)
         if errors:
             return [(-1, e.data) for e in errors]
         first = self._xid + 1
         out = bytearray()
-        prefix = struct.pack("!IHH", bundle_id, 0, flags)
+        prefix = BUNDLE_ADD.pack(bundle_id, flags)
         for message in messages:
             xid = self.next_xid()
             out += self._bundle_message(BUNDLE_ADD_MESSAGE, prefix + with_xid(message, xid), xid)
@@ -330,16 +359,16 @@ class Connection:
         self._send(out)
         last = self._xid
         if errors:
-            self._bundle_control(bundle_id, 6, flags)  # discard
+            self._bundle_control(bundle_id, OFPBCT_DISCARD_REQUEST, flags)
         else:
-            errors = self._bundle_control(bundle_id, 4, flags)  # commit
+            errors = self._bundle_control(bundle_id, OFPBCT_COMMIT_REQUEST, flags)
         return [(_index(e.xid, first, last), e.data) for e in errors]
 
     def bundle_prepared(self, prepared: PreparedBundle) -> list[tuple[int, bytes]]:
         """Apply a bundle whose add messages were encoded in advance (before the
         switch stopped): in the outage only the bytes are written."""
-        flags = 3
-        errors = self._bundle_control(prepared.bundle_id, 0, flags)  # open
+        flags = BUNDLE_FLAGS
+        errors = self._bundle_control(prepared.bundle_id, OFPBCT_OPEN_REQUEST, flags)
         if errors:
             return [(-1, e.data) for e in errors]
         view = memoryview(prepared.data)
@@ -347,9 +376,9 @@ class Connection:
             self._send(view[offset:offset + (1 << 18)])
             errors += self._pending_errors()
         if errors:
-            self._bundle_control(prepared.bundle_id, 6, flags)  # discard
+            self._bundle_control(prepared.bundle_id, OFPBCT_DISCARD_REQUEST, flags)
         else:
-            errors = self._bundle_control(prepared.bundle_id, 4, flags)  # commit
+            errors = self._bundle_control(prepared.bundle_id, OFPBCT_COMMIT_REQUEST, flags)
         last = prepared.first_xid + prepared.count - 1
         return [(_index(e.xid, prepared.first_xid, last), e.data) for e in errors]
 
@@ -383,7 +412,7 @@ class PreparedBundle:
 def prepare_bundle(version: int, messages: Iterable[bytes]) -> PreparedBundle:
     """Encode the add messages of an atomic, ordered bundle ahead of time."""
     out = bytearray()
-    prefix = struct.pack("!IHH", PREPARED_BUNDLE_ID, 0, 3)
+    prefix = BUNDLE_ADD.pack(PREPARED_BUNDLE_ID, BUNDLE_FLAGS)
     xid = PREPARED_XID_BASE
     for message in messages:
         out += bundle_message(version, BUNDLE_ADD_MESSAGE, prefix + with_xid(message, xid), xid)

@@ -107,7 +107,7 @@ def _stop(run: _Run, sd: Systemd) -> None:
     whose database goes away stalls while it reconnects, which on the netdev
     datapath stops forwarding for about a second. Nor once it is gone: its
     exit and the unit's ExecStopPost= overlap the database's restart
-    (measured: bench/gap_bench.py's profile).
+    (measured: the profile of `python3 -m bench.gap`).
     """
     with run.step("stop-ovs-vswitchd"):
         stop = sd.submit("stop", VSWITCHD_UNIT, "ignore-dependencies")

@@ -32,6 +32,7 @@ from ovs_service.errors import (
     SwitchGone,
     UnsupportedProtocols,
 )
+from ovs_service.log import timed
 from ovs_service.openflow import (
     EXPERIMENTER,
     FEATURES_REPLY,
@@ -315,7 +316,9 @@ def restore(snapshot: Snapshot, selected: Sequence[BridgeRecord],
 def _restore_one(snapshot: Snapshot, record: BridgeRecord,
                  prepared: PreparedBundle | None = None) -> BridgeRestore:
     try:
-        restore_bridge(snapshot, record, prepared)
+        with timed("restore-bridge", record.name,
+                   record.counts.get("flows", 0) + record.counts.get("groups", 0)):
+            restore_bridge(snapshot, record, prepared)
     except OvsServiceError as e:
         log.debug("%s", e)
         reason = str(e.fields.get("reason") or e.fields.get("message") or e)
@@ -423,8 +426,10 @@ def _undo(conn: Connection, messages: list[bytes]) -> None:
 
 
 def _flow_count(conn: Connection) -> int:
-    body = next(iter(conn.multipart(st.aggregate_request(conn.version))))
-    return st.aggregate_flow_count(conn.version, body)
+    with timed("flow-count", conn.bridge) as record:
+        body = next(iter(conn.multipart(st.aggregate_request(conn.version))))
+        record.count = st.aggregate_flow_count(conn.version, body)
+    return record.count
 
 
 def _restore_table(conn: Connection, record: BridgeRecord, groups: SnapshotFile,
@@ -458,8 +463,10 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: SnapshotFile,
         _apply(conn, record, messages)
         return
     for _ in range(MAX_ROUNDS):
-        flow_deletes, flow_adds = tablediff.flow_changes(
-            version, _flow_mods(conn), lambda: read_messages(flows))
+        with timed("table-diff", record.name) as diff:
+            flow_deletes, flow_adds = tablediff.flow_changes(
+                version, _flow_mods(conn), lambda: read_messages(flows))
+            diff.count = len(flow_deletes)
         group_deletes, group_changes = tablediff.group_changes(
             version, live_groups, read_messages(groups))
         if group_changes:

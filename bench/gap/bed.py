@@ -1,0 +1,216 @@
+"""The bed: Open vSwitch under a systemd booted in a namespace, two hosts on
+the probe bridge, and generated filler tables spread over the bridges."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench.gap.methods import OVS_CTL
+from tests.harness.lane import UNITS, NsSwitch, add_hosts, remove_hosts
+from tests.harness.systemd_ns import SystemdNamespace
+
+PROBE = "gb0"  # the bridge with the two hosts
+FILLER_PROTOCOLS = ["OpenFlow13", "OpenFlow14", "OpenFlow15"]
+OF = ("-O", "OpenFlow15")
+STORE = "/var/lib/ovs-service"
+LONG = 1800.0  # seconds any single command may take (1,000,000 flows on a busy machine)
+TABLES = 4  # the filler goes to tables 0..TABLES-1
+
+PROBE_FLOWS = ("table=0,priority=10,in_port=1,actions=group:7\n",
+               "table=0,priority=10,in_port=2,actions=output:1\n")
+PROBE_FLOWS_METERED = ("table=0,priority=10,in_port=1,actions=group:7\n",
+                       "table=0,priority=10,in_port=2,actions=meter:3,output:1\n")
+
+Log = Callable[[str], None]
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def shares(total: int, bridges: int) -> list[int]:
+    base, extra = divmod(total, bridges)
+    return [base + (1 if i < extra else 0) for i in range(bridges)]
+
+
+def filler_line(bridge: int, j: int) -> str:
+    """Flow j of a bridge: never matches the probe (ICMP between 10.77.0.1 and .2)."""
+    table = j % TABLES
+    addr = f"10.{128 + (j >> 16)}.{(j >> 8) & 255}.{j & 255}"
+    port = 1 + (bridge * 7919 + j) % 60000
+    if table == 0:
+        return (f"table=0,priority=5,ip,nw_dst={addr},tcp,tp_dst={port},"
+                f"actions=mod_nw_tos:{(j % 63) * 4},resubmit(,1)\n")
+    if table == 1:
+        return (f"table=1,priority={1 + j % 1000},ip,nw_src={addr},tcp,tp_src={port},"
+                f"actions=load:{j & 0xffff}->NXM_NX_REG0[0..15],resubmit(,2)\n")
+    if table == 2:
+        return (f"table=2,priority={1 + j % 1000},udp,nw_dst={addr},tp_dst={port},"
+                f"actions=mod_dl_src:02:00:00:{(j >> 16) & 255:02x}:{(j >> 8) & 255:02x}:"
+                f"{j & 255:02x},resubmit(,3)\n")
+    return (f"table=3,priority={1 + j % 1000},tcp,nw_src={addr},nw_dst=10.200.0.1,"
+            f"tp_dst={port},actions=output:{1 + j % 2}\n")
+
+
+class Bed:
+    """One systemd namespace with Open vSwitch, the hosts and the tables of one cell."""
+
+    def __init__(self, ns: SystemdNamespace, work: Path, with_meter: bool, log: Log) -> None:
+        self.ns = ns
+        self.work = work
+        self.with_meter = with_meter
+        self.log = log
+        self.units = "ours"
+        self.files: dict[str, Path] = {}
+        self.expected: dict[str, int] = {}
+        ns.install_units(UNITS)
+        ns.systemctl("start", "openvswitch.service")
+        self.switch = NsSwitch(ns)
+        self.hosts = add_hosts(ns, self.switch, PROBE)
+        if not with_meter:
+            self.switch.ofctl(*OF, "del-flows", PROBE)
+            self.switch.ofctl(*OF, "del-meters", PROBE)
+
+    def close(self) -> None:
+        remove_hosts(self.hosts)
+        self.switch.close()
+
+    def run(self, argv: Sequence[str], timeout: float = LONG) -> subprocess.CompletedProcess[str]:
+        return self.ns.run(list(argv), timeout=timeout)
+
+    # -- tables ---------------------------------------------------------------------
+
+    def build(self, total: int, bridges: int) -> None:
+        """Bridges gb0..gb{B-1} holding `total` flows between them, loaded from files."""
+        names = [f"gb{i}" for i in range(bridges)]
+        for name in self.switch.bridges():
+            if name != PROBE and name not in names:
+                self.switch.vsctl("del-br", name)
+        have = set(self.switch.bridges())
+        for name in names:
+            if name not in have:
+                self.switch.add_bridge(name, protocols=FILLER_PROTOCOLS)
+        self.files.clear()
+        self.expected.clear()
+        for b, (name, count) in enumerate(zip(names, shares(total, bridges), strict=True)):
+            path = self.work / f"{name}.flows"
+            with open(path, "w") as f:
+                fill = count
+                if name == PROBE:
+                    f.writelines(PROBE_FLOWS_METERED if self.with_meter else PROBE_FLOWS)
+                    fill -= len(PROBE_FLOWS)
+                for j in range(max(fill, 0)):
+                    f.write(filler_line(b, j))
+            self.files[name] = path
+            self.expected[name] = max(count, len(PROBE_FLOWS)) if name == PROBE else count
+        self.load_tables()
+
+    def load_tables(self, only: Sequence[str] = ()) -> None:
+        """Put the generated tables in place (groups and meter of the probe bridge too)."""
+        for name, path in self.files.items():
+            if only and name not in only:
+                continue
+            self.run(["ovs-ofctl", *OF, "del-flows", name])
+            if name == PROBE:
+                self.run(["ovs-ofctl", *OF, "del-groups", name])
+                self.run(["ovs-ofctl", *OF, "del-meters", name])
+                self.run(["ovs-ofctl", *OF, "add-group", name,
+                          "group_id=7,type=all,bucket=output:2"])
+                if self.with_meter:
+                    self.run(["ovs-ofctl", *OF, "add-meter", name,
+                              "meter=3 pktps bands=type=drop rate=100000"])
+            self.run(["ovs-ofctl", *OF, "--bundle", "add-flows", name, str(path)])
+        bad = self.damaged()
+        if bad:
+            raise BenchError(f"tables not loaded as generated: {bad}")
+
+    def counts(self) -> dict[str, int]:
+        out = {}
+        for name in self.files:
+            text = self.ns.run(["ovs-ofctl", *OF, "dump-aggregate", name], check=False).stdout
+            m = re.search(r"flow_count=(\d+)", text)
+            out[name] = int(m.group(1)) if m else -1
+        return out
+
+    def damaged(self) -> dict[str, tuple[int, int]]:
+        now = self.counts()
+        return {n: (self.expected[n], now[n]) for n in self.files if now[n] != self.expected[n]}
+
+    def flow_restore_wait(self) -> bool:
+        out = self.switch.vsctl("--if-exists", "get", "Open_vSwitch", ".",
+                                "other_config:flow-restore-wait", check=False)
+        return out.strip().strip('"') == "true"
+
+    def clear_flow_restore_wait(self) -> None:
+        self.switch.vsctl("--if-exists", "remove", "Open_vSwitch", ".", "other_config",
+                          "flow-restore-wait")
+
+    def vswitchd_pid(self) -> int:
+        text = self.ns.run(["cat", "/run/openvswitch/ovs-vswitchd.pid"], check=False).stdout
+        return int(text.strip()) if text.strip().isdigit() else 0
+
+    # -- which units run the daemons ---------------------------------------------------
+
+    def use(self, units: str) -> None:
+        """Get the daemons running under `units`; the tables survive (or are reloaded)."""
+        if units == self.units:
+            return
+        began = time.monotonic()
+        if self.units != "bare" and units != "bare":
+            pid = self.vswitchd_pid()
+            self._swap_unit_files(units)
+            if self.vswitchd_pid() != pid:
+                raise BenchError(f"swapping to {units} units restarted ovs-vswitchd")
+        elif units == "bare":
+            self._stop_units()
+            self.run([OVS_CTL, "start", "--system-id=random"])
+            self.load_tables()
+        else:
+            self.run([OVS_CTL, "stop"])
+            if units == "ours":
+                self.ns.install_units(UNITS)
+                self.ns.systemctl("start", "openvswitch.service")
+            else:
+                self._remove_our_units()
+                self.ns.systemctl("start", "openvswitch-switch.service")
+            self.ns.settle()
+            self.load_tables()
+        self.log(f"  (daemons now under {units}: {time.monotonic() - began:.1f}s)")
+        self.units = units
+        bad = self.damaged()
+        if bad:
+            self.log(f"  tables changed by the switch to {units}: {bad}; loading them again")
+            self.load_tables(list(bad))
+
+    def _remove_our_units(self) -> None:
+        self.ns.run(["rm", "-f", *[f"/run/systemd/system/{p.name}" for p in UNITS]])
+        self.ns.systemctl("daemon-reload")
+
+    def _swap_unit_files(self, units: str) -> None:
+        # Same unit names and ExecStart= in both sets: only the definitions change.
+        if units == "ours":
+            self.ns.install_units(UNITS)
+            self.ns.systemctl("stop", "openvswitch-switch.service")
+            self.ns.systemctl("start", "openvswitch.service")
+        else:
+            self._remove_our_units()
+            self.ns.systemctl("stop", "openvswitch.service")
+            self.ns.systemctl("start", "openvswitch-switch.service")
+        self.ns.settle()
+
+    def _stop_units(self) -> None:
+        if self.units == "ours":
+            self.ns.systemctl("stop", "openvswitch.service", "ovs-vswitchd.service",
+                              "ovsdb-server.service")
+        else:
+            self.ns.systemctl("stop", "openvswitch-switch.service", "ovs-vswitchd.service",
+                              "ovsdb-server.service")
+        self.ns.settle()
+        # The stop hook saved a snapshot and marked it pending: the tables are
+        # loaded from the generated files instead, so a later start of
+        # ovs-service's units must not restore it.
+        self.ns.run(["sh", "-c", f"rm -rf {STORE}/* {STORE}/.[!.]*"], check=False)

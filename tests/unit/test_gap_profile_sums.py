@@ -1,0 +1,35 @@
+"""The gap benchmark's profile: how ovs_service's timings become per-bridge sums."""
+
+from __future__ import annotations
+
+from bench.gap.instrumented import ADDING, BEFORE, COMMIT, per_bridge
+from bench.gap.report import RESTORE_SUMS
+from ovs_service.log import Timing
+
+
+def t(name: str, began: float, seconds: float, count: int = 0) -> Timing:
+    return Timing(name, "br0", began, seconds, seconds / 2, count)
+
+
+def test_waits_are_counted_by_bundle_phase_and_not_inside_a_hello() -> None:
+    sums = per_bridge([
+        t("openflow-connect", 1.0, 0.1),
+        t("openflow-recv", 1.05, 0.01),  # the hello: connecting, not a wait
+        t("flow-count", 1.2, 0.01, 1),
+        t("openflow-recv", 1.21, 0.002),
+        t("bundle-open", 1.3, 0.05),
+        t("openflow-send-wait", 1.4, 0.03),
+        t("bundle-commit", 1.5, 0.2),
+        t("openflow-send-wait", 1.5, 0.01),
+        t("openflow-recv", 1.55, 0.1),
+        t("restore-bridge", 0.9, 1.0, 1002),
+    ], began=0.5)["br0"]
+    assert sums["connect_s"] == 0.1
+    assert sums["recv_wait_s"] == sums[f"recv_wait_s {BEFORE}"] + sums[f"recv_wait_s {COMMIT}"]
+    assert round(sums[f"recv_wait_s {BEFORE}"], 6) == 0.002
+    assert sums[f"send_wait_s {ADDING}"] == 0.03 and sums[f"send_wait_s {COMMIT}"] == 0.01
+    assert round(sums["bundle_add_phase_s"], 6) == 0.15 and sums["bundle_commit_s"] == 0.2
+    assert sums["live flows seen before restoring"] == 1
+    assert (sums["messages"], sums["wall_s"], sums["thread_cpu_s"]) == (1002, 1.0, 0.5)
+    assert round(sums["began_s"], 6) == 0.4 and round(sums["ended_s"], 6) == 1.4
+    assert {key for key, _ in RESTORE_SUMS} <= set(sums)
