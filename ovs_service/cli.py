@@ -15,7 +15,7 @@ from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) reads 
 
 import typer
 
-from ovs_service import __version__, operations, ovs, store
+from ovs_service import __version__, operations, ovs, stages, store
 from ovs_service import log as logsetup
 from ovs_service.errors import EXIT_CODES, INTERRUPTED, OvsServiceError, SaveIncomplete
 from ovs_service.openflow import VERSION_NAME, describe
@@ -58,8 +58,9 @@ BRIDGE_OPT = typer.Option(
 )
 STAGE_OPT = typer.Option(
     [], "--stage",
-    help="Only this stage (repeat): flows, datapaths, interfaces. "
-    "Default: flows and datapaths to save; what the snapshot holds to restore.")
+    help=f"Only this stage (repeat): {', '.join(stages.names())}. Default: "
+    f"{' and '.join(stages.default_save())} to save (the firewall goes with the interfaces); "
+    "what the snapshot holds to restore (the firewall only when named, or --firewall).")
 
 
 WAIT_OPT = typer.Option(0.0, "--wait", help="Wait up to this many seconds for another "
@@ -140,28 +141,8 @@ def restore(
     with _locked(wait):
         outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
                                               firewall=firewall)
-    lines = [
-        f"{b.bridge}: {'restored' if b.ok else 'FAILED'} "
-        f"({b.counts.get('flows', 0)} flows, {b.counts.get('groups', 0)} groups, "
-        f"{b.counts.get('meters', 0)} meters){'' if b.ok else ': ' + b.error}"
-        for b in outcome.bridges
-    ]
-    lines += [f"port number moved: {m.interface} {m.what} {m.saved} -> {m.now}"
-              for m in outcome.port_mismatches]
-    if outcome.interfaces is not None:
-        problems = outcome.interfaces["interfaces"]["problems"]
-        lines.append(f"interfaces: {'restored' if not problems else 'PROBLEMS'}")
-        lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
-                  for p in problems]
-    if outcome.firewall is not None:
-        lines += [f"firewall {p['part']}: {p['status']}"
-                  + (f": {p['detail']}" if p["detail"] else "") for p in outcome.firewall["parts"]]
-    doc = {"snapshot": str(outcome.snapshot), "ok": outcome.ok,
-           "bridges": [b.__dict__ for b in outcome.bridges],
-           "port_mismatches": [m.__dict__ for m in outcome.port_mismatches],
-           "interfaces": outcome.interfaces, "firewall": outcome.firewall}
     # One report, whatever failed; then the failure's line and exit status.
-    _emit(as_json, doc, "\n".join(lines))
+    _emit(as_json, outcome.to_doc(), str(outcome))
     operations.raise_for(outcome)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ovs_service import deadifs, journal, operations, ovs, store
+from ovs_service import deadifs, journal, operations, ovs, stages, store
 from ovs_service.errors import (
     Busy,
     OvsServiceError,
@@ -84,16 +84,17 @@ class _Run:
 Prepared = tuple[store.Snapshot, list[flows.BridgeRecord], dict[str, PreparedBundle]]
 
 
-def _save(run: _Run, outcome: Outcome, stages: Sequence[str] = ()) -> Prepared:
+def _save(run: _Run, outcome: Outcome, stage_names: Sequence[str] = ()) -> Prepared:
     """Save and verify everything before anything stops: if this fails, nothing
     was touched. The snapshot is pending from here on."""
     with run.step("save"):
-        snapshot = operations.take_snapshot(stages=stages, store_dir=run.root, pending=True)
+        snapshot = operations.take_snapshot(stage_names=stage_names, store_dir=run.root,
+                                            pending=True)
         run.tx.set_snapshot(snapshot.path)
         outcome.snapshot = str(snapshot.path)
-        loaded, records = operations.prepare_restore(snapshot.path, skip_missing=True)
+        loaded, records = operations.prepare_pinned(snapshot.path)
         # The bundles the empty bridges will need, encoded now, not in the outage.
-        return loaded, records, flows.prepare(loaded, records)
+        return loaded, records, operations.prepare_bundles(loaded, records)
 
 
 def _stop(run: _Run, sd: Systemd) -> None:
@@ -335,7 +336,7 @@ def _start_units(root: Path, tx: journal.Journal, result: Recovery) -> None:
 def _restore_flows(tx: journal.Journal, result: Recovery, pending: Path) -> None:
     try:
         with tx.step("restore"):
-            snapshot, records = operations.prepare_restore(pending, skip_missing=True)
+            snapshot, records = operations.prepare_pinned(pending)
             result.bridges = operations.restore_pinned(snapshot, records)
         result.actions.append(f"restored {pending}")
     finally:
@@ -347,14 +348,14 @@ def _restore_interfaces(tx: journal.Journal, result: Recovery, snapshot: store.S
     link settings with it, and the nft tables that bind them by index stopped
     matching: those are loaded again, unless the host has booted since the
     save (the snapshot's firewall is then an old copy)."""
-    if operations.INTERFACES_FILE in snapshot.manifest.files:
+    if "interfaces" in snapshot.manifest.stages:
         with tx.step("restore-interfaces"):
-            report = operations.restore_interfaces_stage(snapshot, firewall=True)
+            report = operations.restore_interfaces(snapshot, module_reloaded=True).to_doc()
         skipped = (report["firewall"] or {}).get("skipped")
         result.actions.append("restored interfaces and firewall (the tables bound to them)"
                               + (f" (firewall left alone: {skipped})" if skipped else "")
                               + ("" if report["ok"] else " (with problems)"))
-    saved = operations.load_datapaths(snapshot)
+    saved = datapaths.load(snapshot)
     for m in datapaths.verify(saved) if saved is not None else []:
         result.actions.append(f"port number moved: {m.interface} {m.what} {m.saved} -> {m.now}")
 
@@ -422,8 +423,8 @@ def _reload_kmod(root: Path, sd: Systemd, run: _Run, outcome: KmodOutcome,
                  has_modules: bool) -> None:
     from ovs_service import kmod
 
-    prepared = _save(run, outcome, operations.STAGES)
-    saved_dps = operations.load_datapaths(prepared[0])
+    prepared = _save(run, outcome, stages.save_names())
+    saved_dps = datapaths.load(prepared[0])
     _precheck(run.op, _room_for_journal(root))
     with _rolling_forward(run, sd):
         _stop(run, sd)
@@ -441,7 +442,8 @@ def _reload_kmod(root: Path, sd: Systemd, run: _Run, outcome: KmodOutcome,
             s.detail = f"{len(made.ports)} ports, {len(made.problems)} problems"
         _start_and_restore(run, sd, outcome, prepared)
         with run.step("restore-interfaces"):
-            outcome.interfaces = operations.restore_interfaces_stage(prepared[0], firewall=True)
+            outcome.interfaces = operations.restore_interfaces(
+                prepared[0], module_reloaded=True).to_doc()
             if saved_dps is not None:
                 outcome.port_mismatches = list(datapaths.verify(saved_dps))
         with run.step("check-dead-ifs"):

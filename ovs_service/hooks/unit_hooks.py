@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ovs_service import journal, operations, ovs, store
 from ovs_service.errors import Busy, OvsServiceError, SaveIncomplete
-from ovs_service.stages import flows
 
 log = logging.getLogger("ovs_service.hooks")
 
@@ -130,8 +129,8 @@ def _restore_pending(root: Path, wait: float = 0.0) -> int:
         return 0
     start = time.monotonic()
     try:
-        snapshot, records = operations.prepare_restore(pending, skip_missing=True)
-        bundles = flows.prepare(snapshot, records)
+        snapshot, records = operations.prepare_pinned(pending)
+        bundles = operations.prepare_bundles(snapshot, records)
         results = operations.restore_pinned(snapshot, records, bundles, wait)
     except OvsServiceError as e:
         log.error("restore of %s refused: %s", pending, e)

@@ -22,14 +22,20 @@ before it brings it up.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ovs_service import ovs
-from ovs_service.errors import CommandFailed, PortNameUnsafe
+from ovs_service.errors import CommandFailed, OvsServiceError, PortNameUnsafe, SnapshotInvalid
+from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
+from ovs_service.store import Snapshot, SnapshotWriter
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 1
 STAGE = "datapaths"
@@ -319,3 +325,84 @@ def verify(snapshot: DatapathsSnapshot, names: Sequence[str] = ()) -> list[Misma
         if iface.dp_port is not None and now[2] != iface.dp_port:
             out.append(Mismatch(iface.name, "dp_port", iface.dp_port, now[2]))
     return out
+
+
+# -- the stage --------------------------------------------------------------------
+
+FILE = f"{STAGE}/datapaths.json"
+
+
+def load(snapshot: Snapshot) -> DatapathsSnapshot | None:
+    """The snapshot's datapaths stage; None if it has none."""
+    if FILE not in snapshot.manifest.files:
+        return None
+    try:
+        return DatapathsSnapshot.from_json(json.loads(snapshot.file(FILE).read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        reason = f"datapaths stage unreadable ({e})"
+        raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
+
+
+@dataclass(frozen=True)
+class PinReport:
+    """Interfaces put back at their saved OpenFlow port numbers."""
+
+    pinned: tuple[str, ...]
+    key: ClassVar[str] = "ports_pinned"
+    ok: ClassVar[bool] = True
+
+    def __str__(self) -> str:
+        return f"pinned OpenFlow port numbers: {', '.join(self.pinned)}" if self.pinned else ""
+
+    def to_doc(self) -> list[str]:
+        return list(self.pinned)
+
+    def error(self) -> OvsServiceError | None:
+        return None
+
+
+@dataclass(frozen=True)
+class MismatchReport:
+    """Port numbers that differ from the snapshot's after a restore: reported, not failed."""
+
+    mismatches: tuple[Mismatch, ...]
+    key: ClassVar[str] = "port_mismatches"
+    ok: ClassVar[bool] = True
+
+    def __str__(self) -> str:
+        return "\n".join(f"port number moved: {m.interface} {m.what} {m.saved} -> {m.now}"
+                         for m in self.mismatches)
+
+    def to_doc(self) -> list[dict[str, Any]]:
+        return [asdict(m) for m in self.mismatches]
+
+    def error(self) -> OvsServiceError | None:
+        return None
+
+
+class DatapathsStage(Stage):
+    """Datapath and OpenFlow port numbers, port types and options."""
+
+    name = STAGE
+
+    def save(self, writer: SnapshotWriter, scope: SaveScope) -> SaveResult:
+        writer.write_json(FILE, save().to_json())
+        return SaveResult({}, {})
+
+    def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:
+        load(snapshot)
+
+    def restore(self, snapshot: Snapshot, scope: RestoreScope) -> PinReport:
+        saved = load(snapshot)
+        pinned = pin_ofports(saved, scope.named) if saved is not None else []
+        if pinned:
+            log.warning("pinned OpenFlow port numbers of %s", ", ".join(pinned))
+        return PinReport(tuple(pinned))
+
+    def verify(self, snapshot: Snapshot, scope: RestoreScope) -> MismatchReport | None:
+        saved = load(snapshot)
+        if saved is None:
+            return None
+        restored = set(scope.bridges)
+        names = [i.name for i in saved.interfaces if i.bridge in restored]
+        return MismatchReport(tuple(verify(saved, names) if names else ()))

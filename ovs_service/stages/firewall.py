@@ -46,15 +46,20 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ovs_service.errors import (
     CommandFailed,
     CommandNotFound,
     FirewallError,
     FirewallSnapshotInvalid,
+    OvsServiceError,
+    RestorePartsFailed,
+    SnapshotInvalid,
 )
 from ovs_service.run import run
+from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
+from ovs_service.store import Snapshot, SnapshotWriter
 
 SCHEMA = 1
 
@@ -516,3 +521,67 @@ def _drop_added_chains(tables: Iterable[NftTableChains]) -> str:
     except (CommandFailed, CommandNotFound) as e:
         return f"built-in chains added by the restore were kept: {e}"
     return ""
+
+
+# -- the stage --------------------------------------------------------------------
+
+FILE = "interfaces/firewall.json"  # saved beside the interfaces, whose stage it follows
+
+
+def load(snapshot: Snapshot) -> FirewallSnapshot:
+    if FILE not in snapshot.manifest.files:
+        raise SnapshotInvalid(path=snapshot.path, reason="has no firewall rules")
+    return FirewallSnapshot.from_json(snapshot.file(FILE).read_text())
+
+
+@dataclass(frozen=True)
+class FirewallReport:
+    """The firewall's parts: loaded, unchanged, or failed (and then nothing was)."""
+
+    report: dict[str, Any]
+    key: ClassVar[str] = "firewall"
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.get("ok"))
+
+    def __str__(self) -> str:
+        if "skipped" in self.report:
+            return f"firewall: not restored ({self.report['skipped']})"
+        return f"firewall: {'restored' if self.ok else 'FAILED'}" + "".join(
+            f"\n  {p['part']}: {p['status']}{': ' + p['detail'] if p['detail'] else ''}"
+            for p in self.report.get("parts", []))
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.report
+
+    def first_problem(self) -> str:
+        failed = [p for p in self.report.get("parts", []) if p.get("status") == "failed"]
+        return f"{failed[0]['part']}: {failed[0]['detail']}" if failed else "see the report"
+
+    def error(self) -> OvsServiceError | None:
+        return None if self.ok else RestorePartsFailed(parts="firewall",
+                                                        reason=self.first_problem())
+
+
+class FirewallStage(Stage):
+    """The host's iptables, ip6tables and nft rules.
+
+    Saved whenever the interfaces are; restored only when asked for
+    (`restore --firewall`): the host's firewall is not ovs-service's to
+    replace otherwise. (A module reload puts back the tables that bind the
+    re-created interfaces: see the interfaces stage.)
+    """
+
+    name = "firewall"
+
+    def save(self, writer: SnapshotWriter, scope: SaveScope) -> SaveResult:
+        with writer.open(FILE) as f:
+            f.write(save_firewall().to_json().encode())
+        return SaveResult({}, {})
+
+    def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:
+        load(snapshot)
+
+    def restore(self, snapshot: Snapshot, scope: RestoreScope) -> FirewallReport:
+        return FirewallReport(restore_firewall(load(snapshot)).to_dict())

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ovs_service import ofstate as st
 from ovs_service import ovs, tablediff
@@ -46,6 +46,7 @@ from ovs_service.openflow import (
     describe,
     prepare_bundle,
 )
+from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
 from ovs_service.store import Snapshot, SnapshotFile, SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -544,3 +545,63 @@ def _restore_ports(conn: Connection, record: BridgeRecord) -> None:
     errors = conn.send_all(changes)
     if errors:
         raise _fail(conn, record, errors, changes)
+
+
+# -- the stage --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlowsReport:
+    """Each bridge restored, or not and why."""
+
+    results: tuple[BridgeRestore, ...]
+    key: ClassVar[str] = "bridges"
+
+    @property
+    def ok(self) -> bool:
+        return all(b.ok for b in self.results)
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"{b.bridge}: {'restored' if b.ok else 'FAILED'} "
+            f"({b.counts.get('flows', 0)} flows, {b.counts.get('groups', 0)} groups, "
+            f"{b.counts.get('meters', 0)} meters){'' if b.ok else ': ' + b.error}"
+            for b in self.results)
+
+    def to_doc(self) -> list[dict[str, Any]]:
+        return [asdict(b) for b in self.results]
+
+    def error(self) -> OvsServiceError | None:
+        failed = [b for b in self.results if not b.ok]
+        if not failed:
+            return None
+        more = f" (and {len(failed) - 1} other bridges)" if len(failed) > 1 else ""
+        return RestoreFailed(bridge=failed[0].bridge, reason=failed[0].reason + more)
+
+
+def selected_records(snapshot: Snapshot, bridges: Sequence[str]) -> list[BridgeRecord]:
+    """The snapshot's records of `bridges`, in the snapshot's order."""
+    wanted = set(bridges)
+    return [r for r in records(snapshot) if r.name in wanted]
+
+
+class FlowsStage(Stage):
+    """Every bridge's flows, groups, meters, TLV map and port settings."""
+
+    name = STAGE
+
+    def save(self, writer: SnapshotWriter, scope: SaveScope) -> SaveResult:
+        saved, failures = save(writer, scope.bridges)
+        if failures and not saved:
+            raise failures[0].error
+        failed = {f.bridge: f.reason for f in failures}
+        extra: dict[str, Any] = {"flows": {r.name: r.counts for r in saved}}
+        if failed:
+            extra["flows_failed"] = failed
+        return SaveResult(extra, failed, [f.error for f in failures])
+
+    def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:
+        for record in selected_records(snapshot, scope.bridges):
+            check_framing(snapshot, record)
+
+    def restore(self, snapshot: Snapshot, scope: RestoreScope) -> FlowsReport:
+        return FlowsReport(tuple(restore(snapshot, selected_records(snapshot, scope.bridges))))

@@ -36,12 +36,22 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ovs_service.errors import InterfacesError, InterfacesSnapshotInvalid
+from ovs_service import ovs
+from ovs_service.errors import (
+    InterfacesError,
+    InterfacesSnapshotInvalid,
+    OvsServiceError,
+    RestorePartsFailed,
+    SnapshotInvalid,
+)
+from ovs_service.stages import firewall
+from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
+from ovs_service.store import Snapshot, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
@@ -843,3 +853,93 @@ def _route_from(r: _Reader) -> RouteState:
             for h in r.items("nexthops")
         ),
     )
+
+
+# -- the stage --------------------------------------------------------------------
+
+FILE = "interfaces/interfaces.json"
+
+
+def internal_interfaces() -> list[str]:
+    """OVS internal interfaces: bridge local ports and `type=internal` interfaces."""
+    return sorted(i.name for i in ovs.interfaces() if i.type == "internal")
+
+
+@dataclass(frozen=True)
+class InterfacesReport:
+    """The interfaces put back, and within a module reload the firewall tables
+    that bind them."""
+
+    report: dict[str, Any]  # {"ok", "interfaces": ..., "firewall": ... or None}
+    key: ClassVar[str] = "interfaces"
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.get("ok"))
+
+    def __str__(self) -> str:
+        problems = self.report["interfaces"]["problems"]
+        lines = [f"interfaces: {'restored' if not problems else 'PROBLEMS'}"]
+        lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
+                  for p in problems]
+        if self.report.get("firewall") is not None:
+            lines.append(str(firewall.FirewallReport(self.report["firewall"])))
+        return "\n".join(lines)
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.report
+
+    def error(self) -> OvsServiceError | None:
+        if self.ok:
+            return None
+        problems = self.report["interfaces"]["problems"]
+        if problems:
+            p = problems[0]
+            reason = f"{p['subject']}: {p['action']}: {p['message']}"
+            return RestorePartsFailed(parts="interfaces", reason=reason)
+        fw = firewall.FirewallReport(self.report["firewall"] or {})
+        return RestorePartsFailed(parts="interfaces' firewall", reason=fw.first_problem())
+
+
+def load(snapshot: Snapshot) -> InterfacesSnapshot:
+    return InterfacesSnapshot.from_json(snapshot.file(FILE).read_text())
+
+
+class InterfacesStage(Stage):
+    """OVS internal interfaces: link state, MAC, MTU, addresses, routes.
+
+    What a module reload re-creates; so after one (`scope.module_reloaded`)
+    it also puts back the nft tables that bind those interfaces by index or
+    as a device (the reload broke them), unless the snapshot was taken before
+    the host last booted: then it is an old copy.
+    """
+
+    name = "interfaces"
+
+    def save(self, writer: SnapshotWriter, scope: SaveScope) -> SaveResult:
+        with writer.open(FILE) as f:
+            f.write(save_interfaces(internal_interfaces()).to_json().encode())
+        return SaveResult({}, {})
+
+    def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:
+        missing = [f for f in (FILE, firewall.FILE) if f not in snapshot.manifest.files]
+        if missing:
+            reason = f"has no interfaces stage ({missing[0]} is not in its manifest)"
+            raise SnapshotInvalid(path=snapshot.path, reason=reason)
+
+    def restore(self, snapshot: Snapshot, scope: RestoreScope) -> InterfacesReport:
+        self.check(snapshot, scope)
+        saved = load(snapshot)
+        report = restore_interfaces(saved).to_dict()
+        fw_report: dict[str, Any] | None = None
+        if scope.module_reloaded:
+            rules = firewall.load(snapshot)
+            if firewall.saved_this_boot(rules):
+                names = [i.name for i in saved.interfaces] + list(saved.missing)
+                fw_report = firewall.restore_firewall(rules, interfaces=names).to_dict()
+            else:
+                log.warning("firewall not restored: %s was saved before the host last booted",
+                            snapshot.path)
+                fw_report = {"ok": True, "parts": [], "skipped": "saved before the last boot"}
+        ok = bool(report["ok"] and (fw_report is None or fw_report["ok"]))
+        return InterfacesReport({"ok": ok, "interfaces": report, "firewall": fw_report})

@@ -48,15 +48,16 @@ RELOAD_STAGE = r"""
 import json, sys
 from pathlib import Path
 from ovs_service import operations, store
-from ovs_service.stages import interfaces
+from ovs_service.stages import firewall, interfaces
 firewall_file, target = Path(sys.argv[1]), Path(sys.argv[2])
 writer = store.SnapshotWriter(target)
-with writer.open(operations.INTERFACES_FILE) as f:
+with writer.open(interfaces.FILE) as f:
     f.write(interfaces.InterfacesSnapshot((), (), ("tap-fw0",)).to_json().encode())
-with writer.open(operations.FIREWALL_FILE) as f:
+with writer.open(firewall.FILE) as f:
     f.write(firewall_file.read_bytes())
 snapshot = writer.commit(ovs_version="test", stages=["interfaces"], bridges=[])
-print(json.dumps(operations.restore_interfaces_stage(store.load(target), firewall=True)))
+report = operations.restore_interfaces(store.load(target), module_reloaded=True)
+print(json.dumps(report.to_doc()))
 """
 
 NFT_RULESET = """

@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ovs_service import cli, errors, operations, store, transaction
-from ovs_service.stages.flows import BridgeRestore
+from ovs_service.stages.flows import BridgeRestore, FlowsReport
+from ovs_service.stages.interfaces import InterfacesReport
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ("save", "restore", "restart", "force-reload-kmod", "recover", "status",
@@ -110,14 +111,15 @@ def _bridge(name: str, ok: bool = True) -> BridgeRestore:
 
 
 def _restore_outcome(bridges_ok: bool, interfaces_ok: bool) -> operations.RestoreOutcome:
+    problems = [] if interfaces_ok else [{"subject": "br0", "action": "set mtu",
+                                          "errno_name": "EINVAL", "message": "Invalid argument"}]
     return operations.RestoreOutcome(
         snapshot=Path("/nonexistent/snap"),
-        bridges=[_bridge("br0"), _bridge("br1", ok=bridges_ok)],
-        interfaces={"ok": interfaces_ok,
-                    "interfaces": {"ok": interfaces_ok, "problems": [] if interfaces_ok else [
-                        {"subject": "br0", "action": "set mtu", "errno_name": "EINVAL",
-                         "message": "Invalid argument"}]},
-                    "firewall": {"ok": True, "parts": []}},
+        reports=(
+            FlowsReport((_bridge("br0"), _bridge("br1", ok=bridges_ok))),
+            InterfacesReport({"ok": interfaces_ok, "firewall": None,
+                              "interfaces": {"ok": interfaces_ok, "problems": problems}}),
+        ),
     )
 
 
