@@ -5,7 +5,6 @@ The CLI and the unit hooks both call these; neither talks to a stage directly.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovs_service import kmod, ovs, store
+from ovs_service import codec, kmod, ovs, store
 from ovs_service.errors import (
     BridgeNotFound,
     OvsUnreachable,
@@ -53,10 +52,8 @@ def internal_interfaces() -> list[str]:
 def save_interfaces_stage(writer: store.SnapshotWriter) -> None:
     from ovs_service.stages import firewall, interfaces
 
-    with writer.open(INTERFACES_FILE) as f:
-        f.write(interfaces.save_interfaces(internal_interfaces()).to_json().encode())
-    with writer.open(FIREWALL_FILE) as f:
-        f.write(firewall.save_firewall().to_json().encode())
+    writer.write_json(INTERFACES_FILE, interfaces.save_interfaces(internal_interfaces()).to_doc())
+    writer.write_json(FIREWALL_FILE, firewall.save_firewall().to_doc())
 
 
 def take_snapshot(
@@ -87,7 +84,7 @@ def take_snapshot(
         failed = {f.bridge: f.reason for f in failures}
         if "datapaths" in stages:
             dps = datapaths.save()
-            writer.write_json(DATAPATHS_FILE, dps.to_json())
+            writer.write_json(DATAPATHS_FILE, dps.to_doc())
         if "interfaces" in stages:
             save_interfaces_stage(writer)
         snapshot = writer.commit(
@@ -132,12 +129,8 @@ class RestoreOutcome:
 def load_datapaths(snapshot: store.Snapshot) -> datapaths.DatapathsSnapshot | None:
     if DATAPATHS_FILE not in snapshot.manifest.files:
         return None
-    try:
-        return datapaths.DatapathsSnapshot.from_json(
-            json.loads(snapshot.file(DATAPATHS_FILE).read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        reason = f"datapaths stage unreadable ({e})"
-        raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
+    doc, where = codec.read(snapshot.file(DATAPATHS_FILE))
+    return datapaths.DatapathsSnapshot.from_doc(doc, where=where)
 
 
 def recreate_kernel_datapaths(snapshot: store.Snapshot) -> list[str] | None:
@@ -167,7 +160,8 @@ def restore_interfaces_stage(snapshot: store.Snapshot, firewall: bool = False) -
     from ovs_service.stages import interfaces
 
     _require_interfaces_stage(snapshot)
-    saved = interfaces.InterfacesSnapshot.from_json(snapshot.file(INTERFACES_FILE).read_text())
+    doc, where = codec.read(snapshot.file(INTERFACES_FILE))
+    saved = interfaces.InterfacesSnapshot.from_doc(doc, where=where)
     report = interfaces.restore_interfaces(saved).to_dict()
     fw_report: dict[str, Any] | None = None
     if firewall:
@@ -188,7 +182,8 @@ def _firewall_snapshot(snapshot: store.Snapshot) -> FirewallSnapshot:
 
     if FIREWALL_FILE not in snapshot.manifest.files:
         raise SnapshotInvalid(path=snapshot.path, reason="has no firewall rules")
-    return fw.FirewallSnapshot.from_json(snapshot.file(FIREWALL_FILE).read_text())
+    doc, where = codec.read(snapshot.file(FIREWALL_FILE))
+    return fw.FirewallSnapshot.from_doc(doc, where=where)
 
 
 def restore_firewall_stage(snapshot: store.Snapshot) -> dict[str, Any]:

@@ -25,10 +25,10 @@ import errno
 import os
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from ovs_service import ovs
+from ovs_service import codec, ovs
 from ovs_service.errors import CommandFailed, PortNameUnsafe
 
 SCHEMA = 1
@@ -85,27 +85,14 @@ class DatapathsSnapshot:
         """The kernel's datapaths (type `system`), which a module reload deletes."""
         return [dp for dp in self.datapaths if dp.type == "system"]
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = codec.to_doc(self)
+        return doc
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> DatapathsSnapshot:
-        if doc.get("schema") != SCHEMA:
-            raise ValueError(f"unknown datapaths schema {doc.get('schema')!r}")
-        return cls(
-            datapaths=[
-                Datapath(d["name"], d["type"],
-                         [DatapathPort(int(p["number"]), p["name"], p["type"], dict(p["options"]))
-                          for p in d["ports"]])
-                for d in doc["datapaths"]
-            ],
-            interfaces=[
-                InterfaceNumbers(i["bridge"], i["name"], i["type"], int(i["ofport"]),
-                                 None if i["dp_port"] is None else int(i["dp_port"]),
-                                 dict(i["options"]))
-                for i in doc["interfaces"]
-            ],
-        )
+    def from_doc(cls, doc: object, *, where: codec.Where) -> DatapathsSnapshot:
+        codec.check_schema(doc, SCHEMA, where)
+        return codec.from_doc(cls, doc, where=where)
 
 
 def _options(desc: str) -> tuple[str, dict[str, str]]:
