@@ -23,6 +23,10 @@ parse: the prefix-route metric of an address (IFA_RT_PRIORITY) and IFA_PROTO.
 Interfaces are matched by name on restore; a name is data, never part of a
 command line. Restore is idempotent (what is present is left alone) and goes
 on past failures, which are reported with their errno names.
+
+This module holds the snapshot and the order of things; `ovs_service.netlink`
+the kernel's side: what it makes by itself, and the requests that put a link,
+an address or a route back.
 """
 
 from __future__ import annotations
