@@ -115,18 +115,24 @@ class InterfacesError(OvsServiceError):
     template = "interfaces: {reason}"
 
 
-class InterfacesSnapshotInvalid(OvsServiceError):
-    template = "interfaces snapshot: {reason}"
-    exit_code = 2
+class NetlinkRequestFailed(OvsServiceError):
+    """One netlink request of the interfaces stage failed; the stage reports it
+    (by errno name) and goes on."""
+
+    template = "{message}"
+
+    @property
+    def errno_name(self) -> str:
+        """e.g. "ENODEV"; "" when the failure carried no errno."""
+        return str(self.fields["errno_name"])
+
+    @property
+    def message(self) -> str:
+        return str(self.fields["message"])
 
 
 class FirewallError(OvsServiceError):
     template = "firewall: {reason}"
-
-
-class FirewallSnapshotInvalid(OvsServiceError):
-    template = "firewall snapshot: {reason}"
-    exit_code = 2
 
 
 class PortNameUnsafe(OvsServiceError):

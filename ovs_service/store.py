@@ -36,11 +36,11 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from ovs_service import __version__
+from ovs_service import __version__, codec
 from ovs_service.errors import Busy, SnapshotInvalid, SnapshotNotFound, UsageError
 
 SCHEMA = 1
@@ -79,38 +79,22 @@ class Manifest:
     files: dict[str, FileEntry]
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = codec.to_doc(self)
+        return doc
 
     @classmethod
-    def from_json(cls, text: str, path: Path) -> Manifest:
-        try:
-            doc = json.loads(text)
-        except ValueError as e:
-            raise SnapshotInvalid(path=path, reason=f"manifest is not valid JSON ({e})") from None
-        if not isinstance(doc, dict):
-            raise SnapshotInvalid(path=path, reason="manifest is not a JSON object")
-        if doc.get("schema") != SCHEMA:
-            reason = f"unknown schema version {doc.get('schema')!r} (expected {SCHEMA})"
-            raise SnapshotInvalid(path=path, reason=reason)
-        try:
-            files = {
-                str(name): FileEntry(sha256=str(e["sha256"]), size=int(e["size"]))
-                for name, e in doc["files"].items()
-            }
-            return cls(
-                schema=SCHEMA,
-                created=str(doc["created"]),
-                host=str(doc["host"]),
-                ovs_version=str(doc["ovs_version"]),
-                tool_version=str(doc["tool_version"]),
-                stages=[str(s) for s in doc["stages"]],
-                bridges=[str(b) for b in doc["bridges"]],
-                files=files,
-                extra=dict(doc.get("extra") or {}),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise SnapshotInvalid(path=path, reason=f"manifest lacks or mangles {e}") from None
+    def from_doc(cls, doc: object, *, where: codec.Where) -> Manifest:
+        """The manifest in `doc`; its schema is checked first: another schema
+        may lay its fields out differently."""
+        codec.check_schema(doc, SCHEMA, where)
+        return codec.from_doc(cls, doc, where=where)
+
+    @classmethod
+    def parse(cls, text: str, path: Path) -> Manifest:
+        """The manifest of snapshot `path`, from its text."""
+        where = codec.Where(path, MANIFEST)
+        return cls.from_doc(codec.parse(text, where), where=where)
 
 
 @dataclass(frozen=True)
@@ -213,9 +197,10 @@ class SnapshotWriter:
             os.fsync(f.fileno())
         self.files[relpath] = writer.entry()
 
-    def write_json(self, relpath: str, obj: Any) -> None:
+    def write_json(self, relpath: str, doc: Any) -> None:
+        """A JSON document (see `codec.to_doc`), as every snapshot file but the manifest."""
         with self.open(relpath) as f:
-            f.write(json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n")
+            f.write(json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
 
     def commit(self, *, ovs_version: str, stages: list[str], bridges: list[str],
                extra: dict[str, Any] | None = None) -> Snapshot:
@@ -230,7 +215,7 @@ class SnapshotWriter:
             files=dict(sorted(self.files.items())),
             extra=extra or {},
         )
-        write_atomic(self.tmp / MANIFEST, manifest.to_json().encode())
+        write_atomic(self.tmp / MANIFEST, _manifest_bytes(manifest))
         for sub in {p.parent for p in self.tmp.rglob("*")} | {self.tmp}:
             _fsync_dir(sub)
         if self.final.is_dir():
@@ -248,6 +233,11 @@ class SnapshotWriter:
         if self._lock >= 0:
             os.close(self._lock)
             self._lock = -1
+
+
+def _manifest_bytes(manifest: Manifest) -> bytes:
+    # Indented by two, unlike the other files: as manifests have always been.
+    return (json.dumps(manifest.to_doc(), indent=2, sort_keys=True) + "\n").encode()
 
 
 INCOMING = ".incoming-"  # a snapshot being built: `.incoming-<final name>.<random>`
@@ -529,7 +519,7 @@ def _read_manifest(path: Path, dir_fd: int) -> Manifest:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return Manifest.from_json(b"".join(chunks).decode(errors="replace"), path)
+    return Manifest.parse(b"".join(chunks).decode(errors="replace"), path)
 
 
 def load(path: Path, *, verify: bool = True, allow_foreign: bool = False) -> Snapshot:

@@ -22,7 +22,6 @@ before it brings it up.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -30,8 +29,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from ovs_service import ovs
-from ovs_service.errors import CommandFailed, OvsServiceError, PortNameUnsafe, SnapshotInvalid
+from ovs_service import codec, ovs
+from ovs_service.errors import CommandFailed, OvsServiceError, PortNameUnsafe
 from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
 from ovs_service.store import Snapshot, SnapshotWriter
 
@@ -91,27 +90,14 @@ class DatapathsSnapshot:
         """The kernel's datapaths (type `system`), which a module reload deletes."""
         return [dp for dp in self.datapaths if dp.type == "system"]
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = codec.to_doc(self)
+        return doc
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> DatapathsSnapshot:
-        if doc.get("schema") != SCHEMA:
-            raise ValueError(f"unknown datapaths schema {doc.get('schema')!r}")
-        return cls(
-            datapaths=[
-                Datapath(d["name"], d["type"],
-                         [DatapathPort(int(p["number"]), p["name"], p["type"], dict(p["options"]))
-                          for p in d["ports"]])
-                for d in doc["datapaths"]
-            ],
-            interfaces=[
-                InterfaceNumbers(i["bridge"], i["name"], i["type"], int(i["ofport"]),
-                                 None if i["dp_port"] is None else int(i["dp_port"]),
-                                 dict(i["options"]))
-                for i in doc["interfaces"]
-            ],
-        )
+    def from_doc(cls, doc: object, *, where: codec.Where) -> DatapathsSnapshot:
+        codec.check_schema(doc, SCHEMA, where)
+        return codec.from_doc(cls, doc, where=where)
 
 
 def _options(desc: str) -> tuple[str, dict[str, str]]:
@@ -336,11 +322,8 @@ def load(snapshot: Snapshot) -> DatapathsSnapshot | None:
     """The snapshot's datapaths stage; None if it has none."""
     if FILE not in snapshot.manifest.files:
         return None
-    try:
-        return DatapathsSnapshot.from_json(json.loads(snapshot.file(FILE).read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        reason = f"datapaths stage unreadable ({e})"
-        raise SnapshotInvalid(path=snapshot.path, reason=reason) from None
+    doc, where = codec.read(snapshot.file(FILE))
+    return DatapathsSnapshot.from_doc(doc, where=where)
 
 
 @dataclass(frozen=True)
@@ -386,7 +369,7 @@ class DatapathsStage(Stage):
     name = STAGE
 
     def save(self, writer: SnapshotWriter, scope: SaveScope) -> SaveResult:
-        writer.write_json(FILE, save().to_json())
+        writer.write_json(FILE, save().to_doc())
         return SaveResult({}, {})
 
     def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:

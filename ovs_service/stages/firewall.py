@@ -41,18 +41,17 @@ iptables-restore added are deleted again, so `nft list ruleset` matches too.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from ovs_service import codec
 from ovs_service.errors import (
     CommandFailed,
     CommandNotFound,
     FirewallError,
-    FirewallSnapshotInvalid,
     OvsServiceError,
     RestorePartsFailed,
     SnapshotInvalid,
@@ -103,69 +102,25 @@ class FirewallSnapshot:
     boot_id: str | None = None  # the boot it was saved in; None: unknown
     schema: int = SCHEMA
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = codec.to_doc(self)
+        return doc
 
     @classmethod
-    def from_json(cls, text: str) -> FirewallSnapshot:
-        try:
-            doc = json.loads(text)
-        except ValueError as e:
-            raise FirewallSnapshotInvalid(reason=f"not JSON: {e}") from None
-        return cls.from_dict(doc)
-
-    @classmethod
-    def from_dict(cls, doc: object) -> FirewallSnapshot:
-        if not isinstance(doc, dict):
-            raise FirewallSnapshotInvalid(reason="expected an object")
-        if doc.get("schema") != SCHEMA:
-            raise FirewallSnapshotInvalid(
-                reason=f"unknown schema {doc.get('schema')!r} (expected {SCHEMA})"
-            )
-        nft = doc.get("nft")
-        left_out = doc.get("nft_left_out")
-        if nft is not None and not isinstance(nft, str):
-            raise FirewallSnapshotInvalid(reason="nft: expected a string or null")
-        if not isinstance(left_out, list):
-            raise FirewallSnapshotInvalid(reason="nft_left_out: expected a list")
-        boot = doc.get("boot_id")
-        if boot is not None and not isinstance(boot, str):
-            raise FirewallSnapshotInvalid(reason="boot_id: expected a string or null")
-        return cls(
-            iptables=_xtables_from(doc.get("iptables"), "iptables"),
-            ip6tables=_xtables_from(doc.get("ip6tables"), "ip6tables"),
-            nft=nft,
-            nft_left_out=tuple(_table_chains_from(t) for t in left_out),
-            boot_id=boot,
-        )
-
-
-def _table_chains_from(doc: object) -> NftTableChains:
-    table = doc.get("table") if isinstance(doc, dict) else None
-    chains = doc.get("chains") if isinstance(doc, dict) else None
-    if (not isinstance(table, str) or not _NFT_TABLE.fullmatch(table)
-            or not isinstance(chains, list) or not all(isinstance(c, str) for c in chains)):
-        raise FirewallSnapshotInvalid(reason=f"nft_left_out: bad entry {doc!r}")
-    return NftTableChains(table, tuple(chains))
-
-
-def _xtables_from(doc: object, where: str) -> XtablesRuleset | None:
-    if doc is None:
-        return None
-    if not isinstance(doc, dict):
-        raise FirewallSnapshotInvalid(reason=f"{where}: expected an object or null")
-    text, backend, tables = doc.get("text"), doc.get("backend"), doc.get("tables")
-    if not isinstance(text, str):
-        raise FirewallSnapshotInvalid(reason=f"{where}.text: expected a string")
-    if backend not in ("nf_tables", "legacy"):
-        raise FirewallSnapshotInvalid(reason=f"{where}.backend: unknown {backend!r}")
-    if not isinstance(tables, list) or not all(
-            isinstance(t, str) and _XTABLES_TABLE.fullmatch(t) for t in tables):
-        raise FirewallSnapshotInvalid(reason=f"{where}.tables: expected a list of table names")
-    return XtablesRuleset(text, "nf_tables" if backend == "nf_tables" else "legacy", tuple(tables))
+    def from_doc(cls, doc: object, *, where: codec.Where) -> FirewallSnapshot:
+        """The snapshot in `doc`; table names, which go into nft commands, must
+        be names and nothing else."""
+        codec.check_schema(doc, SCHEMA, where)
+        snapshot = codec.from_doc(cls, doc, where=where)
+        for part, saved in (("iptables", snapshot.iptables), ("ip6tables", snapshot.ip6tables)):
+            for i, table in enumerate(saved.tables if saved else ()):
+                if not _XTABLES_TABLE.fullmatch(table):
+                    raise where.invalid(f"{part}.tables[{i}]", f"not a table name: {table!r}")
+        for i, left_out in enumerate(snapshot.nft_left_out):
+            if not _NFT_TABLE.fullmatch(left_out.table):
+                raise where.invalid(f"nft_left_out[{i}].table",
+                                    f"not an ip or ip6 table: {left_out.table!r}")
+        return snapshot
 
 
 @dataclass(frozen=True)
@@ -531,7 +486,8 @@ FILE = "interfaces/firewall.json"  # saved beside the interfaces, whose stage it
 def load(snapshot: Snapshot) -> FirewallSnapshot:
     if FILE not in snapshot.manifest.files:
         raise SnapshotInvalid(path=snapshot.path, reason="has no firewall rules")
-    return FirewallSnapshot.from_json(snapshot.file(FILE).read_text())
+    doc, where = codec.read(snapshot.file(FILE))
+    return FirewallSnapshot.from_doc(doc, where=where)
 
 
 @dataclass(frozen=True)
@@ -576,8 +532,7 @@ class FirewallStage(Stage):
     name = "firewall"
 
     def save(self, writer: SnapshotWriter, scope: SaveScope) -> SaveResult:
-        with writer.open(FILE) as f:
-            f.write(save_firewall().to_json().encode())
+        writer.write_json(FILE, save_firewall().to_doc())
         return SaveResult({}, {})
 
     def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:

@@ -14,7 +14,6 @@ restore leaves the bridge as it found it.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from ovs_service import codec, ovs, tablediff
 from ovs_service import ofstate as st
-from ovs_service import ovs, tablediff
 from ovs_service.errors import (
     OvsServiceError,
     OvsUnreachable,
@@ -87,21 +86,13 @@ class BridgeRecord:
     # None in snapshots that did not record it.
     catchall: bool | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = codec.to_doc(self)
+        return doc
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> BridgeRecord:
-        return cls(
-            name=str(doc["name"]),
-            version=int(doc["version"]),
-            directory=str(doc["directory"]),
-            counts={str(k): int(v) for k, v in doc["counts"].items()},
-            ports=[PortSetting(str(p["name"]), int(p["port_no"]), int(p["config"]))
-                   for p in doc["ports"]],
-            port_version=int(doc["port_version"]),
-            catchall=None if doc.get("catchall") is None else bool(doc["catchall"]),
-        )
+    def from_doc(cls, doc: object, *, where: codec.Where) -> BridgeRecord:
+        return codec.from_doc(cls, doc, where=where)
 
 
 # -- saving -----------------------------------------------------------------------
@@ -127,7 +118,7 @@ def save(writer: SnapshotWriter, bridges: Sequence[ovs.Bridge]
         results = list(pool.map(lambda job: _save_one(writer, *job), jobs))
     records = [r for r in results if isinstance(r, BridgeRecord)]
     failures = [r for r in results if isinstance(r, SaveFailure)]
-    writer.write_json(f"{STAGE}/index.json", [r.to_json() for r in records])
+    writer.write_json(f"{STAGE}/index.json", [r.to_doc() for r in records])
     return records, failures
 
 
@@ -228,11 +219,8 @@ def current_ports(conn: Connection) -> list[st.PortConfig]:
 def records(snapshot: Snapshot) -> list[BridgeRecord]:
     if f"{STAGE}/index.json" not in snapshot.manifest.files:
         raise SnapshotInvalid(path=snapshot.path, reason="has no flows stage")
-    path = snapshot.file(f"{STAGE}/index.json")
-    try:
-        return [BridgeRecord.from_json(d) for d in json.loads(path.read_text())]
-    except (ValueError, KeyError, TypeError) as e:
-        raise SnapshotInvalid(path=snapshot.path, reason=f"flows index unreadable ({e})") from None
+    doc, where = codec.read(snapshot.file(f"{STAGE}/index.json"))
+    return codec.from_doc(list[BridgeRecord], doc, where=where)
 
 
 def read_messages(path: SnapshotFile) -> Iterator[bytes]:

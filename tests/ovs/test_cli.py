@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs_service import store
+from ovs_service import codec, store
 from ovs_service.errors import SnapshotInvalid
 from tests.harness import REPO, canon
 from tests.harness.ovsbed import Cli, CliResult, OvsBed, one_line_error, wait_for
@@ -92,7 +92,8 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
     with writer.open("flows/x.ofp") as f:
         f.write(b"\x04\x00\x00\x08\x00\x00\x00\x00")
     snap = writer.commit(ovs_version="3.1.0", stages=["flows"], bridges=["br0"])
-    again = store.Manifest.from_json(snap.manifest.to_json(), snap.path)
+    where = codec.Where(snap.path, store.MANIFEST)
+    again = store.Manifest.from_doc(snap.manifest.to_doc(), where=where)
     assert again == snap.manifest
     assert store.load(snap.path).manifest == snap.manifest
     assert not list(tmp_path.glob(".incoming-*"))
@@ -101,7 +102,7 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["[]", "{}", '{"schema": 1}', "not json"])
 def test_manifest_garbage_is_refused(tmp_path: Path, text: str) -> None:
     with pytest.raises(SnapshotInvalid):
-        store.Manifest.from_json(text, tmp_path)
+        store.Manifest.parse(text, tmp_path)
 
 
 def test_check_dead_ifs_json() -> None:

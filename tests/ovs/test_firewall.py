@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from ovs_service.errors import FirewallSnapshotInvalid
+from ovs_service import codec
+from ovs_service.errors import SnapshotInvalid
 from ovs_service.stages.firewall import (
     FirewallSnapshot,
     NftTableChains,
@@ -31,14 +32,15 @@ TOOLS = ("iptables", "iptables-save", "ip6tables", "ip6tables-save", "nft")
 
 STAGE = r"""
 import json, sys
+from pathlib import Path
+from ovs_service import codec
 from ovs_service.stages import firewall
-op, path = sys.argv[1], sys.argv[2]
+op, path = sys.argv[1], Path(sys.argv[2])
 if op == "save":
-    with open(path, "w") as f:
-        f.write(firewall.save_firewall().to_json())
+    path.write_text(json.dumps(firewall.save_firewall().to_doc(), indent=1, sort_keys=True) + "\n")
 else:
-    with open(path) as f:
-        snapshot = firewall.FirewallSnapshot.from_json(f.read())
+    where = codec.Where(path.parent, path.name)
+    snapshot = firewall.FirewallSnapshot.from_doc(json.loads(path.read_text()), where=where)
     only = {"interfaces": json.loads(sys.argv[3])} if len(sys.argv) > 3 else {}
     print(json.dumps(firewall.restore_firewall(snapshot, **only).to_dict()))
 """
@@ -51,8 +53,8 @@ from ovs_service import operations, store
 from ovs_service.stages import firewall, interfaces
 firewall_file, target = Path(sys.argv[1]), Path(sys.argv[2])
 writer = store.SnapshotWriter(target)
-with writer.open(interfaces.FILE) as f:
-    f.write(interfaces.InterfacesSnapshot((), (), ("tap-fw0",)).to_json().encode())
+writer.write_json(interfaces.FILE,
+                  interfaces.InterfacesSnapshot((), (), ("tap-fw0",)).to_doc())
 with writer.open(firewall.FILE) as f:
     f.write(firewall_file.read_bytes())
 snapshot = writer.commit(ovs_version="test", stages=["interfaces"], bridges=[])
@@ -204,8 +206,8 @@ def test_flush_and_restore_gives_the_same_listings(netns: Namespace, tmp_path: P
     assert list(left_out) == ["ip filter", "ip mangle", "ip nat", "ip6 filter", "ip6 raw"]
     assert left_out["ip filter"] == ["FORWARD", "custom-chain", "INPUT"]  # no OUTPUT yet
     assert "xt " not in doc["nft"] and "table ip filter" not in doc["nft"]
-    text = snapshot_file.read_text()
-    assert FirewallSnapshot.from_json(text).to_json() == text
+    where = codec.Where(tmp_path, snapshot_file.name)
+    assert FirewallSnapshot.from_doc(doc, where=where).to_doc() == doc
 
     # Everything gone; the tap comes back with a new index, as after a module reload.
     netns.run("nft", "flush", "ruleset")
@@ -497,17 +499,20 @@ def test_snapshot_json_round_trip_and_rejects() -> None:
         nft="table inet mine {\n}\n",
         nft_left_out=(NftTableChains("ip filter", ("INPUT", "my chain")),),
     )
-    text = snapshot.to_json()
-    assert FirewallSnapshot.from_json(text) == snapshot
-    assert FirewallSnapshot.from_json(text).to_json() == text
-    for bad in ({**snapshot.to_dict(), "schema": 2},
-                {**snapshot.to_dict(), "nft": 3},
-                {**snapshot.to_dict(), "nft_left_out": ["ip filter"]},
-                {**snapshot.to_dict(), "boot_id": 7},
-                {**snapshot.to_dict(), "nft_left_out": [{"table": "ip x\nflush ruleset",
-                                                         "chains": []}]},
-                {**snapshot.to_dict(), "iptables": {"text": "", "backend": "nf_tables",
-                                                    "tables": ["nat\nflush ruleset"]}},
-                {**snapshot.to_dict(), "iptables": {"text": "", "backend": "x", "tables": []}}):
-        with pytest.raises(FirewallSnapshotInvalid):
-            FirewallSnapshot.from_json(json.dumps(bad))
+    where = codec.Where(Path("/snapshots/s"), "interfaces/firewall.json")
+    doc = json.loads(json.dumps(snapshot.to_doc()))
+    assert FirewallSnapshot.from_doc(doc, where=where) == snapshot
+    assert FirewallSnapshot.from_doc(doc, where=where).to_doc() == doc
+    for bad, field in (
+            ({**doc, "schema": 2}, "schema"),
+            ({**doc, "nft": 3}, "nft"),
+            ({**doc, "nft_left_out": ["ip filter"]}, "nft_left_out[0]"),
+            ({**doc, "boot_id": 7}, "boot_id"),
+            ({**doc, "nft_left_out": [{"table": "ip x\nflush ruleset", "chains": []}]},
+             "nft_left_out[0].table"),
+            ({**doc, "iptables": {"text": "", "backend": "nf_tables",
+                                  "tables": ["nat\nflush ruleset"]}}, "iptables.tables[0]"),
+            ({**doc, "iptables": {"text": "", "backend": "x", "tables": []}},
+             "iptables.backend")):
+        with pytest.raises(SnapshotInvalid, match=rf"firewall\.json: {re.escape(field)}: "):
+            FirewallSnapshot.from_doc(bad, where=where)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -23,18 +24,19 @@ from typing import Any
 
 import pytest
 
-from ovs_service.errors import InterfacesSnapshotInvalid
+from ovs_service import codec
+from ovs_service.errors import SnapshotInvalid
+from ovs_service.netlink import eui64_link_local, is_generated_link_local
 from ovs_service.stages.interfaces import (
     AddressState,
     InterfacesSnapshot,
     InterfaceState,
     NextHopState,
     RouteState,
-    eui64_link_local,
-    is_generated_link_local,
 )
 
 REPO = Path(__file__).resolve().parents[2]
+WHERE = codec.Where(Path("/snapshots/s"), "interfaces/interfaces.json")
 
 # Names are data: shell metacharacters, the longest legal name (15 bytes),
 # non-ASCII. The kernel refuses "/", ":", whitespace, "." and "..".
@@ -56,16 +58,17 @@ sys.stdin.read()
 
 STAGE = r"""
 import json, sys
+from pathlib import Path
+from ovs_service import codec
 from ovs_service.stages import interfaces
-op, path = sys.argv[1], sys.argv[2]
+op, path = sys.argv[1], Path(sys.argv[2])
 if op == "save":
     snapshot = interfaces.save_interfaces(json.loads(sys.argv[3]))
-    with open(path, "w") as f:
-        f.write(snapshot.to_json())
+    path.write_text(json.dumps(snapshot.to_doc(), indent=1, sort_keys=True) + "\n")
 else:
-    with open(path) as f:
-        snapshot = interfaces.InterfacesSnapshot.from_json(f.read())
-    print(interfaces.restore_interfaces(snapshot).to_json())
+    where = codec.Where(path.parent, path.name)
+    snapshot = interfaces.InterfacesSnapshot.from_doc(json.loads(path.read_text()), where=where)
+    print(json.dumps(interfaces.restore_interfaces(snapshot).to_dict(), indent=1))
 """
 
 
@@ -288,9 +291,9 @@ def test_restore_after_reload_matches_ip_view(netns: Namespace, tmp_path: Path) 
     assert doc["missing"] == ["gone0"]
     assert [i["name"] for i in doc["interfaces"]] == list(SAVED)
 
-    # The snapshot parses back to exactly the same text.
-    text = snapshot_file.read_text()
-    assert InterfacesSnapshot.from_json(text).to_json() == text
+    # The snapshot decodes and encodes back to the same document.
+    where = codec.Where(tmp_path, snapshot_file.name)
+    assert InterfacesSnapshot.from_doc(doc, where=where).to_doc() == doc
 
     # The kernel's own EUI-64 link-local address is left out, the hand-made one kept.
     odd = doc["interfaces"][0]
@@ -388,28 +391,29 @@ def _sample() -> InterfacesSnapshot:
     )
 
 
-def test_snapshot_json_round_trip() -> None:
+def test_snapshot_doc_round_trip() -> None:
     snapshot = _sample()
-    text = snapshot.to_json()
-    assert InterfacesSnapshot.from_json(text) == snapshot
-    assert InterfacesSnapshot.from_json(text).to_json() == text
+    doc = json.loads(json.dumps(snapshot.to_doc()))
+    assert InterfacesSnapshot.from_doc(doc, where=WHERE) == snapshot
+    assert InterfacesSnapshot.from_doc(doc, where=WHERE).to_doc() == doc
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "field"),
     [
-        lambda d: d.update(schema=99),
-        lambda d: d["interfaces"][0].update(mtu="1400"),
-        lambda d: d["interfaces"][0]["addresses"][0].update(family=5),
-        lambda d: d["routes"][0].update(metrics=[["mtu"]]),
-        lambda d: d.pop("routes"),
+        (lambda d: d.update(schema=99), "schema"),
+        (lambda d: d["interfaces"][0].update(mtu="1400"), "interfaces[0].mtu"),
+        (lambda d: d["interfaces"][0]["addresses"][0].update(family=5),
+         "interfaces[0].addresses[0].family"),
+        (lambda d: d["routes"][0].update(metrics=[["mtu"]]), "routes[0].metrics[0]"),
+        (lambda d: d.pop("routes"), "routes"),
     ],
 )
-def test_snapshot_rejects_malformed(mutate: Any) -> None:
-    doc = json.loads(_sample().to_json())
+def test_snapshot_rejects_malformed(mutate: Any, field: str) -> None:
+    doc = json.loads(json.dumps(_sample().to_doc()))
     mutate(doc)
-    with pytest.raises(InterfacesSnapshotInvalid):
-        InterfacesSnapshot.from_json(json.dumps(doc))
+    with pytest.raises(SnapshotInvalid, match=rf"interfaces\.json: {re.escape(field)}: "):
+        InterfacesSnapshot.from_doc(doc, where=WHERE)
 
 
 def test_generated_link_local() -> None:
