@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) reads these
 
@@ -18,7 +17,9 @@ import typer
 from ovs_service import __version__, operations, ovs, stages, store
 from ovs_service import log as logsetup
 from ovs_service.errors import EXIT_CODES, INTERRUPTED, OvsServiceError, SaveIncomplete
-from ovs_service.openflow import VERSION_NAME, describe
+from ovs_service.openflow import snapshotdiff
+from ovs_service.openflow.messages import describe
+from ovs_service.openflow.ofproto import VERSION_NAME
 from ovs_service.stages import flows
 
 app = typer.Typer(
@@ -208,32 +209,19 @@ def snapshot_diff(
     root = store.state_dir()
     a = store.load(store.resolve(root, old), allow_foreign=True)
     b = store.load(store.resolve(root, new), allow_foreign=True)
-    ra = {r.name: r for r in flows.records(a)}
-    rb = {r.name: r for r in flows.records(b)}
-    doc: dict[str, Any] = {"only_in_old": sorted(ra.keys() - rb.keys()),
-                           "only_in_new": sorted(rb.keys() - ra.keys()), "bridges": {}}
-    lines = [f"bridge {n}: only in {old}" for n in doc["only_in_old"]]
-    lines += [f"bridge {n}: only in {new}" for n in doc["only_in_new"]]
-    for name in sorted(ra.keys() & rb.keys()):
-        removed, added = _bridge_diff(a, ra[name], b, rb[name])
-        if not removed and not added:
-            continue
-        shown = [f"- {describe(m)}" for m in list(removed.elements())[:limit]]
-        shown += [f"+ {describe(m)}" for m in list(added.elements())[:limit]]
-        doc["bridges"][name] = {"removed": sum(removed.values()), "added": sum(added.values()),
-                                "messages": shown}
-        lines.append(f"bridge {name}: -{sum(removed.values())} +{sum(added.values())}")
+    diff = snapshotdiff.diff_snapshots(a, b)
+    doc: dict[str, Any] = {"only_in_old": list(diff.only_in_old),
+                           "only_in_new": list(diff.only_in_new), "bridges": {}}
+    lines = [f"bridge {n}: only in {old}" for n in diff.only_in_old]
+    lines += [f"bridge {n}: only in {new}" for n in diff.only_in_new]
+    for bridge in diff.bridges:
+        shown = [f"- {describe(m)}" for m in bridge.removed[:limit]]
+        shown += [f"+ {describe(m)}" for m in bridge.added[:limit]]
+        doc["bridges"][bridge.name] = {"removed": len(bridge.removed),
+                                       "added": len(bridge.added), "messages": shown}
+        lines.append(f"bridge {bridge.name}: -{len(bridge.removed)} +{len(bridge.added)}")
         lines += [f"  {s}" for s in shown]
     _emit(as_json, doc, "\n".join(lines) or "no differences")
-
-
-def _bridge_diff(a: store.Snapshot, ra: flows.BridgeRecord, b: store.Snapshot,
-                 rb: flows.BridgeRecord) -> tuple[Counter[bytes], Counter[bytes]]:
-    def messages(snap: store.Snapshot, rec: flows.BridgeRecord) -> Counter[bytes]:
-        return Counter(m for kind in flows.KINDS
-                       for m in flows.read_messages(snap.file(f"{rec.directory}/{kind}.ofp")))
-    ma, mb = messages(a, ra), messages(b, rb)
-    return ma - mb, mb - ma
 
 
 @app.command()

@@ -21,7 +21,7 @@ from ovs_service.errors import (
     SnapshotWriteFailed,
     UsageError,
 )
-from ovs_service.openflow import PreparedBundle
+from ovs_service.openflow.messages import PreparedBundle
 from ovs_service.stages import datapaths, flows
 from ovs_service.stages.base import Report, RestoreScope, SaveScope
 

@@ -31,7 +31,7 @@ from ovs_service.errors import (
     SnapshotInvalid,
 )
 from ovs_service.log import StepLog, StepRecord
-from ovs_service.openflow import PreparedBundle
+from ovs_service.openflow.messages import PreparedBundle
 from ovs_service.stages import datapaths, flows
 
 if TYPE_CHECKING:

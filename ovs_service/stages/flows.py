@@ -3,7 +3,7 @@
 Saved per bridge, at the bridge's own OpenFlow version: the TLV map, meters,
 groups, flows of every table, and the port settings `mod-port` changes. Each
 is stored as the OpenFlow messages that re-create it, derived byte for byte
-from the switch's replies (see `ofstate`), streamed to disk.
+from the switch's replies (see `openflow.state`), streamed to disk.
 
 Restore order: TLV map, meters, then flows and groups of a bridge as one
 atomic bundle (when the version has bundles), then port settings. If the
@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from ovs_service import codec, ovs, tablediff
-from ovs_service import ofstate as st
+from ovs_service import codec, ovs
 from ovs_service.errors import (
     OvsServiceError,
     OvsUnreachable,
@@ -32,19 +31,12 @@ from ovs_service.errors import (
     UnsupportedProtocols,
 )
 from ovs_service.log import timed
-from ovs_service.openflow import (
-    EXPERIMENTER,
-    FEATURES_REPLY,
-    HEADER,
-    OF10,
-    OF13,
-    VERSION_NAME,
-    VERSIONS_SPOKEN,
-    Connection,
-    PreparedBundle,
-    describe,
-    prepare_bundle,
-)
+from ovs_service.openflow import ofproto as ofp
+from ovs_service.openflow import state as st
+from ovs_service.openflow import tablediff
+from ovs_service.openflow.connection import Connection
+from ovs_service.openflow.messages import HEADER, PreparedBundle, describe, prepare_bundle
+from ovs_service.openflow.ofproto import OF10, OF13, VERSION_NAME, VERSIONS_SPOKEN
 from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
 from ovs_service.store import Snapshot, SnapshotFile, SnapshotWriter
 
@@ -180,7 +172,7 @@ def _tlv_mods(conn: Connection) -> Iterator[bytes]:
 
 
 def current_tlv_maps(conn: Connection) -> bytes:
-    reply = conn.request(st.tlv_table_request(conn.version), EXPERIMENTER)
+    reply = conn.request(st.tlv_table_request(conn.version), ofp.OFPT_EXPERIMENTER)
     return st.tlv_maps(reply.data)
 
 
@@ -210,7 +202,7 @@ def current_ports(conn: Connection) -> list[st.PortConfig]:
     if is_multipart:
         return [p for body in conn.multipart(request)
                 for p in st.ports_from_desc(conn.version, body)]
-    reply = conn.request(request, FEATURES_REPLY)
+    reply = conn.request(request, ofp.OFPT_FEATURES_REPLY)
     return list(st.ports_from_features(conn.version, reply.data))
 
 
@@ -360,10 +352,10 @@ def _restore_tlv(conn: Connection, record: BridgeRecord, path: SnapshotFile) -> 
     missing = b"".join(sorted(wanted - have))
     messages, undo = [], []
     if extra:
-        messages.append(st.tlv_table_mod(conn.version, extra, st.NXTTMC_DELETE))
+        messages.append(st.tlv_table_mod(conn.version, extra, ofp.NXTTMC_DELETE))
     if missing:
         messages.append(st.tlv_table_mod(conn.version, missing))
-        undo.append(st.tlv_table_mod(conn.version, missing, st.NXTTMC_DELETE))
+        undo.append(st.tlv_table_mod(conn.version, missing, ofp.NXTTMC_DELETE))
     if extra:
         undo.append(st.tlv_table_mod(conn.version, extra))
     errors = conn.send_all(messages) if messages else []
@@ -389,8 +381,8 @@ def _restore_meters(conn: Connection, record: BridgeRecord, path: SnapshotFile) 
             messages.append(message)
             undo.append(st.delete_meter(conn.version, meter_id))
         elif old.mod(conn.version) != message:
-            messages.append(message[:8] + st.MODIFY.to_bytes(2, "big") + message[10:])
-            undo.append(old.mod(conn.version, st.MODIFY))
+            messages.append(message[:8] + ofp.OFPMC_MODIFY.to_bytes(2, "big") + message[10:])
+            undo.append(old.mod(conn.version, ofp.OFPMC_MODIFY))
     errors = conn.send_all(messages)
     if errors:
         _undo(conn, undo)
@@ -426,7 +418,7 @@ def _restore_table(conn: Connection, record: BridgeRecord, groups: SnapshotFile,
                    prepared: PreparedBundle | None = None) -> None:
     """Onto an empty bridge (after a restart): every group and flow in one bundle.
 
-    Onto a live bridge: only the difference (see `tablediff`), in an order that
+    Onto a live bridge: only the difference (see `openflow.tablediff`), in an order that
     never takes a saved flow away: one bundle adds what is missing or changed,
     then what the snapshot lacks is deleted, flow by flow, outside any bundle
     (Open vSwitch 3.1 aborts on some deletions inside bundles: flows whose

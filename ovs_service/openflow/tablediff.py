@@ -19,7 +19,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 
-from ovs_service import ofstate as st
+from ovs_service.openflow import state as st
+from ovs_service.openflow.ofproto import OFPGC_MODIFY
 
 
 class SavedFlows:
@@ -85,5 +86,5 @@ def group_changes(version: int, live: Iterable[bytes], saved: Iterable[bytes]
         if group_id not in now:
             changes.append(message)
         elif now[group_id] != message:
-            changes.append(st.group_with_command(version, message, st.GROUP_MODIFY))
+            changes.append(st.group_with_command(version, message, OFPGC_MODIFY))
     return deletes, changes

@@ -2,10 +2,10 @@
 
 ovs-service saves a bridge's state as the OpenFlow messages that would
 re-create it, built from the switch's own binary replies, so nothing passes
-through a text printer and parser that may disagree with each other. This
-module speaks just enough OpenFlow for that: hello, echo, errors, multipart
-requests, barriers and bundles, at OpenFlow 1.0 (with Nicira extensions),
-1.2, 1.3, 1.4 and 1.5.
+through a text printer and parser that may disagree with each other. A
+`Connection` speaks just enough OpenFlow for that: hello, echo, errors,
+multipart requests, barriers and bundles, at OpenFlow 1.0 (with Nicira
+extensions), 1.2, 1.3, 1.4 and 1.5.
 """
 
 from __future__ import annotations
@@ -14,85 +14,63 @@ import select
 import socket
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ovs_service.errors import OpenFlowError, OvsUnreachable, SwitchGone
 from ovs_service.log import timed
+from ovs_service.openflow.messages import (
+    BUNDLE_ADD,
+    BUNDLE_FLAGS,
+    HEADER,
+    Message,
+    PreparedBundle,
+    bundle_message,
+    describe,
+    encode,
+    hello,
+    hello_allows,
+    with_xid,
+)
+from ovs_service.openflow.ofproto import (
+    OF10,
+    OF13,
+    OFP10_STATS_BODY_PACK_STR,
+    OFP_BUNDLE_CTRL_BODY_PACK_STR,
+    OFP_HEADER_SIZE,
+    OFP_MULTIPART_BODY_PACK_STR,
+    OFP_MULTIPART_TYPE_PACK_STR,
+    OFPBCT_COMMIT_REQUEST,
+    OFPBCT_DISCARD_REQUEST,
+    OFPBCT_OPEN_REQUEST,
+    OFPMPF_REPLY_MORE,
+    OFPT10_BARRIER_REPLY,
+    OFPT10_BARRIER_REQUEST,
+    OFPT10_STATS_REPLY,
+    OFPT10_STATS_REQUEST,
+    OFPT_BARRIER_REPLY,
+    OFPT_BARRIER_REQUEST,
+    OFPT_BUNDLE_ADD_MESSAGE,
+    OFPT_BUNDLE_CONTROL,
+    OFPT_ECHO_REPLY,
+    OFPT_ECHO_REQUEST,
+    OFPT_ERROR,
+    OFPT_MULTIPART_REPLY,
+    OFPT_MULTIPART_REQUEST,
+    VERSION_NAME,
+)
 
-OF10, OF11, OF12, OF13, OF14, OF15 = 1, 2, 3, 4, 5, 6
-VERSIONS_SPOKEN = frozenset({OF10, OF12, OF13, OF14, OF15})
-VERSION_NAME = {1: "OpenFlow10", 2: "OpenFlow11", 3: "OpenFlow12",
-                4: "OpenFlow13", 5: "OpenFlow14", 6: "OpenFlow15"}
+BUNDLE_CTRL = struct.Struct(OFP_BUNDLE_CTRL_BODY_PACK_STR)
+_MULTIPART = struct.Struct(OFP_MULTIPART_BODY_PACK_STR)
+_STATS10 = struct.Struct(OFP10_STATS_BODY_PACK_STR)
+_MULTIPART_TYPE = struct.Struct(OFP_MULTIPART_TYPE_PACK_STR)
 
-HEADER = struct.Struct("!BBHI")
-
-# Message types. OpenFlow 1.0 numbers some of them differently.
-HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER = 0, 1, 2, 3, 4
-FEATURES_REQUEST, FEATURES_REPLY = 5, 6
-FLOW_MOD, GROUP_MOD, METER_MOD = 14, 15, 29
-OF10_PORT_MOD, OF10_STATS_REQUEST, OF10_STATS_REPLY = 15, 16, 17
-OF10_BARRIER_REQUEST, OF10_BARRIER_REPLY = 18, 19
-PORT_MOD, MULTIPART_REQUEST, MULTIPART_REPLY = 16, 18, 19
-BARRIER_REQUEST, BARRIER_REPLY = 20, 21
-BUNDLE_CONTROL, BUNDLE_ADD_MESSAGE = 33, 34
-
-NX_VENDOR = 0x00002320
-ONF_VENDOR = 0x4F4E4600
-ONFT_BUNDLE_CONTROL, ONFT_BUNDLE_ADD_MESSAGE = 2300, 2301
-
-# enum ofp_bundle_ctrl_type (OpenFlow 1.4; ONF's extension at 1.3 uses the same)
-OFPBCT_OPEN_REQUEST = 0
-OFPBCT_OPEN_REPLY = 1
-OFPBCT_CLOSE_REQUEST = 2
-OFPBCT_CLOSE_REPLY = 3
-OFPBCT_COMMIT_REQUEST = 4
-OFPBCT_COMMIT_REPLY = 5
-OFPBCT_DISCARD_REQUEST = 6
-OFPBCT_DISCARD_REPLY = 7
-# enum ofp_bundle_flags
-OFPBF_ATOMIC = 1 << 0
-OFPBF_ORDERED = 1 << 1
-# struct ofp_bundle_ctrl_msg's body: bundle_id, type, flags (then properties);
-# struct ofp_bundle_add_msg's, before the message it carries: bundle_id, pad, flags.
-BUNDLE_CTRL = struct.Struct("!IHH")
-BUNDLE_ADD = struct.Struct("!I2xH")
-assert BUNDLE_CTRL.size == BUNDLE_ADD.size == 8
-# Every bundle here: all or nothing, applied in the order sent.
-BUNDLE_FLAGS = OFPBF_ATOMIC | OFPBF_ORDERED
 # What a bundle control request is timed as (see log.timed).
 BUNDLE_CONTROL_STEP = {OFPBCT_OPEN_REQUEST: "bundle-open", OFPBCT_COMMIT_REQUEST: "bundle-commit",
                        OFPBCT_DISCARD_REQUEST: "bundle-discard"}
 
-MULTIPART_MORE = 1
-
-
-@dataclass(frozen=True)
-class Message:
-    version: int
-    type: int
-    xid: int
-    data: bytes  # the whole message, header included
-
-    @property
-    def body(self) -> bytes:
-        return self.data[HEADER.size:]
-
-
-def encode(version: int, type_: int, body: bytes = b"", xid: int = 0) -> bytes:
-    return HEADER.pack(version, type_, HEADER.size + len(body), xid) + body
-
-
-def with_xid(message: bytes, xid: int) -> bytes:
-    return message[:4] + xid.to_bytes(4, "big") + message[8:]
-
-
-def _hello(version: int) -> bytes:
-    if version < OF13:
-        return encode(version, HELLO)
-    # A version bitmap element naming only the version we want.
-    element = struct.pack("!HHI", 1, 8, 1 << version)
-    return encode(version, HELLO, element)
+# Messages are written in batches of about this many bytes, errors read in between.
+WRITE_BATCH = 1 << 18
+RECV_SIZE = 1 << 20
 
 
 class Connection:
@@ -115,26 +93,14 @@ class Connection:
                 self._sock.close()
                 raise OvsUnreachable(what=f"bridge {bridge!r} at {path}",
                                      reason=e.strerror) from None
-            self._send(_hello(version))
-            hello = self._recv()
-        if hello.type == ERROR or not self._peer_speaks(hello):
+            self._send(hello(version))
+            peer = self._recv()
+        if peer.type == OFPT_ERROR or not hello_allows(peer, version):
             self.close()
             raise OpenFlowError(
                 bridge=bridge,
                 message=f"the switch refused {VERSION_NAME[version]} on this bridge",
             )
-
-    def _peer_speaks(self, hello: Message) -> bool:
-        if hello.type != HELLO:
-            return False
-        body = hello.body
-        while len(body) >= 8:
-            kind, length = struct.unpack_from("!HH", body)
-            if kind == 1 and length >= 8:
-                bitmap = int.from_bytes(body[4:8], "big")
-                return bool(bitmap & (1 << self.version))
-            body = body[(length + 7) // 8 * 8 or 8:]
-        return hello.version >= self.version
 
     def close(self) -> None:
         self._sock.close()
@@ -189,7 +155,7 @@ class Connection:
     def _fill(self) -> None:
         try:
             with timed("openflow-recv", self.bridge):
-                chunk = self._sock.recv(1 << 20)
+                chunk = self._sock.recv(RECV_SIZE)
         except OSError as e:
             raise self._lost(e) from None
         if not chunk:
@@ -197,7 +163,7 @@ class Connection:
         self._buf += chunk
 
     def _take(self) -> Message | None:
-        if len(self._buf) < HEADER.size:
+        if len(self._buf) < OFP_HEADER_SIZE:
             return None
         version, type_, length, xid = HEADER.unpack_from(self._buf)
         if len(self._buf) < length:
@@ -212,8 +178,8 @@ class Connection:
             if msg is None:
                 self._fill()
                 continue
-            if msg.type == ECHO_REQUEST:
-                self._send(encode(msg.version, ECHO_REPLY, msg.body, msg.xid))
+            if msg.type == OFPT_ECHO_REQUEST:
+                self._send(encode(msg.version, OFPT_ECHO_REPLY, msg.body, msg.xid))
                 continue
             return msg
 
@@ -222,7 +188,7 @@ class Connection:
         errors = []
         while True:
             while (msg := self._take()) is not None:
-                if msg.type == ERROR:
+                if msg.type == OFPT_ERROR:
                     errors.append(msg)
             if not select.select([self._sock], [], [], 0)[0]:
                 return errors
@@ -230,18 +196,46 @@ class Connection:
 
     # -- requests --------------------------------------------------------------
 
-    def request(self, message: bytes, reply_type: int) -> Message:
-        """Send one message and wait for its reply (or its error)."""
+    def exchange(self, message: bytes, reply_type: int | None = None, *,
+                 multipart: bool = False, errors: list[Message] | None = None
+                 ) -> Iterator[Message]:
+        """Send `message` under a new xid; yield its replies, up to the last part.
+
+        Only messages with the request's xid count, and of them only those
+        of `reply_type` (any type when None). A multipart reply ends with
+        the part without the "more" flag; any other request has one reply.
+        An error answering the request raises OpenFlowError; when `errors`
+        is given, it is appended there instead and ends the exchange.
+        Errors answering earlier messages, read meanwhile, are appended to
+        `errors` too (and dropped without it); anything else is skipped.
+        """
         xid = self.next_xid()
         self._send(with_xid(message, xid))
         while True:
             msg = self._recv()
-            if msg.xid != xid:
+            if msg.type == OFPT_ERROR:
+                if errors is not None:
+                    errors.append(msg)
+                    if msg.xid == xid:
+                        return
+                elif msg.xid == xid:
+                    raise self.error(msg)
                 continue
-            if msg.type == ERROR:
-                raise self.error(msg)
-            if msg.type == reply_type:
-                return msg
+            if msg.xid != xid or (reply_type is not None and msg.type != reply_type):
+                continue
+            yield msg
+            if not multipart or not self._more(msg):
+                return
+
+    def _more(self, reply: Message) -> bool:
+        """Whether parts of a multipart reply follow this one."""
+        fields = _STATS10 if self.version == OF10 else _MULTIPART
+        _, flags = fields.unpack_from(reply.data, OFP_HEADER_SIZE)
+        return bool(flags & OFPMPF_REPLY_MORE)
+
+    def request(self, message: bytes, reply_type: int) -> Message:
+        """Send one message and wait for its reply (or its error)."""
+        return next(self.exchange(message, reply_type))
 
     def multipart(self, body: bytes) -> Iterator[bytes]:
         """Yield the body of each reply to a multipart (stats) request.
@@ -251,30 +245,23 @@ class Connection:
         own type, flags and padding.
         """
         if self.version == OF10:
-            req_type, rep_type, pad = OF10_STATS_REQUEST, OF10_STATS_REPLY, b""
+            req_type, rep_type, fields = OFPT10_STATS_REQUEST, OFPT10_STATS_REPLY, _STATS10
         else:
-            req_type, rep_type, pad = MULTIPART_REQUEST, MULTIPART_REPLY, bytes(4)
-        xid = self.next_xid()
-        self._send(encode(self.version, req_type, body[:2] + b"\0\0" + pad + body[2:], xid))
-        skip = HEADER.size + 4 + len(pad)
-        while True:
-            msg = self._recv()
-            if msg.xid != xid:
-                continue
-            if msg.type == ERROR:
-                raise self.error(msg)
-            if msg.type != rep_type:
-                continue
-            yield msg.data[skip:]
-            (flags,) = struct.unpack_from("!H", msg.data, HEADER.size + 2)
-            if not flags & MULTIPART_MORE:
-                return
+            req_type, rep_type, fields = OFPT_MULTIPART_REQUEST, OFPT_MULTIPART_REPLY, _MULTIPART
+        (mp_type,) = _MULTIPART_TYPE.unpack_from(body)
+        request = encode(self.version, req_type,
+                         fields.pack(mp_type, 0) + body[_MULTIPART_TYPE.size:])
+        skip = OFP_HEADER_SIZE + fields.size
+        for reply in self.exchange(request, rep_type, multipart=True):
+            yield reply.data[skip:]
+
+    def _barrier_message(self) -> tuple[bytes, int]:
+        if self.version == OF10:
+            return encode(OF10, OFPT10_BARRIER_REQUEST), OFPT10_BARRIER_REPLY
+        return encode(self.version, OFPT_BARRIER_REQUEST), OFPT_BARRIER_REPLY
 
     def barrier(self) -> None:
-        if self.version == OF10:
-            self.request(encode(OF10, OF10_BARRIER_REQUEST), OF10_BARRIER_REPLY)
-        else:
-            self.request(encode(self.version, BARRIER_REQUEST), BARRIER_REPLY)
+        self.request(*self._barrier_message())
 
     def send_all(self, messages: Iterable[bytes]) -> list[tuple[int, bytes]]:
         """Send messages (each gets its own xid), then a barrier.
@@ -286,29 +273,16 @@ class Connection:
         out = bytearray()
         for message in messages:
             out += with_xid(message, self.next_xid())
-            if len(out) >= 1 << 18:
+            if len(out) >= WRITE_BATCH:
                 self._send(out)
                 out.clear()
                 errors += self._pending_errors()
         self._send(out)
         last = self._xid
-        errors += self._drain_until_barrier()
+        barrier, reply_type = self._barrier_message()
+        for _ in self.exchange(barrier, reply_type, errors=errors):
+            pass
         return [(_index(e.xid, first, last), e.data) for e in errors]
-
-    def _drain_until_barrier(self) -> list[Message]:
-        barrier_type, reply_type = (
-            (OF10_BARRIER_REQUEST, OF10_BARRIER_REPLY) if self.version == OF10
-            else (BARRIER_REQUEST, BARRIER_REPLY)
-        )
-        xid = self.next_xid()
-        self._send(encode(self.version, barrier_type, b"", xid))
-        errors = []
-        while True:
-            msg = self._recv()
-            if msg.type == ERROR:
-                errors.append(msg)
-            elif msg.type == reply_type and msg.xid == xid:
-                return errors
 
     # -- bundles ---------------------------------------------------------------
 
@@ -316,24 +290,15 @@ class Connection:
     def has_bundles(self) -> bool:
         return self.version >= OF13
 
-    def _bundle_message(self, kind: int, body: bytes, xid: int) -> bytes:
-        return bundle_message(self.version, kind, body, xid)
-
     def _bundle_control(self, bundle_id: int, ctrl: int, flags: int) -> list[Message]:
         """Send a bundle control request; return the errors that came before its reply."""
-        xid = self.next_xid()
         body = BUNDLE_CTRL.pack(bundle_id, ctrl, flags)
+        errors: list[Message] = []
         with timed(BUNDLE_CONTROL_STEP.get(ctrl, "bundle-control"), self.bridge):
-            self._send(self._bundle_message(BUNDLE_CONTROL, body, xid))
-            errors = []
-            while True:
-                msg = self._recv()
-                if msg.type == ERROR:
-                    errors.append(msg)
-                    if msg.xid == xid:
-                        return errors
-                elif msg.xid == xid:
-                    return errors
+            request = bundle_message(self.version, OFPT_BUNDLE_CONTROL, body, 0)
+            for _ in self.exchange(request, errors=errors):
+                pass
+        return errors
 
     def bundle(self, messages: Iterable[bytes]) -> list[tuple[int, bytes]]:
         """Apply `messages` as one atomic, ordered bundle.
@@ -351,8 +316,9 @@ class Connection:
         prefix = BUNDLE_ADD.pack(bundle_id, flags)
         for message in messages:
             xid = self.next_xid()
-            out += self._bundle_message(BUNDLE_ADD_MESSAGE, prefix + with_xid(message, xid), xid)
-            if len(out) >= 1 << 18:
+            out += bundle_message(self.version, OFPT_BUNDLE_ADD_MESSAGE,
+                                  prefix + with_xid(message, xid), xid)
+            if len(out) >= WRITE_BATCH:
                 self._send(out)
                 out.clear()
                 errors += self._pending_errors()
@@ -372,8 +338,8 @@ class Connection:
         if errors:
             return [(-1, e.data) for e in errors]
         view = memoryview(prepared.data)
-        for offset in range(0, len(view), 1 << 18):
-            self._send(view[offset:offset + (1 << 18)])
+        for offset in range(0, len(view), WRITE_BATCH):
+            self._send(view[offset:offset + WRITE_BATCH])
             errors += self._pending_errors()
         if errors:
             self._bundle_control(prepared.bundle_id, OFPBCT_DISCARD_REQUEST, flags)
@@ -386,59 +352,6 @@ class Connection:
         return OpenFlowError(bridge=self.bridge, message=describe(msg.data))
 
 
-def bundle_message(version: int, kind: int, body: bytes, xid: int) -> bytes:
-    """A bundle control or add message: standard from 1.4, ONF's extension at 1.3."""
-    if version >= OF14:
-        return encode(version, kind, body, xid)
-    exp_type = ONFT_BUNDLE_CONTROL if kind == BUNDLE_CONTROL else ONFT_BUNDLE_ADD_MESSAGE
-    return encode(version, EXPERIMENTER, struct.pack("!II", ONF_VENDOR, exp_type) + body, xid)
-
-
-# Prepared bundles number their messages from here, far above the xids a
-# connection hands out itself, and use their own bundle id.
-PREPARED_XID_BASE = 1 << 28
-PREPARED_BUNDLE_ID = 0x0F5E0001
-
-
-@dataclass(frozen=True)
-class PreparedBundle:
-    version: int
-    data: bytes | bytearray
-    count: int
-    bundle_id: int = PREPARED_BUNDLE_ID
-    first_xid: int = PREPARED_XID_BASE
-
-
-def prepare_bundle(version: int, messages: Iterable[bytes]) -> PreparedBundle:
-    """Encode the add messages of an atomic, ordered bundle ahead of time."""
-    out = bytearray()
-    prefix = BUNDLE_ADD.pack(PREPARED_BUNDLE_ID, BUNDLE_FLAGS)
-    xid = PREPARED_XID_BASE
-    for message in messages:
-        out += bundle_message(version, BUNDLE_ADD_MESSAGE, prefix + with_xid(message, xid), xid)
-        xid += 1
-    return PreparedBundle(version, out, xid - PREPARED_XID_BASE)  # no copy: it may be big
-
-
 def _index(xid: int, first: int, last: int) -> int:
     """Which of the messages sent with xids first..last an error answers; -1 if none."""
     return xid - first if first <= xid <= last else -1
-
-
-def describe(message: bytes, brief: bool = False) -> str:
-    """A one-line text for an OpenFlow message, as Open vSwitch would print it.
-
-    `brief` keeps only what follows the message's name on its first line:
-    for an error, its name (OFPBAC_BAD_OUT_GROUP); for a flow_mod, the flow.
-    """
-    from ovs_service.errors import OvsServiceError
-    from ovs_service.run import run
-
-    try:
-        text = run(["ovs-ofctl", "ofp-print", message.hex()]).stdout
-    except OvsServiceError:
-        version, type_, length, _ = HEADER.unpack_from(message)
-        return f"OpenFlow message type {type_} (version {version}, {length} bytes)"
-    if brief:
-        text = text.splitlines()[0].split("): ", 1)[-1] if text.strip() else text
-    return " ".join(text.split())
