@@ -201,9 +201,11 @@ def _fault(step: str, when: str) -> None:
     target = os.environ.get(FAULT_ENV, "")
     if not target:
         return
-    if when == "running" and target == f"{FAIL_PREFIX}{step}":
-        del os.environ[FAULT_ENV]  # once: putting the switch back may run the step again
-        raise InjectedFault(step=step)
+    if when == "running":
+        if target == f"{FAIL_PREFIX}{step}":
+            del os.environ[FAULT_ENV]  # once: putting the switch back may run the step again
+            raise InjectedFault(step=step)
+        return
     if target == (step if when == "before" else f"{step}:after"):
         os.kill(os.getpid(), signal.SIGKILL)
 
