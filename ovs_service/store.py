@@ -14,8 +14,11 @@ read through that same descriptor afterwards.
 
 Snapshots in the store are named `<sequence>-<UTC time>`: the sequence, one
 more than any in the store, orders them, so a clock that goes back cannot
-make a new snapshot look old. Those named by the time alone (the format
-before sequences) come first, by name.
+make a new snapshot look old. The sequence has as many digits as it needs
+and is compared as a number. Those named by the time alone (the format
+before sequences) come first, by name. A directory with any other name is
+not one of the store's snapshots: it is not listed, restored by default,
+pruned or counted for the next sequence (`--from NAME` still reads it).
 """
 
 from __future__ import annotations
@@ -251,13 +254,25 @@ class SnapshotWriter:
 
 
 INCOMING = ".incoming-"  # a snapshot being built: `.incoming-<final name>.<random>`
-_SEQUENCED = re.compile(r"(?P<sequence>[0-9]{1,18})-")
+_STAMP = r"[0-9]{8}T[0-9]{6}"
+# `<sequence>-<UTC time>.<nanoseconds>`: a sequence of any length (it is
+# compared as a number, so no name can make the next one fall out of the pattern).
+_SEQUENCED = re.compile(rf"(?P<sequence>[0-9]+)-{_STAMP}\.[0-9]{{9}}")
+_LEGACY = re.compile(rf"{_STAMP}\.[0-9]{{1,9}}")  # the format before sequences
 
 
 def sequence_of(name: str) -> int | None:
-    """The sequence number in a snapshot's name; None for a name of the format before."""
-    match = _SEQUENCED.match(name.removeprefix(INCOMING))
+    """The sequence number in a name the store made (or a work directory's);
+    None for a name of the format before, or one the store did not make."""
+    if name.startswith(INCOMING):
+        name = name.removeprefix(INCOMING).rpartition(".")[0]
+    match = _SEQUENCED.fullmatch(name)
     return int(match["sequence"]) if match else None
+
+
+def _is_snapshot_name(name: str) -> bool:
+    """Whether the store could have made this name: others are not its snapshots."""
+    return bool(_SEQUENCED.fullmatch(name) or _LEGACY.fullmatch(name))
 
 
 def _order(path: Path) -> tuple[int, int, str]:
@@ -559,12 +574,13 @@ def load(path: Path, *, verify: bool = True, allow_foreign: bool = False) -> Sna
 
 
 def snapshots(store: Path) -> list[Path]:
-    """Snapshot directories in the store, oldest first (hidden work dirs excluded)."""
+    """Snapshot directories in the store, oldest first: those with a name the
+    store makes (not work directories, not what someone else parked there)."""
     if not store.is_dir():
         return []
     return sorted(
         (p for p in store.iterdir()
-         if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()),
+         if _is_snapshot_name(p.name) and p.is_dir() and (p / MANIFEST).is_file()),
         key=_order,
     )
 
