@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -138,9 +137,7 @@ def _save_one(writer: SnapshotWriter, bridge: ovs.Bridge,
     except OvsServiceError as e:
         log.debug("%s", e)
         # What was written of the bridge goes: the snapshot holds it whole or not at all.
-        for relpath in [p for p in writer.files if p.startswith(f"{directory}/")]:
-            writer.files.pop(relpath, None)
-        shutil.rmtree(writer.tmp / directory, ignore_errors=True)
+        writer.discard(directory)
         reason = str(e.fields.get("reason") or e.fields.get("message") or e)
         for named in (f"bridge {bridge.name!r}: ", f"{bridge.name}: "):
             reason = reason.removeprefix(named)
