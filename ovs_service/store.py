@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import resource
@@ -791,7 +792,7 @@ def resolve(store: Path, name: str | None) -> Path:
         return newest(store)
     if "/" in name:
         return Path(name)
-    if not _inside(name) or name.startswith("."):
+    if not _inside(name) or name.startswith(".") or not os.path.lexists(store / name):
         raise SnapshotNotFound(what=f"named {name!r} in {store}")
     return store / name
 
@@ -912,6 +913,8 @@ def lock(store: Path, wait: float = 0.0, on_wait: Any = None) -> Iterator[None]:
     root and this user, and its lock file must be this user's own, not a
     symbolic link nor a second name of another file: it is written.
     """
+    if not math.isfinite(wait) or wait < 0:  # nan compares false: it would wait for ever
+        raise UsageError(message=f"cannot wait {wait} seconds for the lock")
     fd = _open_lock(store)
     try:
         deadline = time.monotonic() + wait
