@@ -7,6 +7,7 @@ with `--json`. Errors are one line on stderr and a non-zero exit status (see
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -64,8 +65,16 @@ STAGE_OPT = typer.Option(
     "what the snapshot holds to restore (the firewall only when named, or --firewall).")
 
 
-WAIT_OPT = typer.Option(0.0, "--wait", help="Wait up to this many seconds for another "
-                        "transaction to finish (default: fail at once).")
+def _seconds(value: float) -> float:
+    """`--wait`: a finite number of seconds, not negative (nan would wait for ever)."""
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value} is not a number of seconds (0 or more)",
+                                 param_hint="'--wait'")
+    return value
+
+
+WAIT_OPT = typer.Option(0.0, "--wait", callback=_seconds, help="Wait up to this many seconds "
+                        "for another transaction to finish (default: fail at once).")
 
 
 def _on_wait() -> None:

@@ -76,6 +76,14 @@ class SnapshotWriteFailed(OvsServiceError):
     template = "cannot write a snapshot in {path}: {reason}; nothing was changed"
 
 
+class UnsafeDirectory(OvsServiceError):
+    """A directory ovs-service would write in that someone else could change:
+    they could swap a name in it for a link to where they cannot write."""
+
+    template = "refusing to write in {path}: {reason}"
+    exit_code = 2
+
+
 class SnapshotNotFound(OvsServiceError):
     template = "no snapshot {what}"
     exit_code = 2

@@ -56,7 +56,9 @@ def take_snapshot(
     store_dir = store_dir or store.state_dir()
     bridges = ovs.bridges(bridge_names)
     version = ovs.ovs_version()
-    writer = store.SnapshotWriter(to or store.new_snapshot_path(store_dir))
+    # In the store, no one else may write beside the snapshots; `--to` may be under /tmp.
+    writer = (store.SnapshotWriter(to) if to is not None
+              else store.SnapshotWriter(store.new_snapshot_path(store_dir), store=True))
     scope = SaveScope(bridges)
     try:
         results = [stages.stage(name).save(writer, scope) for name in stages.saved_along(named)]

@@ -32,6 +32,12 @@ def mgmt_socket(bridge: str) -> Path:
     return rundir() / f"{bridge}.mgmt"
 
 
+def unserved(bridge: str, why: str) -> str:
+    """Why OpenFlow cannot reach `bridge`, naming its management socket: the
+    bare errno text ("No such file or directory") does not say of what."""
+    return f"ovs-vswitchd does not serve {mgmt_socket(bridge)} ({why})"
+
+
 def wait_for_bridges(names: Sequence[str], timeout: float) -> None:
     """Wait until ovs-vswitchd serves OpenFlow on each bridge's management socket
     (it creates them as it configures its bridges, before it detaches)."""

@@ -14,8 +14,11 @@ read through that same descriptor afterwards.
 
 Snapshots in the store are named `<sequence>-<UTC time>`: the sequence, one
 more than any in the store, orders them, so a clock that goes back cannot
-make a new snapshot look old. Those named by the time alone (the format
-before sequences) come first, by name.
+make a new snapshot look old. The sequence has as many digits as it needs
+and is compared as a number. Those named by the time alone (the format
+before sequences) come first, by name. A directory with any other name is
+not one of the store's snapshots: it is not listed, restored by default,
+pruned or counted for the next sequence (`--from NAME` still reads it).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import resource
+import secrets
 import shutil
 import socket
 import stat
@@ -41,7 +46,14 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from ovs_service import __version__, codec
-from ovs_service.errors import Busy, SnapshotInvalid, SnapshotNotFound, UsageError
+from ovs_service.errors import (
+    Busy,
+    SnapshotInvalid,
+    SnapshotNotFound,
+    SnapshotWriteFailed,
+    UnsafeDirectory,
+    UsageError,
+)
 
 SCHEMA = 1
 DEFAULT_STATE_DIR = Path("/var/lib/ovs-service")
@@ -155,6 +167,85 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+# Symbolic links followed on the way to a directory, at most (as the kernel does).
+_MAX_LINKS = 40
+
+
+def _open_dir_to_write(path: Path, *, shared_ok: bool) -> int:
+    """A descriptor of directory `path` to write in, reached from / one
+    component at a time, each directory on the way one only root or this user
+    can change (the last one sticky, as /tmp, only if `shared_ok`): another
+    user cannot swap a name on the way. A symbolic link on the way is
+    followed only if it is root's or this user's (its directory is). Missing
+    directories are made, 0700; nothing is made before the directory it goes
+    in has passed. Raises UnsafeDirectory, or OSError naming the path."""
+    todo = list(Path(os.path.abspath(path)).parts[1:])
+    here = Path("/")
+    fd = os.open("/", _DIR_FLAGS)
+    links = 0
+    try:
+        _check_writable(path, "directory /", os.fstat(fd), sticky_ok=shared_ok or bool(todo))
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            try:
+                child = _open_or_make(part, fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise OSError(e.errno, e.strerror, str(here / part)) from None
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise OSError(e.errno, e.strerror, str(here / part)) from None
+                if st.st_uid not in (0, os.geteuid()):
+                    raise UnsafeDirectory(path=path, reason=f"symbolic link {here / part} is "
+                                          f"owned by uid {st.st_uid}, neither root nor this user"
+                                          ) from None
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+                target = os.readlink(part, dir_fd=fd)
+                todo[:0] = target.split("/")
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd, here = os.open("/", _DIR_FLAGS), Path("/")
+                continue
+            os.close(fd)
+            fd = child
+            here = here.parent if part == ".." else here / part
+            last = not any(p not in ("", ".") for p in todo)
+            _check_writable(path, f"directory {here}", os.fstat(fd),
+                            sticky_ok=shared_ok or not last)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_or_make(name: str, dir_fd: int) -> int:
+    """Directory `name` under `dir_fd`, made 0700 if it is missing (not following a link)."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:  # made meanwhile by someone else: theirs, checked as it is
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    os.fchmod(fd, 0o700)  # whatever the umask
+    return fd
+
+
+def _check_writable(path: Path, what: str, st: os.stat_result, *, sticky_ok: bool) -> None:
+    if (problem := _unsafe(what, st, sticky_ok=sticky_ok)) is not None:
+        raise UnsafeDirectory(path=path, reason=problem)
+
+
+def _os_reason(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e.strerror or str(e)
+
+
 class _HashingWriter:
     def __init__(self, f: IO[bytes]) -> None:
         self._f = f
@@ -171,31 +262,104 @@ class _HashingWriter:
 
 
 class SnapshotWriter:
-    """Builds one snapshot; `commit()` makes it appear, whole, at its final path."""
+    """Builds one snapshot; `commit()` makes it appear, whole, at its final path.
 
-    def __init__(self, final: Path) -> None:
-        if final.exists() and (not final.is_dir() or any(final.iterdir())):
-            raise UsageError(message=f"{final}: exists and is not an empty directory")
-        ensure_dir(final.parent)
+    Everything is written under the descriptor of the directory it checked:
+    the final path's parent (reached as `_open_dir_to_write` does) and the
+    work directory made in it. A name swapped meanwhile for a symbolic link
+    is never followed. In the store (`store=True`) the parent may not be
+    writable by anyone else at all; a `--to` parent may be sticky (/tmp).
+    """
+
+    def __init__(self, final: Path, *, store: bool = False) -> None:
         self.final = final
-        self.tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{INCOMING}{final.name}."))
-        # Held while the snapshot is built: `prune` leaves a locked work directory alone.
-        self._lock = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-        os.chmod(self.tmp, 0o700)
         self.files: dict[str, FileEntry] = {}
+        self._dirs: set[str] = set()  # made in the work directory, fsynced by commit()
+        self._lock = self._parent = -1
+        try:
+            self._parent = _open_dir_to_write(final.parent, shared_ok=not store)
+        except OSError as e:
+            raise SnapshotWriteFailed(path=final.parent, reason=_os_reason(e)) from None
+        self._name = f"{INCOMING}{final.name}.{secrets.token_hex(4)}"
+        self.tmp = final.parent / self._name
+        try:
+            self._check_final()
+            os.mkdir(self._name, 0o700, dir_fd=self._parent)
+            # Held while the snapshot is built: `prune` leaves a locked work directory alone.
+            self._lock = os.open(self._name, _DIR_FLAGS, dir_fd=self._parent)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            os.fchmod(self._lock, 0o700)  # whatever the umask
+        except OSError as e:
+            self.abort()
+            raise SnapshotWriteFailed(path=final.parent, reason=f"cannot create "
+                                      f"{self._name}: {_os_reason(e)}") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def _check_final(self) -> None:
+        """The final name is free, or an empty directory of root's or this user's."""
+        try:
+            fd = os.open(self.final.name, _DIR_FLAGS, dir_fd=self._parent)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise UsageError(message=f"{self.final}: exists and is not an empty directory"
+                             ) from None
+        try:
+            st = os.fstat(fd)
+            if os.listdir(fd):
+                raise UsageError(message=f"{self.final}: exists and is not an empty directory")
+            if (problem := _unsafe("it", st, sticky_ok=False)) is not None:
+                raise UnsafeDirectory(path=self.final, reason=problem)
+        finally:
+            os.close(fd)
+
+    def _subdir(self, parts: list[str]) -> int:
+        """A new descriptor of the work directory's subdirectory `parts`, made 0700 if missing."""
+        fd = os.dup(self._lock)
+        try:
+            for depth, part in enumerate(parts, 1):
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    made = False  # by another bridge's thread
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                if made:
+                    os.fchmod(fd, 0o700)
+                self._dirs.add("/".join(parts[:depth]))
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
 
     @contextmanager
     def open(self, relpath: str) -> Iterator[_HashingWriter]:
-        path = self.tmp / relpath
-        ensure_dir(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if not _inside(relpath):
+            raise ValueError(f"{relpath!r} lies outside the snapshot")
+        *dirs, name = relpath.split("/")
+        where = self._subdir(dirs)
+        try:
+            fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=where)
+        finally:
+            os.close(where)
         with os.fdopen(fd, "wb", buffering=_CHUNK) as f:
             writer = _HashingWriter(f)
             yield writer
             f.flush()
             os.fsync(f.fileno())
         self.files[relpath] = writer.entry()
+
+    def discard(self, directory: str) -> None:
+        """Forget and delete what was written under `directory` (a bridge that failed)."""
+        for relpath in [p for p in self.files if p.startswith(f"{directory}/")]:
+            self.files.pop(relpath, None)
+        shutil.rmtree(directory, dir_fd=self._lock, ignore_errors=True)
 
     def write_json(self, relpath: str, doc: Any) -> None:
         """A JSON document (see `codec.to_doc`), as every snapshot file but the manifest."""
@@ -215,24 +379,49 @@ class SnapshotWriter:
             files=dict(sorted(self.files.items())),
             extra=extra or {},
         )
-        write_atomic(self.tmp / MANIFEST, _manifest_bytes(manifest))
-        for sub in {p.parent for p in self.tmp.rglob("*")} | {self.tmp}:
-            _fsync_dir(sub)
-        if self.final.is_dir():
-            self.final.rmdir()  # the empty directory the caller named
-        os.rename(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
-        self._unlock()
+        # Written last, in a directory that is not a snapshot until it is renamed.
+        with os.fdopen(os.open(MANIFEST, _NEW_FILE_FLAGS, 0o600, dir_fd=self._lock), "wb") as f:
+            f.write(_manifest_bytes(manifest))
+            f.flush()
+            os.fsync(f.fileno())
+        for relpath in sorted(self._dirs, key=len, reverse=True):
+            fd = self._subdir(relpath.split("/"))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.fsync(self._lock)
+        # The name must still be the directory written (not a link put in its place).
+        here, now = os.fstat(self._lock), os.stat(self._name, dir_fd=self._parent,
+                                                  follow_symlinks=False)
+        if (here.st_dev, here.st_ino) != (now.st_dev, now.st_ino):
+            raise OSError(errno.EXDEV, f"{self.tmp} was replaced while the snapshot was written")
+        # Replaces the empty directory the caller named, if any.
+        os.rename(self._name, self.final.name, src_dir_fd=self._parent,
+                  dst_dir_fd=self._parent)
+        os.fsync(self._parent)
+        self._close()
         return Snapshot(self.final, manifest, SnapshotFiles(self.final, manifest))
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._unlock()
+        if self._parent >= 0 and self._lock >= 0:
+            # Only what this writer made (the name, if it is still that directory).
+            here = os.fstat(self._lock)
+            try:
+                now = os.stat(self._name, dir_fd=self._parent, follow_symlinks=False)
+            except OSError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (here.st_dev, here.st_ino):
+                shutil.rmtree(self._name, dir_fd=self._parent, ignore_errors=True)
+            else:
+                shutil.rmtree(".", dir_fd=self._lock, ignore_errors=True)
+        self._close()
 
-    def _unlock(self) -> None:
-        if self._lock >= 0:
-            os.close(self._lock)
-            self._lock = -1
+    def _close(self) -> None:
+        for fd in (self._lock, self._parent):
+            if fd >= 0:
+                os.close(fd)
+        self._lock = self._parent = -1
 
 
 def _manifest_bytes(manifest: Manifest) -> bytes:
@@ -241,13 +430,25 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
 
 
 INCOMING = ".incoming-"  # a snapshot being built: `.incoming-<final name>.<random>`
-_SEQUENCED = re.compile(r"(?P<sequence>[0-9]{1,18})-")
+_STAMP = r"[0-9]{8}T[0-9]{6}"
+# `<sequence>-<UTC time>.<nanoseconds>`: a sequence of any length (it is
+# compared as a number, so no name can make the next one fall out of the pattern).
+_SEQUENCED = re.compile(rf"(?P<sequence>[0-9]+)-{_STAMP}\.[0-9]{{9}}")
+_LEGACY = re.compile(rf"{_STAMP}\.[0-9]{{1,9}}")  # the format before sequences
 
 
 def sequence_of(name: str) -> int | None:
-    """The sequence number in a snapshot's name; None for a name of the format before."""
-    match = _SEQUENCED.match(name.removeprefix(INCOMING))
+    """The sequence number in a name the store made (or a work directory's);
+    None for a name of the format before, or one the store did not make."""
+    if name.startswith(INCOMING):
+        name = name.removeprefix(INCOMING).rpartition(".")[0]
+    match = _SEQUENCED.fullmatch(name)
     return int(match["sequence"]) if match else None
+
+
+def _is_snapshot_name(name: str) -> bool:
+    """Whether the store could have made this name: others are not its snapshots."""
+    return bool(_SEQUENCED.fullmatch(name) or _LEGACY.fullmatch(name))
 
 
 def _order(path: Path) -> tuple[int, int, str]:
@@ -271,6 +472,7 @@ def new_snapshot_path(store: Path) -> Path:
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _OPEN_ERRORS = {
     errno.ELOOP: "is a symbolic link",
@@ -283,15 +485,21 @@ def _problem(e: OSError) -> str:
     return _OPEN_ERRORS.get(e.errno or 0, e.strerror or str(e))
 
 
-def _check_owned(root: Path, what: str, st: os.stat_result, *, sticky_ok: bool) -> None:
-    """Only root or this user may be able to change `what`. A sticky directory
-    (such as /tmp) may be writable by others: they cannot rename what is not theirs."""
+def _unsafe(what: str, st: os.stat_result, *, sticky_ok: bool) -> str | None:
+    """Why someone other than root or this user could change `what`, or None.
+    A sticky directory (such as /tmp) may be writable by others: they cannot
+    rename what is not theirs."""
     if st.st_uid not in (0, os.geteuid()):
-        raise SnapshotInvalid(path=root, reason=f"{what} is owned by uid {st.st_uid}, "
-                              "neither root nor this user")
+        return f"{what} is owned by uid {st.st_uid}, neither root nor this user"
     if st.st_mode & _WRITABLE_BY_OTHERS and not (sticky_ok and st.st_mode & stat.S_ISVTX):
-        raise SnapshotInvalid(path=root, reason=f"{what} is writable by group or others "
-                              f"(mode {stat.S_IMODE(st.st_mode):04o})")
+        return f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _check_owned(root: Path, what: str, st: os.stat_result, *, sticky_ok: bool) -> None:
+    """Only root or this user may be able to change `what` (a snapshot being read)."""
+    if (problem := _unsafe(what, st, sticky_ok=sticky_ok)) is not None:
+        raise SnapshotInvalid(path=root, reason=problem)
 
 
 def _open_snapshot_dir(path: Path) -> int:
@@ -549,12 +757,13 @@ def load(path: Path, *, verify: bool = True, allow_foreign: bool = False) -> Sna
 
 
 def snapshots(store: Path) -> list[Path]:
-    """Snapshot directories in the store, oldest first (hidden work dirs excluded)."""
+    """Snapshot directories in the store, oldest first: those with a name the
+    store makes (not work directories, not what someone else parked there)."""
     if not store.is_dir():
         return []
     return sorted(
         (p for p in store.iterdir()
-         if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()),
+         if _is_snapshot_name(p.name) and p.is_dir() and (p / MANIFEST).is_file()),
         key=_order,
     )
 
@@ -573,7 +782,7 @@ def resolve(store: Path, name: str | None) -> Path:
         return newest(store)
     if "/" in name:
         return Path(name)
-    if not _inside(name) or name.startswith("."):
+    if not _inside(name) or name.startswith(".") or not os.path.lexists(store / name):
         raise SnapshotNotFound(what=f"named {name!r} in {store}")
     return store / name
 
@@ -664,15 +873,39 @@ def clear_failed(store: Path) -> None:
 LOCK = "lock"
 
 
+def _open_lock(store: Path) -> int:
+    store_fd = _open_dir_to_write(store, shared_ok=False)
+    try:
+        fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=store_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeDirectory(path=store, reason=f"{LOCK} is a symbolic link") from None
+        raise OSError(e.errno, e.strerror, str(store / LOCK)) from None
+    finally:
+        os.close(store_fd)
+    st = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+               f"is owned by uid {st.st_uid}, not this user" if st.st_uid != os.geteuid() else
+               f"has {st.st_nlink} names (hard links)" if st.st_nlink != 1 else None)
+    if problem is not None:
+        os.close(fd)
+        raise UnsafeDirectory(path=store, reason=f"{LOCK} {problem}")
+    return fd
+
+
 @contextmanager
 def lock(store: Path, wait: float = 0.0, on_wait: Any = None) -> Iterator[None]:
     """Hold the store's lock: one transaction at a time, across CLI and hooks.
 
     Waits up to `wait` seconds (calling `on_wait()` once when it has to wait),
-    then raises Busy naming the holder.
+    then raises Busy naming the holder. The store may be changed by no one but
+    root and this user, and its lock file must be this user's own, not a
+    symbolic link nor a second name of another file: it is written.
     """
-    ensure_dir(store)
-    fd = os.open(store / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    if not math.isfinite(wait) or wait < 0:  # nan compares false: it would wait for ever
+        raise UsageError(message=f"cannot wait {wait} seconds for the lock")
+    fd = _open_lock(store)
     try:
         deadline = time.monotonic() + wait
         told = False

@@ -62,7 +62,8 @@ from ovs_service.store import Snapshot, SnapshotWriter
 
 SCHEMA = 1
 
-# unchanged: left as it was (not needed, or another part failed)
+# unchanged: as it was (not needed; or another part failed, and this one was
+# left as it was, or loaded and put back as it was)
 Status = Literal["restored", "absent", "failed", "unchanged"]
 Backend = Literal["nf_tables", "legacy"]
 
@@ -339,8 +340,10 @@ def _load_all(loads: list[_Load]) -> dict[str, FirewallPartOutcome]:
         try:
             run(_loader(load.part), input=load.text)
         except (CommandFailed, CommandNotFound) as e:
-            # iptables-restore commits table by table: the first may be in.
-            return _failed(load.part, str(e), loads, [*done, (load, before)])
+            # iptables-restore commits table by table: the first may be in;
+            # nft's is one transaction: nothing of it is.
+            loaded = [(load, before)] if load.part != "nft" else []
+            return _failed(load.part, str(e), loads, [*done, *loaded])
         done.append((load, before))
     return {load.part: FirewallPartOutcome(load.part, "restored") for load in loads}
 
@@ -378,16 +381,19 @@ def _failed(part: str, reason: str, loads: list[_Load],
     undone = {load.part: _put_back(load, before) for load, before in reversed(done)}
     outcomes = {}
     for load in loads:
-        problem = undone.get(load.part, "")
+        # Not in `undone`: never loaded; "": loaded, then put back; else what went wrong.
+        problem = undone.get(load.part)
+        after = "left as it was" if problem is None else "put back as it was"
         if problem:
             outcomes[load.part] = FirewallPartOutcome(
                 load.part, "failed",
                 (reason + "; " if load.part == part else f"{part} failed; ") + problem)
         elif load.part == part:
-            outcomes[part] = FirewallPartOutcome(part, "failed", reason + "; nothing changed")
+            outcomes[part] = FirewallPartOutcome(
+                part, "failed", reason + ("; nothing changed" if problem is None else f"; {after}"))
         else:
-            outcomes[load.part] = FirewallPartOutcome(
-                load.part, "unchanged", f"left as it was: {part} failed")
+            outcomes[load.part] = FirewallPartOutcome(load.part, "unchanged",
+                                                      f"{after}: {part} failed")
     return outcomes
 
 

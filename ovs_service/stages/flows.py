@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -121,13 +120,18 @@ def _save_one(writer: SnapshotWriter, bridge: ovs.Bridge,
     except OvsServiceError as e:
         log.debug("%s", e)
         # What was written of the bridge goes: the snapshot holds it whole or not at all.
-        for relpath in [p for p in writer.files if p.startswith(f"{directory}/")]:
-            writer.files.pop(relpath, None)
-        shutil.rmtree(writer.tmp / directory, ignore_errors=True)
-        reason = str(e.fields.get("reason") or e.fields.get("message") or e)
+        writer.discard(directory)
+        reason = _reason(bridge.name, e)
         for named in (f"bridge {bridge.name!r}: ", f"{bridge.name}: "):
             reason = reason.removeprefix(named)
         return SaveFailure(bridge.name, reason, e)
+
+
+def _reason(bridge: str, e: OvsServiceError) -> str:
+    """What went wrong with a bridge, for a line that already names it."""
+    reason = str(e.fields.get("reason") or e.fields.get("message") or e)
+    # The connection to its management socket failed: say which socket.
+    return ovs.unserved(bridge, reason) if isinstance(e, OvsUnreachable) else reason
 
 
 def save_bridge(writer: SnapshotWriter, bridge: ovs.Bridge, directory: str) -> BridgeRecord:
@@ -302,7 +306,7 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord,
             restore_bridge(snapshot, record, prepared)
     except OvsServiceError as e:
         log.debug("%s", e)
-        reason = str(e.fields.get("reason") or e.fields.get("message") or e)
+        reason = _reason(record.name, e)
         transient = isinstance(e, SwitchGone | OvsUnreachable)
         return BridgeRestore(record.name, False, record.counts, str(e), reason, transient)
     except (OSError, ValueError) as e:

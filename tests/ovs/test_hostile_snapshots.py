@@ -350,11 +350,20 @@ def _br1_dump(bed: OvsBed) -> str:
     return bed.ofctl("-O", "OpenFlow13", "--no-stats", "dump-flows", "br1")
 
 
-def test_a_sticky_store_is_fine(scene: Scene) -> None:
-    """A store writable by others but sticky (as /tmp): they cannot swap what is ours."""
-    os.chmod(scene.snapshot.parent, 0o1777)
-    scene.cli.restore("--from", str(scene.snapshot))
+def test_a_sticky_directory_holds_a_snapshot_but_not_the_store(scene: Scene,
+                                                               tmp_path: Path) -> None:
+    """A directory writable by others but sticky (as /tmp): they cannot swap
+    what is ours, so a snapshot in it is read. The store itself may not be
+    one: others could add a `pending` marker or names that come first."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    moved = shared / scene.snapshot.name
+    scene.snapshot.rename(moved)
+    scene.cli.restore("--from", str(moved), "--bridge", "br1")
     assert "in_port=1 actions=drop" in _br1_dump(scene.bed)
+    os.chmod(scene.snapshot.parent, 0o1777)
+    scene.assert_refused("--from", str(moved))
 
 
 def test_a_name_is_looked_up_in_the_store_only(scene: Scene, tmp_path: Path) -> None:
