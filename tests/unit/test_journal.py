@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ovs_service import journal, ovs, store
-from tests.harness.ovsbed import Cli, manifest
+from tests.harness.ovsbed import Cli, manifest, wait_for
 
 
 def test_a_journal_with_fields_we_do_not_know_is_still_read(tmp_path: Path) -> None:
@@ -169,6 +169,9 @@ def legacy_writer(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen([str(script), "--debug", "restart", "--wait", "5"],
                             start_new_session=True)
     try:
+        # Until it has exec'd: the child of the fork shows our command line first.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        wait_for("the script's exec", lambda: str(script).encode() in cmdline.read_bytes())
         yield proc
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the script and its sleep, by their group
