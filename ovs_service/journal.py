@@ -45,9 +45,9 @@ FAIL_PREFIX = "fail:"
 # /proc/PID/stat: the fields after "(comm)" start at field 3; starttime is field 22.
 _STAT_FIRST_AFTER_COMM = 3
 _STAT_STARTTIME = 22
-# An old journal's wall-clock `started` against a process start computed from
-# the boot time, which /proc/stat gives in whole seconds.
-_LEGACY_SLACK = 1.0
+# How an earlier version's transaction shows in /proc/PID/cmdline.
+OWN_COMMAND = "ovs-service"
+OWN_PACKAGE = "ovs_service"
 
 
 def run_dir() -> Path:
@@ -90,17 +90,20 @@ def start_time(pid: int, proc: Path = PROC) -> int | None:
         return None
 
 
-def _started_at(pid: int, proc: Path) -> float | None:
-    """When the process with `pid` started, in seconds since the epoch."""
-    start = start_time(pid, proc)
-    if start is None:
-        return None
+def _runs_ovs_service(pid: int, op: str, proc: Path = PROC) -> bool:
+    """Whether the process with `pid` runs `ovs-service ... OP ...` (the console
+    script, or `python3 -m ovs_service`), by its /proc/PID/cmdline."""
+    if pid <= 0:
+        return False
     try:
-        btime = next(int(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
-                     if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return btime + start / os.sysconf("SC_CLK_TCK")
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    for i, arg in enumerate(args):
+        if Path(arg).name == OWN_COMMAND or (arg == OWN_PACKAGE and args[i - 1:i] == ["-m"]):
+            return op in args[i + 1:]
+    return False
 
 
 @dataclass(frozen=True)
@@ -130,17 +133,17 @@ class Record:
         """Whether the process that wrote this journal still runs.
 
         A journal of an earlier version names its process by PID alone. That
-        PID counts as its writer only if the process now holding it started
-        before the journal did (its `started`): a PID reused after the writer
-        died, in this boot or after a reboot, belongs to a process that
-        started later.
+        PID counts as its writer only while the process holding it runs
+        ovs-service with the journal's operation (`ovs-service restart`): a
+        PID reused after the writer died, in this boot or after a reboot,
+        almost always belongs to something else. Not the journal's wall-clock
+        `started`: the clock may have been stepped since, or be another boot's.
         """
         if self.pid <= 0:  # an unreadable journal
             return False
         if self.start is not None and self.boot is not None:
             return ProcessId(self.pid, self.start, self.boot).alive(proc)
-        began = _started_at(self.pid, proc)
-        return began is not None and began <= self.started + _LEGACY_SLACK
+        return _runs_ovs_service(self.pid, self.op, proc)
 
 
 _FIELDS = frozenset(f.name for f in fields(Record))
@@ -150,15 +153,55 @@ def _path(root: Path) -> Path:
     return root / JOURNAL
 
 
+# What each field of a journal may hold. bool is an int to isinstance: a pid
+# or a start time that is true or false is as wrong as one that is a string.
+_NONE = type(None)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "op": (str,), "pid": (int,), "started": (int, float), "snapshot": (str, _NONE),
+    "datapaths_deleted": (bool,), "step": (str, _NONE), "state": (str,), "done": (list,),
+    "invocation": (str, _NONE), "start": (int, _NONE), "boot": (str, _NONE),
+}
+assert set(_TYPES) == _FIELDS, "every field of Record has its types"
+
+
+def _well_typed(name: str, value: object) -> bool:
+    kinds = _TYPES[name]
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if not isinstance(value, kinds):
+        return False
+    if isinstance(value, list):  # done: the steps' names
+        return all(isinstance(step, str) for step in value)
+    if name == "snapshot" and isinstance(value, str):
+        # A name in the store, never a path out of it.
+        return "/" not in value and "\0" not in value and value not in ("", ".", "..")
+    return True
+
+
+def _unreadable() -> Record:
+    return Record(op="unknown", pid=0, started=0.0, state="unreadable")
+
+
 def read(root: Path) -> Record | None:
+    """The journal, or None if there is none. One that cannot be parsed, lacks
+    a field or has a field of the wrong type is `unreadable`: it names no
+    live process, and recover clears it."""
     try:
         doc = json.loads(_path(root).read_text())
-        # What another version of ovs-service wrote may hold more than we know.
-        return Record(**{k: v for k, v in doc.items() if k in _FIELDS})
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError, AttributeError):
-        return Record(op="unknown", pid=0, started=0.0, state="unreadable")
+    except ValueError:
+        return _unreadable()
+    if not isinstance(doc, dict):
+        return _unreadable()
+    # What another version of ovs-service wrote may hold more than we know.
+    known = {k: v for k, v in doc.items() if k in _FIELDS}
+    if not all(_well_typed(k, v) for k, v in known.items()):
+        return _unreadable()
+    try:
+        return Record(**known)
+    except TypeError:  # a field missing
+        return _unreadable()
 
 
 def active(root: Path) -> Record | None:

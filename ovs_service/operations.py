@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ovs_service.errors import (
     BridgeNotFound,
     OvsServiceError,
     OvsUnreachable,
+    RestoreFailed,
     SaveIncomplete,
     SnapshotWriteFailed,
     UsageError,
@@ -149,12 +150,13 @@ def prepare_restore(
     path: Path,
     bridge_names: Sequence[str] = (),
     allow_foreign: bool = False,
-    skip_missing: bool = False,
-) -> tuple[store.Snapshot, list[flows.BridgeRecord]]:
-    """The verified snapshot and the bridges a restore of it takes.
+) -> tuple[store.Snapshot, list[flows.BridgeRecord], list[flows.BridgeRecord]]:
+    """The verified snapshot, the bridges a restore of it takes, and those of
+    them that the switch no longer has.
 
-    A bridge of the snapshot that the switch no longer has is refused, or,
-    with `skip_missing` (the unit hooks), left out with a warning.
+    A bridge named that the switch does not have is refused before anything
+    is touched. Without names, the bridges gone are returned apart: one
+    deleted since the save does not keep the others from being restored.
     """
     snapshot = store.load(path, allow_foreign=allow_foreign)
     records = flows.records(snapshot)
@@ -168,19 +170,20 @@ def prepare_restore(
         log.warning("bridge %r is not in the snapshot: its save failed (%s)", name, unsaved[name])
     selected = [by_name[n] for n in bridge_names] if bridge_names else records
     existing = {b.name for b in ovs.bridges()}
-    gone = [r.name for r in selected if r.name not in existing]
-    if gone and not skip_missing:
-        raise BridgeNotFound(bridge=gone[0])
-    if gone:
-        log.warning("bridges no longer present, not restored: %s", ", ".join(gone))
-    selected = [r for r in selected if r.name in existing]
-    return snapshot, selected
+    gone = [r for r in selected if r.name not in existing]
+    if gone and bridge_names:
+        raise BridgeNotFound(bridge=gone[0].name)
+    return snapshot, [r for r in selected if r.name in existing], gone
 
 
 def prepare_pinned(path: Path) -> tuple[store.Snapshot, list[flows.BridgeRecord]]:
-    """`prepare_restore` for a restart's restore (bridges gone are left out),
+    """`prepare_restore` for a restart's restore (bridges gone are left out,
+    with a warning: the operator deleted them while the switch was down),
     with the flows stage's checks done before the switch is touched."""
-    snapshot, selected = prepare_restore(path, skip_missing=True)
+    snapshot, selected, gone = prepare_restore(path)
+    if gone:
+        log.warning("bridges no longer present, not restored: %s",
+                    ", ".join(r.name for r in gone))
     stages.stage("flows").check(snapshot, RestoreScope(bridges=[r.name for r in selected]))
     return snapshot, selected
 
@@ -245,7 +248,7 @@ def restore_snapshot(
     each checked before any is run, then verified once all have run. The
     firewall only with `firewall` (or named): the host's firewall is not
     ovs-service's to replace unless asked."""
-    snapshot, selected = prepare_restore(path, bridge_names, allow_foreign)
+    snapshot, selected, gone = prepare_restore(path, bridge_names, allow_foreign)
     held = [*snapshot.manifest.stages, *(["firewall"] if firewall else [])]
     wanted = _check_stages([*stage_names, *(["firewall"] if firewall and stage_names else [])],
                            stages.names(), default=[n for n in stages.names() if n in held])
@@ -256,4 +259,20 @@ def restore_snapshot(
         stage.check(snapshot, scope)
     reports = [stage.restore(snapshot, scope) for stage in chosen]
     reports += [r for stage in chosen if (r := stage.verify(snapshot, scope)) is not None]
-    return RestoreOutcome(snapshot.path, tuple(reports))
+    return RestoreOutcome(snapshot.path, _with_gone(reports, gone))
+
+
+def _with_gone(reports: Sequence[Report], gone: Sequence[flows.BridgeRecord]
+               ) -> tuple[Report, ...]:
+    """The reports, with each bridge the switch no longer has failed among
+    the bridges (a report of its own if the flows stage did not run)."""
+    if not gone:
+        return tuple(reports)
+    reason = "the bridge does not exist on the switch"
+    failed = tuple(flows.BridgeRestore(r.name, False, r.counts,
+                                       str(RestoreFailed(bridge=r.name, reason=reason)), reason)
+                   for r in gone)
+    if not any(isinstance(r, flows.FlowsReport) for r in reports):
+        return (flows.FlowsReport(failed), *reports)
+    return tuple(replace(r, results=(*r.results, *failed)) if isinstance(r, flows.FlowsReport)
+                 else r for r in reports)

@@ -7,9 +7,10 @@ runs) → clear flow-restore-wait. Each step is written to the journal before
 and after it runs; flow-restore-wait is cleared on every way out once it has
 been set.
 
-Whatever can be checked is checked before anything stops (`_precheck`):
-once ovs-vswitchd has stopped, a failure rolls forward (`_rolling_forward`)
-the way recover does, and only then is reported.
+Whatever can be checked is checked before anything stops (`_precheck`),
+and a refusal there leaves no journal and no pending snapshot
+(`_before_stop`); once ovs-vswitchd has stopped, a failure rolls forward
+(`_rolling_forward`) the way recover does, and only then is reported.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from ovs_service.systemd import Systemd
 
 
+RESTART = "restart"
+KMOD = "force-reload-kmod"
 OVSDB_UNIT = "ovsdb-server.service"
 VSWITCHD_UNIT = "ovs-vswitchd.service"
 
@@ -84,17 +87,58 @@ class _Run:
 Prepared = tuple[store.Snapshot, list[flows.BridgeRecord], dict[str, PreparedBundle]]
 
 
+# The steps before the stop: a transaction refused or killed in them left
+# the switch running as it was.
+BEFORE_STOP = ("save",)
+
+
 def _save(run: _Run, outcome: Outcome, stage_names: Sequence[str] = ()) -> Prepared:
-    """Save and verify everything before anything stops: if this fails, nothing
-    was touched. The snapshot is pending from here on."""
+    """Save and verify everything before anything stops. The snapshot is not
+    pending yet (`_before_stop` marks it): a refusal leaves nothing to restore.
+
+    A bridge that cannot be saved stops the transaction here (SaveIncomplete):
+    restarting would lose its table.
+    """
     with run.step("save"):
-        snapshot = operations.take_snapshot(stage_names=stage_names, store_dir=run.root,
-                                            pending=True)
+        snapshot = operations.take_snapshot(stage_names=stage_names, store_dir=run.root)
         run.tx.set_snapshot(snapshot.path)
         outcome.snapshot = str(snapshot.path)
         loaded, records = operations.prepare_pinned(snapshot.path)
         # The bundles the empty bridges will need, encoded now, not in the outage.
         return loaded, records, operations.prepare_bundles(loaded, records)
+
+
+@contextmanager
+def _before_stop(run: _Run) -> Iterator[None]:
+    """Save and check, then mark the snapshot pending, last: the stop follows.
+
+    A refusal (or an interrupt) in here leaves what it found: no journal for
+    recover, and no pending snapshot for the next start of ovs-vswitchd,
+    which would roll the running switch back to it.
+    """
+    try:
+        yield
+    except BaseException:
+        _withdraw(run.root, run.tx.record)
+        run.tx.finish()
+        raise
+
+
+def _withdraw(root: Path, record: journal.Record) -> bool:
+    """Unmark the snapshot the transaction of `record` marked pending, and only
+    that one; whether there was one."""
+    pending = store.pending_snapshot(root)
+    if record.snapshot and pending is not None and pending.name == record.snapshot:
+        store.clear_pending(root)
+        return True
+    return False
+
+
+def never_stopped(record: journal.Record) -> bool:
+    """Whether the journal is of a transaction that ended before its stop."""
+    return (record.op in (RESTART, KMOD)
+            and not record.datapaths_deleted
+            and (record.step is None or record.step in BEFORE_STOP))
 
 
 def _stop(run: _Run, sd: Systemd) -> None:
@@ -149,10 +193,12 @@ def restart(
 
     root = store.state_dir()
     steps = StepLog(on_step=on_step)
-    outcome = Outcome(op="restart", steps=steps.steps)
-    with store.lock(root, wait, on_wait), Systemd() as sd, _Run(root, "restart", steps) as run:
-        prepared = _save(run, outcome)
-        _precheck(run.op, _room_for_journal(root))
+    outcome = Outcome(op=RESTART, steps=steps.steps)
+    with store.lock(root, wait, on_wait), Systemd() as sd, _Run(root, RESTART, steps) as run:
+        with _before_stop(run):
+            prepared = _save(run, outcome)
+            _precheck(run.op, _room_for_journal(root))
+            store.mark_pending(root, prepared[0].path)
         with _rolling_forward(run, sd):
             _stop(run, sd)
             _start_and_restore(run, sd, outcome, prepared)
@@ -239,7 +285,7 @@ def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore
 
 
 def plan(op: str) -> list[tuple[str, str]]:
-    return KMOD_PLAN if op == "force-reload-kmod" else RESTART_PLAN
+    return KMOD_PLAN if op == KMOD else RESTART_PLAN
 
 
 @dataclass
@@ -259,7 +305,9 @@ def recover(wait: float = 0.0) -> Recovery:
     kernel datapaths back at their port numbers before ovs-vswitchd starts (so
     that it adopts them), and the internal interfaces and the firewall back.
     Only what is missing is made again, so a recovery that is itself
-    interrupted can simply run again.
+    interrupted can simply run again. A transaction that died before its
+    stop never took the switch down: its snapshot is not restored (the
+    switch may have been given flows since), only its marks are cleared.
     """
     root = store.state_dir()
     with store.lock(root, wait):
@@ -270,10 +318,25 @@ def recover(wait: float = 0.0) -> Recovery:
         # Our own journal replaces the dead one: the unit hooks leave the
         # restore to us (they would wait for the lock we hold).
         with journal.Journal(root, "recover") as tx:
+            if record is not None and never_stopped(record):
+                _forget(root, record, result)
+                record = None  # what is left is what recover does without a journal
             _roll_forward(root, record, tx, result)
         if not result.actions:
             result.actions.append("nothing to recover")
     return result
+
+
+def _forget(root: Path, record: journal.Record, result: Recovery) -> None:
+    """A transaction that died before its stop: the switch ran on, and may have
+    been given flows since. Its snapshot is not restored; its pending mark
+    and its journal go."""
+    where = f"at {record.step}" if record.step else "before its first step"
+    action = (f"{record.op} was interrupted {where}, before it stopped anything: "
+              "the switch never stopped, nothing restored")
+    if _withdraw(root, record):
+        action += f"; its snapshot {record.snapshot} is no longer pending"
+    result.actions.append(action)
 
 
 def _roll_forward(
@@ -397,17 +460,17 @@ def force_reload_kmod(
 
     root = store.state_dir()
     steps = StepLog(on_step=on_step)
-    outcome = KmodOutcome(op="force-reload-kmod", steps=steps.steps)
+    outcome = KmodOutcome(op=KMOD, steps=steps.steps)
     with store.lock(root, wait, on_wait):
         datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
         has_modules = kmod.module_support()
         if has_modules:
             # Before the journal: a refusal leaves nothing to recover.
-            _precheck("force-reload-kmod", kmod.unload_blockers(_own_kernel_ports))
+            _precheck(KMOD, kmod.unload_blockers(_own_kernel_ports))
         else:
             outcome.notes.append("this kernel has no loadable module support: "
                                  "module steps skipped, the rest done")
-        with Systemd() as sd, _Run(root, "force-reload-kmod", steps) as run:
+        with Systemd() as sd, _Run(root, KMOD, steps) as run:
             _reload_kmod(root, sd, run, outcome, has_modules)
     outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
     return outcome
@@ -423,9 +486,11 @@ def _reload_kmod(root: Path, sd: Systemd, run: _Run, outcome: KmodOutcome,
                  has_modules: bool) -> None:
     from ovs_service import kmod
 
-    prepared = _save(run, outcome, stages.save_names())
-    saved_dps = datapaths.load(prepared[0])
-    _precheck(run.op, _room_for_journal(root))
+    with _before_stop(run):
+        prepared = _save(run, outcome, stages.save_names())
+        saved_dps = datapaths.load(prepared[0])
+        _precheck(run.op, _room_for_journal(root))
+        store.mark_pending(root, prepared[0].path)
     with _rolling_forward(run, sd):
         _stop(run, sd)
         with run.step("delete-datapaths") as s:

@@ -229,6 +229,48 @@ def test_a_failure_after_the_stop_rolls_forward(
     _assert_whole(ns, switch, hosts, before, f"a failure at {step}, rolled forward")
 
 
+NEWER_FLOW = "priority=20,tcp,tp_dst=22 actions=drop"
+
+
+@pytest.mark.parametrize("how", ["an OpenFlow 1.1 bridge", "fail:save", "stop-ovs-vswitchd"])
+def test_a_restart_that_ends_before_the_stop_leaves_the_running_switch_alone(
+    lane: tuple[SystemdNamespace, NsSwitch, Hosts], how: str
+) -> None:
+    """Refused at its save (a bridge it cannot save, a failed save) or killed
+    just before the stop: ovs-vswitchd ran on. A refusal leaves nothing to
+    recover; after the kill, recover must not roll the running switch back
+    to the snapshot, deleting what it was given since."""
+    ns, switch, hosts = lane
+    before = canon.all_states(switch)
+    if how == "an OpenFlow 1.1 bridge":
+        switch.add_bridge("br11", protocols=["OpenFlow11"])
+    try:
+        daemon = ns.main_pid("ovs-vswitchd")
+        fault = [] if how.startswith("an ") else [f"OVS_SERVICE_FAULT={how}"]
+        proc = ns.run(["env", *fault, "ovs-service", "restart"], check=False)
+        killed = how == "stop-ovs-vswitchd"
+        assert proc.returncode == (KILLED if killed else 1), f"{proc.returncode} {proc.stderr}"
+        assert killed or len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert ns.main_pid("ovs-vswitchd") == daemon, "ovs-vswitchd was stopped"
+        status = _status(ns)
+        if not killed:
+            assert status["transaction"] is None and status["pending"] is None, status
+        # The operator (or a controller) goes on changing the running switch.
+        switch.ofctl("-O", "OpenFlow15", "add-flow", "brt", NEWER_FLOW.replace(" ", ","))
+        recovered = ns.run(["ovs-service", "recover", "--json"], check=False)
+        assert recovered.returncode == 0, recovered.stderr
+        assert json.loads(recovered.stdout)["bridges"] == [], recovered.stdout
+        flows = switch.ofctl("-O", "OpenFlow15", "dump-flows", "brt", "--no-stats")
+        assert NEWER_FLOW in flows, f"recover rolled the running switch back:\n{flows}"
+        assert ns.main_pid("ovs-vswitchd") == daemon, "ovs-vswitchd was restarted"
+    finally:
+        switch.ofctl("-O", "OpenFlow15", "del-flows", "brt", "--strict",
+                     NEWER_FLOW.split(" ")[0], check=False)
+        switch.vsctl("--if-exists", "del-br", "br11")
+        ns.run(["ovs-service", "recover"], check=False)
+    _assert_whole(ns, switch, hosts, before, f"a restart that ended before the stop ({how})")
+
+
 def test_fault_points_cover_every_step() -> None:
     """The count the issue asks for: kill points covered / steps that exist."""
     from ovs_service import transaction

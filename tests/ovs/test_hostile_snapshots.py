@@ -319,14 +319,31 @@ def test_foreign_snapshot_by_name_is_refused(scene: Scene) -> None:
 
 
 def test_bridge_that_no_longer_exists(scene: Scene) -> None:
+    """A bridge deleted since the save: named, the restore is refused before
+    anything is touched; not named, the other bridges are restored, and the
+    missing one is reported failed (exit 4, as any bridge's failed restore)."""
     scene.bed.add_bridge("gone", protocols=("OpenFlow13",))
     scene.bed.ofctl("-O", "OpenFlow13", "add-flow", "gone", "priority=3 actions=drop")
+    scene.bed.ofctl("-O", "OpenFlow13", "add-flow", "br1", "priority=9,in_port=1 actions=drop")
     only_gone = scene.cli.save("--bridge", "gone")
     both = scene.cli.save("--bridge", "gone", "--bridge", "br1")
+    scene.bed.ofctl("-O", "OpenFlow13", "del-flows", "br1")
     scene.bed.del_bridge("gone")
-    scene.assert_refused("--from", str(only_gone), code=None)
-    scene.assert_refused("--from", str(both), code=None)
     scene.assert_refused("--from", str(both), "--bridge", "gone", code=None)
+    scene.assert_refused("--from", str(only_gone), "--bridge", "gone", code=None)
+    scene.assert_refused("--from", str(only_gone), code=4)
+
+    result = scene.cli.restore("--from", str(both), "--json", check=False)
+    one_line_error(result)
+    assert result.returncode == 4 and "'gone'" in result.stderr, result.describe()
+    doc = result.json()
+    assert doc["ok"] is False
+    by_name = {b["bridge"]: b for b in doc["bridges"]}
+    assert by_name["br1"]["ok"], doc
+    assert not by_name["gone"]["ok"] and "does not exist" in by_name["gone"]["error"], doc
+    assert "in_port=1 actions=drop" in _br1_dump(scene.bed)
+    text = scene.cli.restore("--from", str(both), check=False)
+    assert text.returncode == 4 and "gone: FAILED" in text.stdout, text.describe()
 
 
 @pytest.mark.parametrize("kind", ["empty", "stray files", "a file", "missing", "store itself"])

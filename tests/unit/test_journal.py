@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -13,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ovs_service import journal, ovs
-from tests.harness.ovsbed import Cli
+from ovs_service import journal, ovs, store
+from tests.harness.ovsbed import Cli, manifest, wait_for
 
 
 def test_a_journal_with_fields_we_do_not_know_is_still_read(tmp_path: Path) -> None:
@@ -33,6 +35,61 @@ def test_an_unreadable_journal_names_no_live_process(tmp_path: Path) -> None:
         assert record is not None and record.state == "unreadable", text
         assert not record.alive, text  # kill(0, 0) would have said yes
         assert journal.active(tmp_path) is None
+
+
+# Valid JSON, wrong types: each one crashed status, recover or the hooks (the
+# stop-time save among them: `systemctl restart` then lost every flow).
+WRONG_TYPES = [
+    {"op": "restart", "pid": "12", "started": 0},
+    {"op": "restart", "pid": 1, "started": None},
+    {"op": "restart", "pid": True, "started": 0},
+    {"op": 7, "pid": 1 << 22, "started": 0},
+    {"op": "force-reload-kmod", "pid": 1 << 22, "started": 0, "datapaths_deleted": True,
+     "snapshot": 7},
+    {"op": "force-reload-kmod", "pid": 1 << 22, "started": 0, "datapaths_deleted": "yes"},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "start": "x", "boot": "y"},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "start": 1, "boot": 2},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "done": "save"},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "done": [1]},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "step": ["save"]},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "state": None},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "invocation": 1},
+    # A snapshot is a name in the store, not a path out of it.
+    {"op": "restart", "pid": 1 << 22, "started": 0, "snapshot": "../../etc"},
+    {"op": "restart", "pid": 1 << 22, "started": 0, "snapshot": ".."},
+    "just a string",
+]
+
+
+@pytest.mark.parametrize("doc", WRONG_TYPES, ids=json.dumps)
+def test_a_journal_with_a_field_of_the_wrong_type_is_unreadable(
+    tmp_path: Path, doc: object
+) -> None:
+    (tmp_path / journal.JOURNAL).write_text(json.dumps(doc))
+    record = journal.read(tmp_path)
+    assert record is not None and record.state == "unreadable", record
+    assert not record.alive
+    assert journal.active(tmp_path) is None
+
+
+def test_status_recover_and_the_save_hook_read_a_wrong_typed_journal(cli: Cli) -> None:
+    cli.bed.add_bridge("br0")
+    cli.bed.ofctl("add-flow", "br0", "priority=10,ip,actions=drop")
+    left = cli.state_dir / journal.JOURNAL
+    left.write_text(json.dumps({"op": "restart", "pid": 1, "started": None}))
+    status = cli("status", "--json").json()
+    assert status["transaction"]["running"] is False, status
+    # The stop-time save: without it, `systemctl restart` loses every flow.
+    hook = subprocess.run([sys.executable, "-P", "-m", "ovs_service.hooks", "save"],
+                          env=cli.env(), capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert hook.returncode == 0 and "Traceback" not in hook.stderr, hook.stderr
+    pending = store.pending_snapshot(cli.state_dir)
+    assert pending is not None and manifest(pending)["bridges"] == ["br0"]
+    done = cli("recover", "--json").json()
+    assert done["interrupted"]["state"] == "unreadable", done
+    assert not left.exists()
+    assert "priority=10,ip actions=drop" in cli.bed.ofctl("dump-flows", "br0", "--no-stats")
 
 
 def test_recover_takes_over_what_the_kernel_side_left(tmp_path: Path) -> None:
@@ -92,14 +149,63 @@ def test_a_journal_of_an_earlier_version_names_its_pid_only(
     tmp_path: Path, unrelated: subprocess.Popen[bytes]
 ) -> None:
     """As after a reboot, or after the writer died and its PID went to another
-    process: the process with that PID started after the journal did."""
-    doc = {"op": "restart", "pid": unrelated.pid, "started": time.time() - 3600,
-           "snapshot": "s", "step": "stop-ovs-vswitchd", "state": "done"}
+    process: that process is no ovs-service, whenever it started. The wall
+    clock the journal was written with says nothing: it may have been stepped
+    (`started` ten minutes ahead, then set back) or be another boot's."""
+    doc = {"op": "force-reload-kmod", "pid": unrelated.pid, "snapshot": "s",
+           "datapaths_deleted": True, "step": "reload-module", "state": "running"}
+    for started in (time.time() - 3600, time.time(), time.time() + 600):
+        (tmp_path / journal.JOURNAL).write_text(json.dumps({**doc, "started": started}))
+        assert journal.active(tmp_path) is None, started
+
+
+@pytest.fixture
+def legacy_writer(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that runs `ovs-service restart`, as an earlier version's would."""
+    script = tmp_path / "bin" / "ovs-service"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\nsleep 600\n")
+    script.chmod(0o755)
+    proc = subprocess.Popen([str(script), "--debug", "restart", "--wait", "5"],
+                            start_new_session=True)
+    try:
+        # Until it has exec'd: the child of the fork shows our command line first.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        wait_for("the script's exec", lambda: str(script).encode() in cmdline.read_bytes())
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and its sleep, by their group
+        proc.wait()
+
+
+def test_an_earlier_versions_journal_counts_while_its_writer_runs(
+    tmp_path: Path, legacy_writer: subprocess.Popen[bytes]
+) -> None:
+    doc = {"op": "restart", "pid": legacy_writer.pid, "started": 0.0, "snapshot": "s",
+           "step": "stop-ovs-vswitchd", "state": "running"}
     (tmp_path / journal.JOURNAL).write_text(json.dumps(doc))
-    assert journal.active(tmp_path) is None
-    # The same PID, the journal written after it started: it may be the writer.
-    (tmp_path / journal.JOURNAL).write_text(json.dumps({**doc, "started": time.time()}))
     assert journal.active(tmp_path) is not None
+    # The same process, but it runs another command than the journal's.
+    (tmp_path / journal.JOURNAL).write_text(json.dumps({**doc, "op": "force-reload-kmod"}))
+    assert journal.active(tmp_path) is None
+
+
+def test_an_earlier_versions_writer_is_recognised_by_its_command_line(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    record = journal.Record(op="recover", pid=42, started=0.0)
+    for argv, alive in (
+        (["/usr/bin/python3", "/usr/bin/ovs-service", "recover"], True),
+        (["/usr/bin/python3", "-m", "ovs_service", "--debug", "recover"], True),
+        (["/opt/venv/bin/python", "/opt/venv/bin/ovs-service", "recover", "--wait", "9"], True),
+        (["/usr/bin/python3", "/usr/bin/ovs-service", "status"], False),
+        (["/usr/bin/python3", "-m", "ovs_service.hooks", "save"], False),
+        (["sleep", "recover"], False),
+        (["/usr/bin/python3", "/tmp/not-ovs-service", "recover"], False),
+        ([], False),  # a zombie, or a kernel thread
+    ):
+        (proc / "42").mkdir(parents=True, exist_ok=True)
+        (proc / "42" / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+        assert record.is_alive(proc) is alive, argv
 
 
 def test_the_command_name_may_hold_spaces_and_parentheses(
