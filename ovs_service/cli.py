@@ -347,12 +347,12 @@ def force_reload_kmod(
     numbers, restores flows and interfaces, and reports processes bound to
     interfaces that vanished. Example: ovs-service force-reload-kmod --dry-run
     """
-    from ovs_service import transaction
+    from ovs_service import reload
 
     if dry_run:
         _plan("force-reload-kmod", as_json)
         return
-    outcome = transaction.force_reload_kmod(on_step=_progress(as_json), wait=wait,
+    outcome = reload.force_reload_kmod(on_step=_progress(as_json), wait=wait,
                                             on_wait=_on_wait)
     total = sum(s.seconds for s in outcome.steps)
     lines = [f"force-reload-kmod done in {total:.3f}s; module "

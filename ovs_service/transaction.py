@@ -1,5 +1,6 @@
-"""The `restart` and `force-reload-kmod` transactions, driven through
-systemd's D-Bus API, and `recover`, which finishes either.
+"""The `restart` transaction, driven through systemd's D-Bus API, the steps
+it shares with `force-reload-kmod` (`ovs_service.reload`), and `recover`,
+which finishes either.
 
 restart: save → stop ovs-vswitchd → restart ovsdb-server (as ovs-vswitchd
 exits) → start ovs-vswitchd with flow-restore-wait → restore (as soon as it
@@ -7,10 +8,10 @@ runs) → clear flow-restore-wait. Each step is written to the journal before
 and after it runs; flow-restore-wait is cleared on every way out once it has
 been set.
 
-Whatever can be checked is checked before anything stops (`_precheck`),
+Whatever can be checked is checked before anything stops (`precheck`),
 and a refusal there leaves no journal and no pending snapshot
-(`_before_stop`); once ovs-vswitchd has stopped, a failure rolls forward
-(`_rolling_forward`) the way recover does, and only then is reported.
+(`before_stop`); once ovs-vswitchd has stopped, a failure rolls forward
+(`rolling_forward`) the way recover does, and only then is reported.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ovs_service import deadifs, journal, operations, ovs, stages, store
+from ovs_service import journal, operations, ovs, store
 from ovs_service.errors import (
     Busy,
     OvsServiceError,
@@ -63,7 +64,7 @@ class Outcome:
     ok: bool = False
 
 
-class _Run:
+class Run:
     """One transaction's steps: each journalled on disk and timed for the caller."""
 
     def __init__(self, root: Path, op: str, steps: StepLog) -> None:
@@ -72,7 +73,7 @@ class _Run:
         self.tx = journal.Journal(root, op)
         self.steps = steps
 
-    def __enter__(self) -> _Run:
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -92,9 +93,9 @@ Prepared = tuple[store.Snapshot, list[flows.BridgeRecord], dict[str, PreparedBun
 BEFORE_STOP = ("save",)
 
 
-def _save(run: _Run, outcome: Outcome, stage_names: Sequence[str] = ()) -> Prepared:
+def save(run: Run, outcome: Outcome, stage_names: Sequence[str] = ()) -> Prepared:
     """Save and verify everything before anything stops. The snapshot is not
-    pending yet (`_before_stop` marks it): a refusal leaves nothing to restore.
+    pending yet (`before_stop` marks it): a refusal leaves nothing to restore.
 
     A bridge that cannot be saved stops the transaction here (SaveIncomplete):
     restarting would lose its table.
@@ -109,7 +110,7 @@ def _save(run: _Run, outcome: Outcome, stage_names: Sequence[str] = ()) -> Prepa
 
 
 @contextmanager
-def _before_stop(run: _Run) -> Iterator[None]:
+def before_stop(run: Run) -> Iterator[None]:
     """Save and check, then mark the snapshot pending, last: the stop follows.
 
     A refusal (or an interrupt) in here leaves what it found: no journal for
@@ -141,7 +142,7 @@ def never_stopped(record: journal.Record) -> bool:
             and (record.step is None or record.step in BEFORE_STOP))
 
 
-def _stop(run: _Run, sd: Systemd) -> None:
+def stop(run: Run, sd: Systemd) -> None:
     """Stop ovs-vswitchd, and restart ovsdb-server while it exits.
 
     Both alone (job mode ignore-dependencies): with Debian's units,
@@ -163,7 +164,7 @@ def _stop(run: _Run, sd: Systemd) -> None:
         sd.wait(restart)
 
 
-def _start_and_restore(run: _Run, sd: Systemd, outcome: Outcome, prepared: Prepared) -> None:
+def start_and_restore(run: Run, sd: Systemd, outcome: Outcome, prepared: Prepared) -> None:
     """Start with flow-restore-wait, restore, and clear it on every way out.
 
     The restore begins as soon as the daemon runs, not when the start job
@@ -194,14 +195,14 @@ def restart(
     root = store.state_dir()
     steps = StepLog(on_step=on_step)
     outcome = Outcome(op=RESTART, steps=steps.steps)
-    with store.lock(root, wait, on_wait), Systemd() as sd, _Run(root, RESTART, steps) as run:
-        with _before_stop(run):
-            prepared = _save(run, outcome)
-            _precheck(run.op, _room_for_journal(root))
+    with store.lock(root, wait, on_wait), Systemd() as sd, Run(root, RESTART, steps) as run:
+        with before_stop(run):
+            prepared = save(run, outcome)
+            precheck(run.op, room_for_journal(root))
             store.mark_pending(root, prepared[0].path)
-        with _rolling_forward(run, sd):
-            _stop(run, sd)
-            _start_and_restore(run, sd, outcome, prepared)
+        with rolling_forward(run, sd):
+            stop(run, sd)
+            start_and_restore(run, sd, outcome, prepared)
         finish_restore(root, prepared[0].path, outcome.bridges)
         run.tx.finish()
     outcome.ok = True
@@ -214,7 +215,7 @@ JOURNAL_ROOM = 1 << 20
 JOURNAL_INODES = 64
 
 
-def _room_for_journal(root: Path) -> list[str]:
+def room_for_journal(root: Path) -> list[str]:
     """Why the journal might not be writable after the stop (the snapshot is
     written before it, so a full disk stops the save, which changes nothing)."""
     fs = os.statvfs(root)
@@ -225,13 +226,13 @@ def _room_for_journal(root: Path) -> list[str]:
     return []
 
 
-def _precheck(op: str, blockers: list[str]) -> None:
+def precheck(op: str, blockers: list[str]) -> None:
     if blockers:
         raise PrecheckFailed(op=op, reason="; ".join(blockers))
 
 
 @contextmanager
-def _rolling_forward(run: _Run, sd: Systemd | None = None) -> Iterator[None]:
+def rolling_forward(run: Run, sd: Systemd | None = None) -> Iterator[None]:
     """From the stop on, a failure puts the switch back before it is reported.
 
     The switch would otherwise stay stopped (and after force-reload-kmod's
@@ -285,7 +286,11 @@ def finish_restore(root: Path, snapshot: Path, results: list[flows.BridgeRestore
 
 
 def plan(op: str) -> list[tuple[str, str]]:
-    return KMOD_PLAN if op == KMOD else RESTART_PLAN
+    if op == KMOD:
+        from ovs_service.reload import KMOD_PLAN
+
+        return KMOD_PLAN
+    return RESTART_PLAN
 
 
 @dataclass
@@ -421,104 +426,3 @@ def _restore_interfaces(tx: journal.Journal, result: Recovery, snapshot: store.S
     saved = datapaths.load(snapshot)
     for m in datapaths.verify(saved) if saved is not None else []:
         result.actions.append(f"port number moved: {m.interface} {m.what} {m.saved} -> {m.now}")
-
-
-KMOD_PLAN: list[tuple[str, str]] = [
-    ("save", "find internal interfaces; save flows, datapaths, interfaces and firewall "
-             "to a new snapshot and verify it (before anything stops)"),
-    ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT} alone (job mode ignore-dependencies)"),
-    ("restart-ovsdb-server", f"restart {OVSDB_UNIT} alone, while ovs-vswitchd is down"),
-    ("delete-datapaths", "delete the kernel datapaths"),
-    ("reload-module", "unload openvswitch and its vport modules (not their dependencies), "
-                      "load openvswitch again"),
-    ("restore-datapaths", "re-create kernel datapaths with their ports at the old numbers"),
-    ("start-ovs-vswitchd", f"start {VSWITCHD_UNIT} with other_config:flow-restore-wait=true"),
-    ("restore", "pin moved OpenFlow port numbers; restore every bridge, in parallel"),
-    ("clear-flow-restore-wait", "clear flow-restore-wait: the switch runs its flows again"),
-    ("restore-interfaces", "put back internal interfaces' addresses, routes, link settings "
-                           "and the firewall"),
-    ("check-dead-ifs", "report processes bound to interfaces that no longer exist"),
-]
-
-
-@dataclass
-class KmodOutcome(Outcome):
-    module_reloaded: bool = False
-    notes: list[str] = field(default_factory=list)
-    interfaces: dict[str, object] | None = None
-    port_mismatches: list[datapaths.Mismatch] = field(default_factory=list)
-    dead_sockets: list[deadifs.DeadSocket] = field(default_factory=list)
-
-
-def force_reload_kmod(
-    on_step: Callable[[StepRecord], None] | None = None,
-    wait: float = 0.0,
-    on_wait: Callable[[], None] | None = None,
-) -> KmodOutcome:
-    from ovs_service import kmod
-    from ovs_service.systemd import Systemd
-
-    root = store.state_dir()
-    steps = StepLog(on_step=on_step)
-    outcome = KmodOutcome(op=KMOD, steps=steps.steps)
-    with store.lock(root, wait, on_wait):
-        datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
-        has_modules = kmod.module_support()
-        if has_modules:
-            # Before the journal: a refusal leaves nothing to recover.
-            _precheck(KMOD, kmod.unload_blockers(_own_kernel_ports))
-        else:
-            outcome.notes.append("this kernel has no loadable module support: "
-                                 "module steps skipped, the rest done")
-        with Systemd() as sd, _Run(root, KMOD, steps) as run:
-            _reload_kmod(root, sd, run, outcome, has_modules)
-    outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
-    return outcome
-
-
-def _own_kernel_ports() -> int:
-    """Kernel datapath ports of the types the openvswitch module provides itself."""
-    return sum(port.type in datapaths.RECREATED_TYPES
-               for dp in datapaths.kernel_datapaths().values() for port in dp.ports)
-
-
-def _reload_kmod(root: Path, sd: Systemd, run: _Run, outcome: KmodOutcome,
-                 has_modules: bool) -> None:
-    from ovs_service import kmod
-
-    with _before_stop(run):
-        prepared = _save(run, outcome, stages.save_names())
-        saved_dps = datapaths.load(prepared[0])
-        _precheck(run.op, _room_for_journal(root))
-        store.mark_pending(root, prepared[0].path)
-    with _rolling_forward(run, sd):
-        _stop(run, sd)
-        with run.step("delete-datapaths") as s:
-            run.tx.set_datapaths_deleted()  # from here on, recover re-creates them
-            s.detail = ", ".join(_delete_kernel_datapaths()) or "none"
-        with run.step("reload-module") as s:
-            if has_modules:
-                s.detail = "reloaded " + ", ".join(kmod.reload_openvswitch())
-                outcome.module_reloaded = True
-        with run.step("restore-datapaths") as s:
-            made = (datapaths.recreate_kernel_datapaths(saved_dps) if saved_dps
-                    else datapaths.Recreated())
-            outcome.notes += made.problems
-            s.detail = f"{len(made.ports)} ports, {len(made.problems)} problems"
-        _start_and_restore(run, sd, outcome, prepared)
-        with run.step("restore-interfaces"):
-            outcome.interfaces = operations.restore_interfaces(
-                prepared[0], module_reloaded=True).to_doc()
-            if saved_dps is not None:
-                outcome.port_mismatches = list(datapaths.verify(saved_dps))
-        with run.step("check-dead-ifs"):
-            outcome.dead_sockets = list(deadifs.check_dead_ifs())
-    finish_restore(root, prepared[0].path, outcome.bridges)
-    run.tx.finish()
-
-
-def _delete_kernel_datapaths() -> list[str]:
-    names = [line.strip() for line in ovs.dpctl("dump-dps").stdout.splitlines() if line.strip()]
-    for name in names:
-        ovs.dpctl("del-dp", name)
-    return names

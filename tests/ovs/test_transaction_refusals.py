@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ovs_service import journal, kmod, store, systemd, transaction
+from ovs_service import journal, kmod, reload, store, systemd, transaction
 from ovs_service.errors import InjectedFault, PrecheckFailed, SaveIncomplete
 from tests.harness.ovsbed import Cli, OvsBed
 
@@ -69,7 +69,7 @@ def test_a_failed_save_leaves_nothing(
 ) -> None:
     monkeypatch.setenv(journal.FAULT_ENV, "fail:save")
     with pytest.raises(InjectedFault):
-        transaction.restart() if op == "restart" else transaction.force_reload_kmod()
+        transaction.restart() if op == "restart" else reload.force_reload_kmod()
     _nothing_left(state)
 
 
@@ -79,7 +79,7 @@ def test_a_failed_precheck_leaves_nothing_marked(
 ) -> None:
     monkeypatch.setattr(transaction, "JOURNAL_ROOM", 1 << 62)
     with pytest.raises(PrecheckFailed, match="nothing was changed"):
-        transaction.restart() if op == "restart" else transaction.force_reload_kmod()
+        transaction.restart() if op == "restart" else reload.force_reload_kmod()
     _nothing_left(state)
 
 

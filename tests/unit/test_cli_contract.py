@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ovs_service import cli, errors, operations, store, transaction
+from ovs_service import cli, errors, operations, reload, store, transaction
 from ovs_service.stages.flows import BridgeRestore, FlowsReport
 from ovs_service.stages.interfaces import InterfacesReport
 
@@ -140,7 +140,7 @@ def patched(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
             target = {"restore": (operations, "restore_snapshot"),
                       "save": (operations, "take_snapshot"),
                       "restart": (transaction, "restart"),
-                      "kmod": (transaction, "force_reload_kmod"),
+                      "kmod": (reload, "force_reload_kmod"),
                       "recover": (transaction, "recover")}[name]
             monkeypatch.setattr(*target, fake)
     return set_up
@@ -220,7 +220,7 @@ def test_a_bad_option_is_exit_2_in_one_line(monkeypatch: pytest.MonkeyPatch,
 def test_force_reload_kmod_that_failed_exits_1_with_one_document(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         patched: Callable[..., None]) -> None:
-    patched(kmod=transaction.KmodOutcome(op="force-reload-kmod", snapshot="/nonexistent/snap",
+    patched(kmod=reload.KmodOutcome(op="force-reload-kmod", snapshot="/nonexistent/snap",
                                          ok=False, notes=["a bridge failed"]))
     code, out, _err = invoke(monkeypatch, capsys, "force-reload-kmod", "--json")
     assert code == 1 and code in errors.EXIT_CODES

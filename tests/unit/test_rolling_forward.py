@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ovs_service import journal, kmod, store, transaction
+from ovs_service import journal, kmod, reload, store, transaction
 from ovs_service.errors import CommandFailed, PrecheckFailed, RolledForward
 from ovs_service.log import StepLog
 
 
-def _failing_step(run: transaction._Run) -> None:
+def _failing_step(run: transaction.Run) -> None:
     with run.step("restart-ovsdb-server"):
         raise CommandFailed(command="systemctl", returncode=1, stderr="job failed")
 
@@ -33,8 +33,8 @@ def test_a_failure_after_the_stop_is_reported_once_the_switch_is_back(
         tx.finish()
 
     monkeypatch.setattr(transaction, "_roll_forward", roll_forward)
-    with (transaction._Run(tmp_path, "restart", StepLog()) as run,
-          pytest.raises(RolledForward) as raised, transaction._rolling_forward(run)):
+    with (transaction.Run(tmp_path, "restart", StepLog()) as run,
+          pytest.raises(RolledForward) as raised, transaction.rolling_forward(run)):
         _failing_step(run)
     assert str(raised.value) == (
         "restart failed at restart-ovsdb-server: systemctl failed (exit 1): job failed; "
@@ -56,8 +56,8 @@ def test_when_putting_back_fails_too_the_journal_stays_for_recover(
             raise CommandFailed(command="systemctl", returncode=1, stderr="again")
 
     monkeypatch.setattr(transaction, "_roll_forward", roll_forward)
-    with (transaction._Run(tmp_path, "restart", StepLog()) as run,
-          pytest.raises(RolledForward) as raised, transaction._rolling_forward(run)):
+    with (transaction.Run(tmp_path, "restart", StepLog()) as run,
+          pytest.raises(RolledForward) as raised, transaction.rolling_forward(run)):
         _failing_step(run)
     assert "putting the switch back failed too" in str(raised.value)
     assert "ovs-service recover" in str(raised.value)
@@ -78,7 +78,7 @@ def test_a_module_that_cannot_go_stops_force_reload_kmod_before_anything(
     monkeypatch.setattr(kmod, "unload_blockers", lambda own_ports: [
         "openvswitch is built into the kernel, not a module"])
     with pytest.raises(PrecheckFailed) as raised:
-        transaction.force_reload_kmod()
+        reload.force_reload_kmod()
     assert str(raised.value) == ("force-reload-kmod not started, nothing was changed: "
                                  "openvswitch is built into the kernel, not a module")
     assert journal.read(tmp_path) is None
@@ -86,7 +86,7 @@ def test_a_module_that_cannot_go_stops_force_reload_kmod_before_anything(
 
 
 def test_no_room_for_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert transaction._room_for_journal(tmp_path) == []
+    assert transaction.room_for_journal(tmp_path) == []
     monkeypatch.setattr(transaction, "JOURNAL_ROOM", 1 << 62)
-    (reason,) = transaction._room_for_journal(tmp_path)
+    (reason,) = transaction.room_for_journal(tmp_path)
     assert "free for the transaction journal" in reason
