@@ -172,7 +172,7 @@ Lane = tuple[SystemdNamespace, NsSwitch, Hosts]
 def running_lane(extra: Callable[[NsSwitch], None] | None = None) -> Iterator[Lane]:
     """A booted systemd with ovs-service's units running Open vSwitch: the corpus
     bridge `br0`, whatever `extra` adds, and two hosts talking through `brt`."""
-    from tests.harness import corpus  # needs the shared corpus only when a lane is built
+    from tests.harness import corpus
     from tests.harness.systemd_ns import booted
 
     with booted() as ns:
@@ -191,3 +191,19 @@ def running_lane(extra: Callable[[NsSwitch], None] | None = None) -> Iterator[La
             if hosts is not None:
                 remove_hosts(hosts)
             switch.close()
+
+
+def assert_switch_whole(lane: Lane, before: dict[str, list[str]], what: str) -> None:
+    """The one check of every systemd lane: once systemd's jobs are done, the
+    switch's canonical state (its own tools' dumps) is what it was, with
+    flow-restore-wait cleared, and traffic passes through the flows."""
+    from tests.harness import canon
+
+    ns, switch, hosts = lane
+    ns.settle()
+    after = canon.all_states(switch)
+    problems = [f"{b}:\n{canon.diff(before[b], after.get(b, []))}"
+                for b in before if before[b] != after.get(b)]
+    assert not problems, f"after {what}:\n" + "\n".join(problems)
+    assert switch.flow_restore_wait() == "", f"flow-restore-wait left set after {what}"
+    assert hosts.ping(), f"no traffic through the flows after {what}"

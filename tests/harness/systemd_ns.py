@@ -25,10 +25,11 @@ Files the namespace must read have to live outside /tmp and /var/tmp (hidden
 by tmpfs inside): pass them in with `install_units`, `write_file` or
 `shadow_command`, which write through /proc/PID/root.
 
-Fixtures: `systemd_ns` (one namespace per test) and `systemd_ns_module`
-(one per module); import them into a conftest. Tests using them carry the
-`systemd` and `root` markers. Boot from the main thread: the namespace dies
-with the thread that started it (so also when the test process is killed).
+`booted()` boots one for a `with` block and checks nothing is left behind;
+`tests/lanes/conftest.py`'s `lane` fixture builds the switch on one. Tests
+using them carry the `systemd` and `root` markers. Boot from the main thread:
+the namespace dies with the thread that started it (so also when the test
+process is killed).
 """
 
 from __future__ import annotations
@@ -504,17 +505,3 @@ def booted(**kwargs: object) -> Iterator[SystemdNamespace]:
         left = ns.leftovers()
         if left:
             raise SystemdNamespaceError(f"systemd namespace left behind: {left}")
-
-
-@pytest.fixture
-def systemd_ns() -> Iterator[SystemdNamespace]:
-    """A freshly booted systemd namespace for one test (private network)."""
-    with booted() as ns:
-        yield ns
-
-
-@pytest.fixture(scope="module")
-def systemd_ns_module() -> Iterator[SystemdNamespace]:
-    """One systemd namespace shared by the tests of a module."""
-    with booted() as ns:
-        yield ns

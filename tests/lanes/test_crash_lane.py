@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from ovs_service import store
 from tests.harness import canon
-from tests.harness.lane import Hosts, Lane, NsSwitch, running_lane
+from tests.harness.lane import Hosts, NsSwitch, assert_switch_whole
 from tests.harness.systemd_ns import SystemdNamespace
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
@@ -31,12 +30,6 @@ STORE = "/var/lib/ovs-service"
 KILL_POINTS = [p for step in RESTART_STEPS for p in (step, f"{step}:after")]
 
 
-@pytest.fixture(scope="module")
-def lane() -> Iterator[Lane]:
-    with running_lane() as running:
-        yield running
-
-
 # SIGKILL, as the caller sees it through nsenter: nsenter kills itself with
 # the signal that killed its child (`env` execs ovs-service, no shell between).
 KILLED = -9
@@ -44,14 +37,7 @@ KILLED = -9
 
 def _assert_switch(ns: SystemdNamespace, switch: NsSwitch, hosts: Hosts,
                    before: dict[str, list[str]], what: str) -> None:
-    """The switch as before, forwarding, flow-restore-wait cleared."""
-    ns.settle()
-    after = canon.all_states(switch)
-    problems = [f"{b}:\n{canon.diff(before[b], after.get(b, []))}"
-                for b in before if before[b] != after.get(b)]
-    assert not problems, f"after {what}:\n" + "\n".join(problems)
-    assert switch.flow_restore_wait() == "", f"flow-restore-wait left set after {what}"
-    assert hosts.ping(), f"no traffic after {what}"
+    assert_switch_whole((ns, switch, hosts), before, what)
 
 
 def _status(ns: SystemdNamespace) -> dict[str, Any]:

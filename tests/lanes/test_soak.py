@@ -16,7 +16,7 @@ import os
 import pytest
 
 from tests.harness import REPO, canon
-from tests.harness.lane import running_lane
+from tests.harness.lane import assert_switch_whole, running_lane
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
@@ -47,11 +47,7 @@ def test_hundred_restarts() -> None:
             code = SOAK.format(repo=str(REPO), n=RESTARTS)
             proc = ns.run(["/usr/bin/python3", "-c", code], timeout=1200)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        ns.settle()
-        after = canon.all_states(switch)
-        assert after == before, canon.diff(before["br0"], after["br0"])
-        assert switch.flow_restore_wait() == ""
-        assert hosts.ping()
+        assert_switch_whole((ns, switch, hosts), before, f"{RESTARTS} restarts")
         fds = result["fds"]
         assert max(fds) - min(fds) <= 2, f"descriptors grew: {fds[:3]}...{fds[-3:]}"
         rss = result["rss_kib"]

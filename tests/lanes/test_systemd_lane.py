@@ -12,12 +12,11 @@ steer it. Everything is checked with ovs-ofctl/ovs-vsctl and ping.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from tests.harness import canon
-from tests.harness.lane import Hosts, Lane, NsSwitch, running_lane
+from tests.harness.lane import Hosts, NsSwitch, assert_switch_whole
 from tests.harness.systemd_ns import SystemdNamespace
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
@@ -28,19 +27,11 @@ def _openflow10_bridge(switch: NsSwitch) -> None:
     switch.ofctl("add-flow", "br10", "table=1,priority=5,reg1=7,actions=output:9")
 
 
-@pytest.fixture(scope="module")
-def lane() -> Iterator[Lane]:
-    with running_lane(_openflow10_bridge) as running:
-        yield running
+LANE_EXTRA = _openflow10_bridge
 
 
 def _check(switch: NsSwitch, hosts: Hosts, before: dict[str, list[str]], what: str) -> None:
-    after = canon.all_states(switch)
-    problems = [f"{b}:\n{canon.diff(before[b], after.get(b, []))}"
-                for b in before if before[b] != after.get(b)]
-    assert not problems, f"after {what}:\n" + "\n".join(problems)
-    assert switch.flow_restore_wait() == "", f"flow-restore-wait left set after {what}"
-    assert hosts.ping(), f"traffic did not resume after {what}"
+    assert_switch_whole((switch.ns, switch, hosts), before, what)
 
 
 OPERATIONS = {
