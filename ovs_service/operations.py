@@ -161,7 +161,7 @@ def prepare_restore(
     snapshot = store.load(path, allow_foreign=allow_foreign)
     records = flows.records(snapshot)
     by_name = {r.name: r for r in records}
-    unsaved = {str(k): str(v) for k, v in snapshot.manifest.extra.get("flows_failed", {}).items()}
+    unsaved = flows.failed_bridges(snapshot)
     missing = [n for n in bridge_names if n not in by_name]
     if missing:
         why = f" (its save failed: {unsaved[missing[0]]})" if missing[0] in unsaved else ""

@@ -83,7 +83,17 @@ class BridgeRecord:
 
     @classmethod
     def from_doc(cls, doc: object, *, where: codec.Where) -> BridgeRecord:
-        return codec.from_doc(cls, doc, where=where)
+        record = codec.from_doc(cls, doc, where=where)
+        record.check(where)
+        return record
+
+    def check(self, where: codec.Where, path: str = "") -> None:
+        """Versions pick message layouts: one we do not speak is refused here,
+        before any message of the snapshot is read, not met mid-restore."""
+        for name in ("version", "port_version"):
+            if getattr(self, name) not in VERSIONS_SPOKEN:
+                raise where.invalid(path + name, f"OpenFlow version {getattr(self, name)!r} "
+                                                 "is not one ovs-service speaks")
 
 
 # -- saving -----------------------------------------------------------------------
@@ -216,7 +226,20 @@ def records(snapshot: Snapshot) -> list[BridgeRecord]:
     if f"{STAGE}/index.json" not in snapshot.manifest.files:
         raise SnapshotInvalid(path=snapshot.path, reason="has no flows stage")
     doc, where = codec.read(snapshot.file(f"{STAGE}/index.json"))
-    return codec.from_doc(list[BridgeRecord], doc, where=where)
+    found = codec.from_doc(list[BridgeRecord], doc, where=where)
+    for i, record in enumerate(found):
+        record.check(where, f"[{i}].")
+    return found
+
+
+def failed_bridges(snapshot: Snapshot) -> dict[str, str]:
+    """The bridges the snapshot's save could not take, and why (the manifest says)."""
+    failed = snapshot.manifest.extra.get("flows_failed", {})
+    if not (isinstance(failed, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in failed.items())):
+        raise SnapshotInvalid(path=snapshot.path, reason="manifest.json: extra.flows_failed: "
+                              "expected bridge names and reasons")
+    return failed
 
 
 def read_messages(path: SnapshotFile) -> Iterator[bytes]:

@@ -226,6 +226,36 @@ def owned_by_another_user(snapshot: Path) -> None:
         os.chown(path, 65534, 65534)
 
 
+def _edit_index(snapshot: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change br1's record in the flows index, and re-hash the manifest to agree."""
+    index_path = snapshot / "flows" / "index.json"
+    index = json.loads(index_path.read_text())
+    change(next(r for r in index if r["name"] == "br1"))
+    index_path.write_text(json.dumps(index))
+    rehash(snapshot)
+
+
+def index_counts_a_list(snapshot: Path) -> None:
+    _edit_index(snapshot, lambda record: record.update(counts=[1, 2]))
+
+
+def index_version_unknown(snapshot: Path) -> None:
+    _edit_index(snapshot, lambda record: record.update(version=99))
+
+
+def index_port_version_unknown(snapshot: Path) -> None:
+    _edit_index(snapshot, lambda record: record.update(port_version=99))
+
+
+def failed_bridges_a_list(snapshot: Path) -> None:
+    _edit_manifest(snapshot, lambda doc: doc.setdefault("extra", {}).update(flows_failed=[1]))
+
+
+def datapaths_a_list(snapshot: Path) -> None:
+    (snapshot / "datapaths" / "datapaths.json").write_text("[]\n")
+    rehash(snapshot)
+
+
 DAMAGES: dict[str, Callable[[Path], None]] = {
     f.__name__: f
     for f in (
@@ -256,6 +286,11 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
         store_writable_by_others,
         file_writable_by_others,
         owned_by_another_user,
+        index_counts_a_list,
+        index_version_unknown,
+        index_port_version_unknown,
+        failed_bridges_a_list,
+        datapaths_a_list,
     )
 }
 
