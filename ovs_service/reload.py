@@ -26,6 +26,7 @@ from ovs_service.transaction import (
     Run,
     before_stop,
     finish_restore,
+    interrupted,
     precheck,
     rolling_forward,
     room_for_journal,
@@ -77,6 +78,7 @@ def force_reload_kmod(
     steps = StepLog(on_step=on_step)
     outcome = KmodOutcome(op=KMOD, steps=steps.steps)
     with store.lock(root, wait, on_wait):
+        precheck(KMOD, interrupted(root))
         datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
         has_modules = kmod.module_support()
         if has_modules:

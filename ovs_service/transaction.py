@@ -195,16 +195,18 @@ def restart(
     root = store.state_dir()
     steps = StepLog(on_step=on_step)
     outcome = Outcome(op=RESTART, steps=steps.steps)
-    with store.lock(root, wait, on_wait), Systemd() as sd, Run(root, RESTART, steps) as run:
-        with before_stop(run):
-            prepared = save(run, outcome)
-            precheck(run.op, room_for_journal(root))
-            store.mark_pending(root, prepared[0].path)
-        with rolling_forward(run, sd):
-            stop(run, sd)
-            start_and_restore(run, sd, outcome, prepared)
-        finish_restore(root, prepared[0].path, outcome.bridges)
-        run.tx.finish()
+    with store.lock(root, wait, on_wait):
+        precheck(RESTART, interrupted(root))
+        with Systemd() as sd, Run(root, RESTART, steps) as run:
+            with before_stop(run):
+                prepared = save(run, outcome)
+                precheck(run.op, room_for_journal(root))
+                store.mark_pending(root, prepared[0].path)
+            with rolling_forward(run, sd):
+                stop(run, sd)
+                start_and_restore(run, sd, outcome, prepared)
+            finish_restore(root, prepared[0].path, outcome.bridges)
+            run.tx.finish()
     outcome.ok = True
     return outcome
 
@@ -224,6 +226,17 @@ def room_for_journal(root: Path) -> list[str]:
     if fs.f_files and fs.f_favail < JOURNAL_INODES:
         return [f"{root}: fewer than {JOURNAL_INODES} inodes free for the transaction journal"]
     return []
+
+
+def interrupted(root: Path) -> list[str]:
+    """A dead transaction that had stopped the switch: its journal holds what
+    recover needs (the snapshot, whether the kernel datapaths were deleted),
+    which a new transaction's journal would overwrite."""
+    record = journal.read(root)
+    if record is None or record.alive or never_stopped(record):
+        return []
+    return [f"an interrupted {record.op} (at {record.step or 'its start'}) left its journal: "
+            "run ovs-service recover first"]
 
 
 def precheck(op: str, blockers: list[str]) -> None:

@@ -130,3 +130,19 @@ def test_recover_leaves_a_switch_that_was_never_stopped_alone(
     assert not (cli.state_dir / journal.JOURNAL).exists()
     assert store.pending_snapshot(cli.state_dir) is None
     assert "INTERRUPTED" not in cli("status").stdout
+
+
+@pytest.mark.parametrize("op", ["restart", "force-reload-kmod"])
+def test_a_dead_transaction_past_its_stop_is_recovered_first(
+    state: Path, op: str
+) -> None:
+    """Its journal holds what recover needs (whether the kernel datapaths were
+    deleted): a new transaction must not write over it."""
+    state.mkdir(parents=True, exist_ok=True)
+    dead = {"op": "force-reload-kmod", "pid": 0, "started": 1.0, "snapshot": None,
+            "datapaths_deleted": True, "step": "reload-module", "state": "running",
+            "done": [], "invocation": None, "start": 1, "boot": "another-boot"}
+    (state / "transaction.json").write_text(json.dumps(dead))
+    with pytest.raises(PrecheckFailed, match="recover first"):
+        transaction.restart() if op == "restart" else reload.force_reload_kmod()
+    assert json.loads((state / "transaction.json").read_text()) == dead
