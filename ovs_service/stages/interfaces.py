@@ -20,6 +20,11 @@ disciplines, neighbour entries, routes using nexthop objects or encapsulation
 (logged and skipped), and the address attributes older pyroute2 (0.7) cannot
 parse: the prefix-route metric of an address (IFA_RT_PRIORITY) and IFA_PROTO.
 
+Finite lifetimes are shortened on restore by the time since the save, read
+from the boot clock within the boot the snapshot was taken in (a stepped
+wall clock would drop addresses or lengthen them); an address whose
+lifetime ran out is reported, not restored.
+
 Interfaces are matched by name on restore; a name is data, never part of a
 command line. Restore is idempotent (what is present is left alone) and goes
 on past failures, which are reported with their errno names.
@@ -99,6 +104,9 @@ class InterfaceOutcome:
     status: InterfaceStatus
     addresses_added: int = 0
     addresses_present: int = 0
+    # Saved with a finite lifetime that ran out since the save: not put back,
+    # as the kernel would have dropped them by now.
+    addresses_expired: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,8 @@ def save_interfaces(names: Sequence[str]) -> InterfacesSnapshot:
         routes=route_states,
         missing=tuple(name for name in wanted if name not in index_by_name),
         taken_at=time.time(),
+        boottime=time.clock_gettime(time.CLOCK_BOOTTIME),
+        boot_id=firewall.boot_id(),
     )
 
 
@@ -257,9 +267,10 @@ def restore_interfaces(snapshot: InterfacesSnapshot) -> RestoreReport:
     and the rest goes on.
     """
     problems: list[RestoreProblem] = []
+    elapsed = seconds_since(snapshot)
     try:
         with IPRoute() as ipr:
-            outcomes = tuple(_restore_interface(ipr, state, snapshot.taken_at, problems)
+            outcomes = tuple(_restore_interface(ipr, state, elapsed, problems)
                              for state in snapshot.interfaces)
             added, present, failed = _restore_routes(ipr, snapshot.routes, problems)
     except OSError as e:
@@ -273,8 +284,22 @@ def restore_interfaces(snapshot: InterfacesSnapshot) -> RestoreReport:
     )
 
 
+def seconds_since(snapshot: InterfacesSnapshot) -> int:
+    """How long ago the snapshot was taken, never less than 0.
+
+    In the boot it was taken in, by the boot clock: the wall clock may have
+    been stepped since (by hand, or by a first time sync), which would drop
+    addresses as expired or lengthen their lifetimes. In another boot the
+    kernel has forgotten the addresses anyway; only the wall clock spans boots.
+    """
+    if snapshot.boottime is not None and snapshot.boot_id is not None \
+            and snapshot.boot_id == firewall.boot_id():
+        return max(0, int(time.clock_gettime(time.CLOCK_BOOTTIME) - snapshot.boottime))
+    return max(0, int(time.time() - snapshot.taken_at)) if snapshot.taken_at else 0
+
+
 def _restore_interface(
-    ipr: Any, state: InterfaceState, taken_at: float, problems: list[RestoreProblem]
+    ipr: Any, state: InterfaceState, elapsed: int, problems: list[RestoreProblem]
 ) -> InterfaceOutcome:
     before = len(problems)
 
@@ -297,27 +322,30 @@ def _restore_interface(
         return InterfaceOutcome(state.name, "missing")
     index = int(link["index"])
     restore_link(ipr, index, link, state, step)
-    added, present = _restore_addresses(ipr, index, state, taken_at, step, problems)
+    added, present, expired = _restore_addresses(ipr, index, state, elapsed, problems)
     if state.up:
         step("set up", partial(ipr.link, "set", index=index, flags=IFF_UP, change=IFF_UP))
     status: InterfaceStatus = "restored" if len(problems) == before else "partial"
-    return InterfaceOutcome(state.name, status, added, present)
+    return InterfaceOutcome(state.name, status, added, present, expired)
 
 
 def _restore_addresses(
     ipr: Any,
     index: int,
     state: InterfaceState,
-    taken_at: float,
-    step: Callable[..., bool],
+    elapsed: int,
     problems: list[RestoreProblem],
-) -> tuple[int, int]:
+) -> tuple[int, int, tuple[str, ...]]:
+    """Add the saved addresses, their lifetimes shortened by `elapsed` seconds;
+    returns how many were added, how many were there, and those that expired."""
     added = present = 0
-    elapsed = max(0, int(time.time() - taken_at)) if taken_at else 0
+    expired: list[str] = []
     for address in restore_order(state.addresses):
         request = address_request(index, address, elapsed)
         if request is None:
-            log.info("%s: address %s expired since the save", state.name, address)
+            log.warning("%s: address %s expired since the save (%ds ago), not restored",
+                        state.name, address, elapsed)
+            expired.append(str(address))
             continue
         try:
             attempt(partial(ipr.addr, "add", **request))
@@ -329,7 +357,7 @@ def _restore_addresses(
                                                e.errno_name, e.message))
             continue
         added += 1
-    return added, present
+    return added, present, tuple(expired)
 
 
 def _restore_routes(
@@ -399,6 +427,9 @@ class InterfacesReport:
         lines = [f"interfaces: {'restored' if not problems else 'PROBLEMS'}"]
         lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
                   for p in problems]
+        lines += [f"  {i['name']}: address {a} expired since the save, not restored"
+                  for i in self.report["interfaces"]["interfaces"]
+                  for a in i.get("addresses_expired", ())]
         if self.report.get("firewall") is not None:
             lines.append(str(firewall.FirewallReport(self.report["firewall"])))
         return "\n".join(lines)

@@ -112,7 +112,12 @@ class InterfacesSnapshot:
     interfaces: tuple[InterfaceState, ...]
     routes: tuple[RouteState, ...]
     missing: tuple[str, ...] = ()  # asked for, but absent when saved
-    taken_at: float = 0.0  # wall clock, to age finite address lifetimes on restore
+    # When it was taken, to age finite address lifetimes on restore: by the
+    # boot clock (CLOCK_BOOTTIME, which no one steps) in the same boot, by the
+    # wall clock in another. None, 0.0: snapshots from before these were saved.
+    taken_at: float = 0.0  # wall clock
+    boottime: float | None = None  # CLOCK_BOOTTIME
+    boot_id: str | None = None  # /proc/sys/kernel/random/boot_id
     schema: int = SCHEMA
 
     def to_doc(self) -> dict[str, Any]:
