@@ -428,7 +428,7 @@ class InterfacesReport:
         lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
                   for p in problems]
         lines += [f"  {i['name']}: address {a} expired since the save, not restored"
-                  for i in self.report["interfaces"]["interfaces"]
+                  for i in self.report["interfaces"].get("interfaces", ())
                   for a in i.get("addresses_expired", ())]
         if self.report.get("firewall") is not None:
             lines.append(str(firewall.FirewallReport(self.report["firewall"])))
