@@ -37,7 +37,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import (
 from ovs_service.errors import NetlinkRequestFailed
 
 if TYPE_CHECKING:
-    from ovs_service.stages.interfaces import (
+    from ovs_service.stages.interfaces_snapshot import (
         AddressState,
         InterfaceState,
         NextHopState,

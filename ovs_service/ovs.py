@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovs_service.errors import BridgeNotFound, CommandFailed, OvsUnreachable
+from ovs_service.errors import BridgeNotFound, CommandFailed, OvsServiceError, OvsUnreachable
 from ovs_service.run import Completed, run
 
 VSCTL_TIMEOUT = "--timeout=10"
@@ -36,6 +36,13 @@ def unserved(bridge: str, why: str) -> str:
     """Why OpenFlow cannot reach `bridge`, naming its management socket: the
     bare errno text ("No such file or directory") does not say of what."""
     return f"ovs-vswitchd does not serve {mgmt_socket(bridge)} ({why})"
+
+
+def failure_reason(bridge: str, e: OvsServiceError) -> str:
+    """What went wrong with a bridge, for a line that already names it."""
+    reason = str(e.fields.get("reason") or e.fields.get("message") or e)
+    # The connection to its management socket failed: say which socket.
+    return unserved(bridge, reason) if isinstance(e, OvsUnreachable) else reason
 
 
 def wait_for_bridges(names: Sequence[str], timeout: float) -> None:

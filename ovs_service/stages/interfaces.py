@@ -20,13 +20,19 @@ disciplines, neighbour entries, routes using nexthop objects or encapsulation
 (logged and skipped), and the address attributes older pyroute2 (0.7) cannot
 parse: the prefix-route metric of an address (IFA_RT_PRIORITY) and IFA_PROTO.
 
+Finite lifetimes are shortened on restore by the time since the save, read
+from the boot clock within the boot the snapshot was taken in (a stepped
+wall clock would drop addresses or lengthen them); an address whose
+lifetime ran out is reported, not restored.
+
 Interfaces are matched by name on restore; a name is data, never part of a
 command line. Restore is idempotent (what is present is left alone) and goes
 on past failures, which are reported with their errno names.
 
-This module holds the snapshot and the order of things; `ovs_service.netlink`
-the kernel's side: what it makes by itself, and the requests that put a link,
-an address or a route back.
+This module holds the save, the restore and the order of things;
+`stages.interfaces_snapshot` the snapshot (its names are importable from
+here too); `ovs_service.netlink` the kernel's side: what it makes by
+itself, and the requests that put a link, an address or a route back.
 """
 
 from __future__ import annotations
@@ -41,9 +47,8 @@ from typing import Any, ClassVar, Literal
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import rt_proto, rt_type
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
-from pyroute2.netlink.rtnl.rtmsg import RT_SCOPE_UNIVERSE, RTNH_F_ONLINK
+from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
 
 from ovs_service import codec, ovs
 from ovs_service.errors import (
@@ -68,123 +73,18 @@ from ovs_service.netlink import (
 )
 from ovs_service.stages import firewall
 from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
+from ovs_service.stages.interfaces_snapshot import SCHEMA as SCHEMA
+from ovs_service.stages.interfaces_snapshot import AddressState as AddressState
+from ovs_service.stages.interfaces_snapshot import Family
+from ovs_service.stages.interfaces_snapshot import InterfacesSnapshot as InterfacesSnapshot
+from ovs_service.stages.interfaces_snapshot import InterfaceState as InterfaceState
+from ovs_service.stages.interfaces_snapshot import NextHopState as NextHopState
+from ovs_service.stages.interfaces_snapshot import RouteState as RouteState
 from ovs_service.store import Snapshot, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
-
-Family = Literal[4, 6]
 InterfaceStatus = Literal["restored", "partial", "missing"]
-
-
-# -- the snapshot ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AddressState:
-    """One address of an interface, as the kernel reported it."""
-
-    family: Family
-    address: str  # the local address
-    prefixlen: int
-    scope: int
-    flags: int  # ifa_flags exactly as dumped (low 8 bits)
-    extended_flags: int | None  # the IFA_FLAGS attribute, all 32 bits, when present
-    peer: str | None = None  # point-to-point peer, when it differs from the address
-    label: str | None = None  # IPv4 only, e.g. "br0:1"
-    broadcast: str | None = None  # IPv4 only
-    valid_lft: int | None = None  # seconds left at save time; None: forever
-    preferred_lft: int | None = None
-
-    @property
-    def all_flags(self) -> int:
-        return self.extended_flags if self.extended_flags is not None else self.flags
-
-    def __str__(self) -> str:
-        return f"{self.address}/{self.prefixlen}"
-
-
-@dataclass(frozen=True)
-class NextHopState:
-    """One leg of a multipath route."""
-
-    interface: str | None
-    gateway: str | None = None
-    weight: int = 1
-    flags: int = 0  # only the flags a user sets (onlink)
-
-
-@dataclass(frozen=True)
-class RouteState:
-    """One route leaving through a saved interface; numbers are the kernel's own."""
-
-    family: Family
-    table: int
-    dst: str | None  # None: default route
-    dst_len: int
-    type: int = rt_type["unicast"]
-    protocol: int = rt_proto["boot"]  # what `ip route add` uses
-    scope: int = RT_SCOPE_UNIVERSE
-    tos: int = 0
-    flags: int = 0  # onlink only
-    interface: str | None = None
-    gateway: str | None = None
-    priority: int | None = None  # the metric
-    prefsrc: str | None = None
-    src: str | None = None  # source-specific routes (IPv6 `from`)
-    src_len: int = 0
-    pref: int | None = None  # IPv6 router preference
-    metrics: tuple[tuple[str, int], ...] = ()  # RTAX_* by lower-case name: mtu, advmss...
-    nexthops: tuple[NextHopState, ...] = ()
-
-    def interfaces(self) -> set[str]:
-        names = {hop.interface for hop in self.nexthops} | {self.interface}
-        return {name for name in names if name is not None}
-
-    def __str__(self) -> str:
-        dst = f"{self.dst}/{self.dst_len}" if self.dst is not None else "default"
-        text = f"{dst} table {self.table}"
-        if self.gateway:
-            text += f" via {self.gateway}"
-        if self.interface is not None:
-            text += f" dev {self.interface!r}"
-        for hop in self.nexthops:
-            text += f" nexthop via {hop.gateway} dev {hop.interface!r}"
-        return text
-
-
-@dataclass(frozen=True)
-class InterfaceState:
-    name: str
-    flags: int  # ifi_flags as dumped; LINK_FLAGS_RESTORED of them are restored
-    mac: str | None
-    mtu: int
-    txqlen: int
-    alias: str | None = None
-    addresses: tuple[AddressState, ...] = ()  # in the kernel's order
-
-    @property
-    def up(self) -> bool:
-        return bool(self.flags & IFF_UP)
-
-
-@dataclass(frozen=True)
-class InterfacesSnapshot:
-    interfaces: tuple[InterfaceState, ...]
-    routes: tuple[RouteState, ...]
-    missing: tuple[str, ...] = ()  # asked for, but absent when saved
-    taken_at: float = 0.0  # wall clock, to age finite address lifetimes on restore
-    schema: int = SCHEMA
-
-    def to_doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = codec.to_doc(self)
-        return doc
-
-    @classmethod
-    def from_doc(cls, doc: object, *, where: codec.Where) -> InterfacesSnapshot:
-        codec.check_schema(doc, SCHEMA, where)
-        return codec.from_doc(cls, doc, where=where)
 
 
 # -- the restore report ---------------------------------------------------------
@@ -204,6 +104,9 @@ class InterfaceOutcome:
     status: InterfaceStatus
     addresses_added: int = 0
     addresses_present: int = 0
+    # Saved with a finite lifetime that ran out since the save: not put back,
+    # as the kernel would have dropped them by now.
+    addresses_expired: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,6 +163,8 @@ def save_interfaces(names: Sequence[str]) -> InterfacesSnapshot:
         routes=route_states,
         missing=tuple(name for name in wanted if name not in index_by_name),
         taken_at=time.time(),
+        boottime=time.clock_gettime(time.CLOCK_BOOTTIME),
+        boot_id=firewall.boot_id(),
     )
 
 
@@ -362,9 +267,10 @@ def restore_interfaces(snapshot: InterfacesSnapshot) -> RestoreReport:
     and the rest goes on.
     """
     problems: list[RestoreProblem] = []
+    elapsed = seconds_since(snapshot)
     try:
         with IPRoute() as ipr:
-            outcomes = tuple(_restore_interface(ipr, state, snapshot.taken_at, problems)
+            outcomes = tuple(_restore_interface(ipr, state, elapsed, problems)
                              for state in snapshot.interfaces)
             added, present, failed = _restore_routes(ipr, snapshot.routes, problems)
     except OSError as e:
@@ -378,8 +284,22 @@ def restore_interfaces(snapshot: InterfacesSnapshot) -> RestoreReport:
     )
 
 
+def seconds_since(snapshot: InterfacesSnapshot) -> int:
+    """How long ago the snapshot was taken, never less than 0.
+
+    In the boot it was taken in, by the boot clock: the wall clock may have
+    been stepped since (by hand, or by a first time sync), which would drop
+    addresses as expired or lengthen their lifetimes. In another boot the
+    kernel has forgotten the addresses anyway; only the wall clock spans boots.
+    """
+    if snapshot.boottime is not None and snapshot.boot_id is not None \
+            and snapshot.boot_id == firewall.boot_id():
+        return max(0, int(time.clock_gettime(time.CLOCK_BOOTTIME) - snapshot.boottime))
+    return max(0, int(time.time() - snapshot.taken_at)) if snapshot.taken_at else 0
+
+
 def _restore_interface(
-    ipr: Any, state: InterfaceState, taken_at: float, problems: list[RestoreProblem]
+    ipr: Any, state: InterfaceState, elapsed: int, problems: list[RestoreProblem]
 ) -> InterfaceOutcome:
     before = len(problems)
 
@@ -402,27 +322,30 @@ def _restore_interface(
         return InterfaceOutcome(state.name, "missing")
     index = int(link["index"])
     restore_link(ipr, index, link, state, step)
-    added, present = _restore_addresses(ipr, index, state, taken_at, step, problems)
+    added, present, expired = _restore_addresses(ipr, index, state, elapsed, problems)
     if state.up:
         step("set up", partial(ipr.link, "set", index=index, flags=IFF_UP, change=IFF_UP))
     status: InterfaceStatus = "restored" if len(problems) == before else "partial"
-    return InterfaceOutcome(state.name, status, added, present)
+    return InterfaceOutcome(state.name, status, added, present, expired)
 
 
 def _restore_addresses(
     ipr: Any,
     index: int,
     state: InterfaceState,
-    taken_at: float,
-    step: Callable[..., bool],
+    elapsed: int,
     problems: list[RestoreProblem],
-) -> tuple[int, int]:
+) -> tuple[int, int, tuple[str, ...]]:
+    """Add the saved addresses, their lifetimes shortened by `elapsed` seconds;
+    returns how many were added, how many were there, and those that expired."""
     added = present = 0
-    elapsed = max(0, int(time.time() - taken_at)) if taken_at else 0
+    expired: list[str] = []
     for address in restore_order(state.addresses):
         request = address_request(index, address, elapsed)
         if request is None:
-            log.info("%s: address %s expired since the save", state.name, address)
+            log.warning("%s: address %s expired since the save (%ds ago), not restored",
+                        state.name, address, elapsed)
+            expired.append(str(address))
             continue
         try:
             attempt(partial(ipr.addr, "add", **request))
@@ -434,7 +357,7 @@ def _restore_addresses(
                                                e.errno_name, e.message))
             continue
         added += 1
-    return added, present
+    return added, present, tuple(expired)
 
 
 def _restore_routes(
@@ -504,6 +427,9 @@ class InterfacesReport:
         lines = [f"interfaces: {'restored' if not problems else 'PROBLEMS'}"]
         lines += [f"  {p['subject']}: {p['action']}: {p['errno_name']} {p['message']}"
                   for p in problems]
+        lines += [f"  {i['name']}: address {a} expired since the save, not restored"
+                  for i in self.report["interfaces"].get("interfaces", ())
+                  for a in i.get("addresses_expired", ())]
         if self.report.get("firewall") is not None:
             lines.append(str(firewall.FirewallReport(self.report["firewall"])))
         return "\n".join(lines)

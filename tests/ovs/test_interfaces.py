@@ -27,6 +27,7 @@ import pytest
 from ovs_service import codec
 from ovs_service.errors import SnapshotInvalid
 from ovs_service.netlink import eui64_link_local, is_generated_link_local
+from ovs_service.stages import interfaces
 from ovs_service.stages.interfaces import (
     AddressState,
     InterfacesSnapshot,
@@ -70,6 +71,16 @@ else:
     snapshot = interfaces.InterfacesSnapshot.from_doc(json.loads(path.read_text()), where=where)
     print(json.dumps(interfaces.restore_interfaces(snapshot).to_dict(), indent=1))
 """
+
+# The stage with the wall clock stepped by argv[1] seconds, as `date -s` or a
+# first NTP sync between a save and its restore would: only this process's
+# time.time moves; the kernel's clocks, and the host's, are left alone.
+CLOCK_STEPPED = r"""
+import sys, time
+_step = float(sys.argv.pop(1))
+_wall = time.time
+time.time = lambda: _wall() + _step
+""" + STAGE
 
 
 def sh(argv: Sequence[str], *, input: str | None = None) -> str:
@@ -116,9 +127,11 @@ class Namespace:
                 holder.kill()
                 holder.wait()
 
-    def stage(self, op: str, path: Path, *args: str) -> str:
+    def stage(self, op: str, path: Path, *args: str, clock_step: float = 0.0) -> str:
+        script = [CLOCK_STEPPED, str(clock_step)] if clock_step else [STAGE]
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.name, sys.executable, "-c", STAGE, op, str(path), *args],
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", *script, op, str(path),
+             *args],
             capture_output=True, text=True, check=False,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
@@ -130,8 +143,8 @@ class Namespace:
         doc: dict[str, Any] = json.loads(path.read_text())
         return doc
 
-    def restore(self, path: Path) -> dict[str, Any]:
-        report: dict[str, Any] = json.loads(self.stage("restore", path))
+    def restore(self, path: Path, *, clock_step: float = 0.0) -> dict[str, Any]:
+        report: dict[str, Any] = json.loads(self.stage("restore", path, clock_step=clock_step))
         return report
 
     def remove(self) -> None:
@@ -360,6 +373,90 @@ def test_failures_are_reported_and_the_rest_restored(netns: Namespace, tmp_path:
     assert [a["local"] for a in link["addr_info"] if a["family"] == "inet"] == ["10.1.1.1"]
     routes = netns.json("route", "show", "table", "100")
     assert [r["dst"] for r in routes] == ["10.1.10.0/24"]
+
+
+def _lifetimes_of(ns: Namespace, name: str) -> dict[str, tuple[int, int]]:
+    """Each address of `name` and its (valid, preferred) lifetimes, as `ip` shows them."""
+    return {f"{a['local']}/{a['prefixlen']}": (a["valid_life_time"], a["preferred_life_time"])
+            for entry in ns.json("addr", "show", "dev", name)
+            for a in entry.get("addr_info", []) if a["scope"] == "global"}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("step", [2 * 3600.0, -2 * 3600.0], ids=["forward", "back"])
+def test_a_clock_step_neither_drops_nor_lengthens_address_lifetimes(
+    netns: Namespace, tmp_path: Path, step: float
+) -> None:
+    """Ten minutes after the save (by every clock), the wall clock stepped by
+    two hours: the addresses come back with ten minutes less to live, neither
+    dropped as expired (forward) nor with their whole lifetime (back)."""
+    netns.add_taps("life0")
+    for address in ("192.0.2.7/24", "2001:db8:7::1/64"):
+        netns.ip("addr", "add", address, "dev", "life0", *(["nodad"] if ":" in address else []),
+                 "valid_lft", "3600", "preferred_lft", "1800")
+    snapshot_file = tmp_path / "interfaces.json"
+    doc = netns.save(snapshot_file, ["life0"])
+    doc["taken_at"] -= 600
+    doc["boottime"] -= 600
+    snapshot_file.write_text(json.dumps(doc))
+    netns.ip("addr", "flush", "dev", "life0")  # what re-creating the interface leaves
+
+    report = netns.restore(snapshot_file, clock_step=step)
+
+    assert report["ok"], report["problems"]
+    outcome = report["interfaces"][0]
+    assert (outcome["addresses_added"], outcome["addresses_expired"]) == (2, []), outcome
+    lifetimes = _lifetimes_of(netns, "life0")
+    assert lifetimes.keys() == {"192.0.2.7/24", "2001:db8:7::1/64"}, lifetimes
+    for address, (valid, preferred) in lifetimes.items():
+        assert 2990 <= valid <= 3000 and 1190 <= preferred <= 1200, (address, valid, preferred)
+
+
+@pytest.mark.root
+def test_an_address_expired_since_the_save_is_reported(netns: Namespace, tmp_path: Path) -> None:
+    """Saved in another boot two hours ago by the wall clock (the boot clock
+    then says nothing): an address with an hour to live is not put back, and
+    the report and the command's output say so; the others are restored."""
+    netns.add_taps("life1")
+    netns.ip("addr", "add", "192.0.2.8/24", "dev", "life1", "valid_lft", "3600",
+             "preferred_lft", "1800")
+    netns.ip("addr", "add", "192.0.2.9/24", "dev", "life1")
+    snapshot_file = tmp_path / "interfaces.json"
+    doc = netns.save(snapshot_file, ["life1"])
+    doc["boot_id"] = "00000000-0000-4000-8000-000000000000"
+    doc["taken_at"] -= 2 * 3600
+    snapshot_file.write_text(json.dumps(doc))
+    netns.ip("addr", "flush", "dev", "life1")
+
+    report = netns.restore(snapshot_file)
+
+    outcome = report["interfaces"][0]
+    assert outcome["addresses_expired"] == ["192.0.2.8/24"], outcome
+    assert outcome["addresses_added"] == 1 and report["ok"], report
+    assert _lifetimes_of(netns, "life1").keys() == {"192.0.2.9/24"}
+    shown = str(interfaces.InterfacesReport({"ok": True, "interfaces": report, "firewall": None}))
+    assert "life1: address 192.0.2.8/24 expired since the save" in shown, shown
+
+
+@pytest.mark.root
+def test_a_snapshot_from_the_future_of_another_boot_keeps_whole_lifetimes(
+    netns: Namespace, tmp_path: Path
+) -> None:
+    """The wall clock stepped back since a save in another boot: no negative
+    time since the save, so no lifetime longer than saved."""
+    netns.add_taps("life2")
+    netns.ip("addr", "add", "192.0.2.10/24", "dev", "life2", "valid_lft", "3600",
+             "preferred_lft", "1800")
+    snapshot_file = tmp_path / "interfaces.json"
+    doc = netns.save(snapshot_file, ["life2"])
+    doc["boot_id"] = "00000000-0000-4000-8000-000000000000"
+    doc["taken_at"] += 2 * 3600
+    snapshot_file.write_text(json.dumps(doc))
+    netns.ip("addr", "flush", "dev", "life2")
+
+    assert netns.restore(snapshot_file)["ok"]
+    valid, preferred = _lifetimes_of(netns, "life2")["192.0.2.10/24"]
+    assert 3590 <= valid <= 3600 and 1790 <= preferred <= 1800, (valid, preferred)
 
 
 # -- no root needed -------------------------------------------------------------

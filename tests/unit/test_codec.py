@@ -82,6 +82,8 @@ INTERFACES = InterfacesSnapshot(
     ),
     missing=("gone",),
     taken_at=1700000000.25,
+    boottime=12345.5,
+    boot_id="0f6b4a52-0000-4000-8000-000000000000",
 )
 
 FIREWALL = FirewallSnapshot(
@@ -208,6 +210,8 @@ def test_damage_is_refused_naming_file_and_field(case: str, damage: Any, field: 
 
 @pytest.mark.parametrize(("case", "field"), [("flows index", "catchall"),
                                              ("interfaces", "taken_at"),
+                                             ("interfaces", "boottime"),
+                                             ("interfaces", "boot_id"),
                                              ("interfaces", "missing"),
                                              ("firewall", "nft_left_out"),
                                              ("firewall", "boot_id"),
