@@ -265,7 +265,7 @@ def restore_snapshot(
 def _with_gone(reports: Sequence[Report], gone: Sequence[flows.BridgeRecord]
                ) -> tuple[Report, ...]:
     """The reports, with each bridge the switch no longer has failed among
-    the bridges (a report of its own if the flows stage did not run)."""
+    the bridges restored by the flows stage (if it ran)."""
     if not gone:
         return tuple(reports)
     reason = "the bridge does not exist on the switch"
@@ -273,6 +273,6 @@ def _with_gone(reports: Sequence[Report], gone: Sequence[flows.BridgeRecord]
                                        str(RestoreFailed(bridge=r.name, reason=reason)), reason)
                    for r in gone)
     if not any(isinstance(r, flows.FlowsReport) for r in reports):
-        return (flows.FlowsReport(failed), *reports)
+        return tuple(reports)  # the flows were not asked for: nothing of the bridge failed
     return tuple(replace(r, results=(*r.results, *failed)) if isinstance(r, flows.FlowsReport)
                  else r for r in reports)

@@ -316,6 +316,7 @@ def verify(snapshot: DatapathsSnapshot, names: Sequence[str] = ()) -> list[Misma
 # -- the stage --------------------------------------------------------------------
 
 FILE = f"{STAGE}/datapaths.json"
+LEGACY_SECRETS_FILE = f"{STAGE}/secrets.json"
 
 
 def load(snapshot: Snapshot) -> DatapathsSnapshot | None:
@@ -370,6 +371,9 @@ class DatapathsStage(Stage):
 
     def save(self, writer: SnapshotWriter, scope: SaveScope) -> SaveResult:
         writer.write_json(FILE, save().to_doc())
+        # No secrets are kept, but versions up to 0.1.0 read this file with
+        # the stage: an empty one lets them restore a snapshot of this one.
+        writer.write_json(LEGACY_SECRETS_FILE, {})
         return SaveResult({}, {})
 
     def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:

@@ -470,10 +470,15 @@ class InterfacesStage(Stage):
         return SaveResult({}, {})
 
     def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:
+        """Both files there and readable: a restore must not start on them to
+        find the second damaged halfway."""
         missing = [f for f in (FILE, firewall.FILE) if f not in snapshot.manifest.files]
         if missing:
             reason = f"has no interfaces stage ({missing[0]} is not in its manifest)"
             raise SnapshotInvalid(path=snapshot.path, reason=reason)
+        load(snapshot)
+        if scope.module_reloaded:
+            firewall.load(snapshot)
 
     def restore(self, snapshot: Snapshot, scope: RestoreScope) -> InterfacesReport:
         self.check(snapshot, scope)
@@ -486,8 +491,9 @@ class InterfacesStage(Stage):
                 names = [i.name for i in saved.interfaces] + list(saved.missing)
                 fw_report = firewall.restore_firewall(rules, interfaces=names).to_dict()
             else:
-                log.warning("firewall not restored: %s was saved before the host last booted",
-                            snapshot.path)
-                fw_report = {"ok": True, "parts": [], "skipped": "saved before the last boot"}
+                log.warning("firewall not restored: %s is not known to be of this boot "
+                            "(saved before the host last booted, or by a version that did not "
+                            "record the boot)", snapshot.path)
+                fw_report = {"ok": True, "parts": [], "skipped": "not known to be of this boot"}
         ok = bool(report["ok"] and (fw_report is None or fw_report["ok"]))
         return InterfacesReport({"ok": ok, "interfaces": report, "firewall": fw_report})

@@ -169,7 +169,7 @@ def unlisted_file(snapshot: Path) -> None:
     (snapshot / "notes.txt").write_text("not in the manifest\n")
 
 
-def unlisted_secrets(snapshot: Path) -> None:
+def secrets_changed(snapshot: Path) -> None:
     (snapshot / "datapaths" / "secrets.json").write_text('{"ipsec0": {"psk": "x"}}\n')
 
 
@@ -276,7 +276,7 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
         index_points_outside,
         index_points_outside_consistently,
         unlisted_file,
-        unlisted_secrets,
+        secrets_changed,
         unlisted_firewall,
         symlinked_file_inside,
         symlinked_file_outside,

@@ -10,6 +10,7 @@ on disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -89,3 +90,29 @@ def test_every_file_encodes_back_to_its_bytes(ovs: OvsBed, cli: Cli, tmp_path: P
     datapaths = json.loads(loaded.file(DATAPATHS_FILE).read_text())
     assert "q1" in {i["name"] for i in datapaths["interfaces"]}
     assert os.path.getsize(snapshot / FIREWALL_FILE) > 0
+
+
+def test_a_damaged_stage_file_is_refused_before_any_stage_runs(
+        ovs: OvsBed, cli: Cli, tmp_path: Path) -> None:
+    """Every stage checks what it will read before the first one restores: an
+    interfaces file of the wrong shape (re-hashed, as a careful tamperer
+    would) leaves the flows as they are."""
+    ovs.add_bridge("br0", protocols=("OpenFlow13",), ports={"q0": 1})
+    ovs.ofctl("-O", "OpenFlow13", "add-flow", "br0", "priority=9,ip,actions=drop")
+    snapshot = tmp_path / "snapshot"
+    _save_every_stage(ovs, cli, snapshot)
+    doc = json.loads((snapshot / INTERFACES_FILE).read_text())
+    doc["interfaces"][0]["mtu"] = "x"
+    (snapshot / INTERFACES_FILE).write_text(json.dumps(doc))
+    manifest = json.loads((snapshot / store.MANIFEST).read_text())
+    data = (snapshot / INTERFACES_FILE).read_bytes()
+    manifest["files"][INTERFACES_FILE].update(sha256=hashlib.sha256(data).hexdigest(),
+                                              size=len(data))
+    (snapshot / store.MANIFEST).write_text(json.dumps(manifest))
+    ovs.ofctl("-O", "OpenFlow13", "del-flows", "br0")
+    ovs.ofctl("-O", "OpenFlow13", "add-flow", "br0", "priority=77,actions=drop")
+    before = ovs.ofctl("-O", "OpenFlow13", "dump-flows", "--no-stats", "br0")
+
+    refused = cli("restore", "--from", str(snapshot), check=False)
+    assert refused.returncode == 2 and "interfaces[0].mtu" in refused.stderr, refused.describe()
+    assert ovs.ofctl("-O", "OpenFlow13", "dump-flows", "--no-stats", "br0") == before

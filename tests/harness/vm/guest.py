@@ -5,7 +5,7 @@ emulation (KVM guests hang on these machines).  Its root file system is the
 host's, shared read-only over virtio-9p under a tmpfs overlay, so it runs the
 same Python, Open vSwitch and checkout as the host; its /run, /tmp and Open
 vSwitch folders start empty.  Commands go to an agent in the guest
-(`tests/vm/agent.py`) over a virtio-serial port and come back as `Result`s.
+(`tests/harness/vm/agent.py`) over a virtio-serial port and come back as `Result`s.
 
     with Guest() as guest:                      # or the `guest` fixture
         guest.run(["modprobe", "openvswitch"])
