@@ -119,9 +119,9 @@ def write(recorder: Recorder | None) -> None:
 
 def _merge(old_text: str, recorder: Recorder | None, now: float) -> str:
     old = parse(old_text, fam.NAMES)
-    state = _state(old, recorder, now)
-    replaced = {s.name for s in state}
-    kept = [s for s in old if s.name not in replaced and not _replaced_by(s, recorder)]
+    state = _state(old, recorder, now)  # all of it afresh (what is unknown, as it was)
+    state_names = {f.name for f in fam.STATE}
+    kept = [s for s in old if s.name not in state_names and not _replaced_by(s, recorder)]
     new = _operation_samples(recorder, now) if recorder is not None else []
     return render(fam.ALL, [*kept, *new, *state])
 
