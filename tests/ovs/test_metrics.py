@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness import canon, promtext
+from tests.harness import canon, nodeexporter, promtext
 from tests.harness.ovsbed import Cli, CliResult, OvsBed, manifest
 
 OF13 = "OpenFlow13"
@@ -168,3 +168,25 @@ def test_a_missing_metrics_directory_never_fails_the_operation(ovs: OvsBed, cli:
         f"metrics not written: {tmp_path / 'absent'} is not a directory"]
     assert not (tmp_path / "absent").exists()
     assert not (cli.metrics_dir / "ovs_service.prom").exists()
+
+
+def test_node_exporter_serves_the_metrics_it_reads(ovs: OvsBed, cli: Cli) -> None:
+    """Debian's prometheus-node-exporter reads the file without an error and
+    serves the values of a save and a restore, as a scrape sees them."""
+    build(ovs, "br0", 6)
+    saved = switch_counts(ovs, "br0")
+    with nodeexporter.NodeExporter(cli.metrics_dir) as exporter:
+        cli.save()
+        canon.wipe(ovs, "br0")
+        cli.restore()
+        scraped = promtext.parse(exporter.scrape())
+    assert scraped["node_textfile_scrape_error"].value() == 0
+    mtime = scraped["node_textfile_mtime_seconds"]
+    assert list(mtime.samples) == [(("file", str(cli.metrics_dir / "ovs_service.prom")),)]
+    success = scraped["ovs_service_last_transaction_success"]
+    assert (success.value(operation="save"), success.value(operation="restore")) == (1, 1)
+    assert switch_counts(ovs, "br0") == saved
+    assert counts(scraped, "saved", "br0") == saved == counts(scraped, "restored", "br0")
+    assert scraped["ovs_service_restore_pending"].value() == 0
+    assert scraped["ovs_service_flow_restore_wait"].value() == 0
+    assert scraped["ovs_service_restore_failed"].type == "gauge"
