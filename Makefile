@@ -16,7 +16,7 @@ APT_PACKAGES = \
 	debhelper dh-python pybuild-plugin-pyproject lintian \
 	qemu-system-x86 busybox-static cpio kmod \
 	bash-completion ca-certificates time \
-	prometheus-node-exporter
+	prometheus-node-exporter python3-yaml
 PIP_TOOLS = ruff mypy
 
 DEB_WORK = .cache/deb
