@@ -123,9 +123,9 @@ def before_stop(run: Run) -> Iterator[None]:
         _withdraw(run.root, run.tx.record)
         run.tx.finish()
         raise
-    # Before the stop, not in the outage: if this process dies from here on,
-    # the metrics show the snapshot pending since now.
-    metrics.refresh()
+    # If this process dies from here on, the metrics show the snapshot
+    # pending since now. In the background: the stop does not wait for it.
+    metrics.refresh_in_background(ask_switch=False)
 
 
 def _withdraw(root: Path, record: journal.Record) -> bool:

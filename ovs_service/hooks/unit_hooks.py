@@ -114,8 +114,13 @@ def restorer() -> int:
     ovs-vswitchd starts, restore as soon as it serves its bridges, clear
     flow-restore-wait. `poststart` waits for it (and restores itself if it
     could not)."""
-    metrics.refresh()  # flow-restore-wait is set and the snapshot pending: since now
-    return _under_lock(lambda root: _poststart(root, wait=RESTORER_WAIT))
+    # flow-restore-wait is set and the snapshot pending: shown from now on,
+    # in the background (the restore does not wait for it).
+    metrics.refresh_in_background()
+    try:
+        return _under_lock(lambda root: _poststart(root, wait=RESTORER_WAIT))
+    finally:
+        metrics.settle()
 
 
 def _poststart(root: Path, wait: float = 0.0) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import calendar
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from ovs_service.log import StepRecord
     from ovs_service.stages.flows_restore import BridgeRestore
 
-__all__ = ["Recorder", "configure", "operation", "refresh", "write"]
+__all__ = ["Recorder", "configure", "operation", "refresh", "refresh_in_background", "write"]
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,31 @@ def refresh() -> None:
     write(None)
 
 
-def write(recorder: Recorder | None) -> None:
+_background: list[threading.Thread] = []
+
+
+def refresh_in_background(ask_switch: bool = True) -> None:
+    """`refresh`, in a thread, for a process that must not wait for it (a
+    write costs tens of milliseconds, most of it ovs-vsctl's). The next
+    `write` of this process waits for it first. Without `ask_switch`,
+    flow-restore-wait is shown as it was (the database may be restarting)."""
+    thread = threading.Thread(target=write, args=(None, ask_switch), daemon=True,
+                              name="metrics")
+    _background.append(thread)
+    thread.start()
+
+
+def settle() -> None:
+    """Wait for the writes started in the background."""
+    while _background:
+        _background.pop().join()
+
+
+def write(recorder: Recorder | None, ask_switch: bool = True) -> None:
     """Merge what `recorder` did (if anything) and the state now into the file.
     Never raises: metrics are not worth an operation."""
+    if threading.current_thread() not in _background:
+        settle()
     where = target()
     why = unusable(where)
     if why is not None:
@@ -112,14 +135,15 @@ def write(recorder: Recorder | None) -> None:
         log.log(level, "metrics not written: %s", why)
         return
     try:
-        update(where, lambda old: _merge(old, recorder, time.time()))
+        update(where, lambda old: _merge(old, recorder, time.time(), ask_switch))
     except Exception as e:
         log.warning("metrics not written to %s: %s", where.file, " ".join(str(e).split()))
 
 
-def _merge(old_text: str, recorder: Recorder | None, now: float) -> str:
+def _merge(old_text: str, recorder: Recorder | None, now: float, ask_switch: bool = True
+           ) -> str:
     old = parse(old_text, fam.NAMES)
-    state = _state(old, recorder, now)  # all of it afresh (what is unknown, as it was)
+    state = _state(old, recorder, now, ask_switch)  # all of it afresh (what is unknown, as it was)
     state_names = {f.name for f in fam.STATE}
     kept = [s for s in old if s.name not in state_names and not _replaced_by(s, recorder)]
     new = _operation_samples(recorder, now) if recorder is not None else []
@@ -150,12 +174,14 @@ def _operation_samples(recorder: Recorder, now: float) -> list[Sample]:
 
 # -- the state now ---------------------------------------------------------------
 
-def _state(old: list[Sample], recorder: Recorder | None, now: float) -> list[Sample]:
+def _state(old: list[Sample], recorder: Recorder | None, now: float, ask_switch: bool
+           ) -> list[Sample]:
     from ovs_service import store
 
     root = store.state_dir()
-    return [*_pending(root), *_failed(root, old, recorder), *_flow_restore_wait(old, now),
-            *_snapshots(root)]
+    frw = (_flow_restore_wait(old, now) if ask_switch
+           else [s for s in old if s.name in (fam.FRW.name, fam.FRW_SINCE.name)])
+    return [*_pending(root), *_failed(root, old, recorder), *frw, *_snapshots(root)]
 
 
 def _mtime(path: Path) -> float | None:

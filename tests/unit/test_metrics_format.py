@@ -158,3 +158,19 @@ def test_rendering_and_reading_back_keep_every_label_value() -> None:
     assert promtext.parse(text)["ovs_service_restored_flows"].value(bridge=odd) == 5
     assert exposition.parse(text, families.NAMES) == [
         exposition.sample("ovs_service_restored_flows", 5, bridge=odd)]
+
+
+def test_a_refresh_in_the_background_is_written_before_the_next_write(
+        metrics_dir: Path, tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    marker = store_dir / "pending"
+    marker.write_text("00000001-20261202T000000.000000000\n")
+    metrics.refresh_in_background()
+    metrics.write(restart())  # waits for it, then merges over it
+    got = read(metrics_dir)
+    assert got["ovs_service_restore_pending"].value() == 1
+    assert got["ovs_service_restore_pending_since_timestamp_seconds"].value() == \
+        marker.stat().st_mtime
+    assert got["ovs_service_last_transaction_success"].value(operation="restart") == 1
+    assert sorted(p.name for p in metrics_dir.iterdir()) == ["ovs_service.prom"]
