@@ -14,6 +14,7 @@ writable, or any error while writing, is one line in the log.
 
 from __future__ import annotations
 
+import atexit
 import calendar
 import logging
 import os
@@ -111,6 +112,8 @@ def refresh_in_background(ask_switch: bool = True) -> None:
     flow-restore-wait is shown as it was (the database may be restarting)."""
     thread = threading.Thread(target=write, args=(None, ask_switch), daemon=True,
                               name="metrics")
+    if not _background:
+        atexit.register(settle)  # a process that exits first finishes the write
     _background.append(thread)
     thread.start()
 
