@@ -153,7 +153,7 @@ def restore(
     Every file is checked against the manifest before the switch is touched.
     Example: ovs-service restore --from /var/lib/ovs-service/20261125T101500.123456789
     """
-    with metrics.operation("restore") as recorded:
+    with metrics.operation("restore", restores=True) as recorded:
         path = store.resolve(store.state_dir(), source)
         with _locked(wait):
             outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
@@ -332,7 +332,7 @@ def restart(
     if dry_run:
         _plan("restart", as_json)
         return
-    with metrics.operation("restart") as recorded:
+    with metrics.operation("restart", restores=True) as recorded:
         outcome = transaction.restart(on_step=recorded.on_step(_progress(as_json)), wait=wait,
                                       on_wait=_on_wait)
         recorded.restore(outcome.bridges)
@@ -364,7 +364,7 @@ def force_reload_kmod(
     if dry_run:
         _plan("force-reload-kmod", as_json)
         return
-    with metrics.operation("force-reload-kmod") as recorded:
+    with metrics.operation("force-reload-kmod", restores=True) as recorded:
         outcome = reload.force_reload_kmod(on_step=recorded.on_step(_progress(as_json)),
                                            wait=wait, on_wait=_on_wait)
         recorded.restore(outcome.bridges)

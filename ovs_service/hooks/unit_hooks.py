@@ -144,6 +144,7 @@ def _restore_pending(root: Path, wait: float = 0.0, recorded: metrics.Recorder |
         _status("no snapshot pending")
         return 0
     start = time.monotonic()
+    recorded.restored = []  # a restore runs: the last one's counts no longer hold
     try:
         snapshot, records = operations.prepare_pinned(pending)
         bundles = operations.prepare_bundles(snapshot, records)

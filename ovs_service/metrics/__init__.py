@@ -64,9 +64,11 @@ class Recorder:
         self.failed.update({r.bridge: bridge_reason(r) for r in results if not r.ok})
 
     def fail(self, error: BaseException) -> None:
-        from ovs_service.errors import RestoreFailed, SnapshotInvalid
+        from ovs_service.errors import RestoreFailed, RolledForward, SnapshotInvalid
 
         self.ok = False
+        if not isinstance(error, RestoreFailed | RolledForward) and not self.restored:
+            self.restored = None  # refused before the switch was touched: the counts hold
         if isinstance(error, RestoreFailed):
             self.failed.setdefault(str(error.fields.get("bridge", "")), "refused")
         elif isinstance(error, SnapshotInvalid):
@@ -85,9 +87,11 @@ def bridge_reason(result: BridgeRestore) -> str:
 
 
 @contextmanager
-def operation(name: str) -> Iterator[Recorder]:
-    """Record the operation run inside, whichever way it ends."""
-    recorder = Recorder(name)
+def operation(name: str, restores: bool = False) -> Iterator[Recorder]:
+    """Record the operation run inside, whichever way it ends. One that
+    `restores` replaces the restored counts even if it fails before it
+    reports any: none of the last restore's is then known to be there."""
+    recorder = Recorder(name, restored=[] if restores else None)
     try:
         yield recorder
     except BaseException as error:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ovs_service import metrics
+from ovs_service.errors import PrecheckFailed, RolledForward
 from ovs_service.log import StepRecord
 from ovs_service.metrics import exposition, families
 from ovs_service.stages.flows_restore import BridgeRestore
@@ -86,14 +87,26 @@ def test_a_save_keeps_the_last_restart(metrics_dir: Path) -> None:
 
 def test_a_failed_run_replaces_only_its_own_operation(metrics_dir: Path) -> None:
     metrics.write(restart())
-    with pytest.raises(RuntimeError), metrics.operation("restart") as recorded:
+    with pytest.raises(RuntimeError), metrics.operation("save"):
+        raise RuntimeError("disk full")
+    got = read(metrics_dir)
+    success = got["ovs_service_last_transaction_success"]
+    assert (success.value(operation="save"), success.value(operation="restart")) == (0, 1)
+    assert got["ovs_service_restored_flows"].value(bridge="br-int") == 7  # not a restore
+
+    with pytest.raises(PrecheckFailed), metrics.operation("restart", restores=True):
+        raise PrecheckFailed(op="restart", reason="an interrupted restart")
+    assert read(metrics_dir)["ovs_service_restored_flows"].value(bridge="br-int") == 7
+
+    with pytest.raises(RolledForward), metrics.operation("restart", restores=True) as recorded:
         recorded.on_step()(StepRecord("save", 0.125))
-        raise RuntimeError("the switch went away")
+        raise RolledForward(op="restart", step="restore", reason="the switch went away",
+                            after="the switch was put back")
     got = read(metrics_dir)
     assert got["ovs_service_last_transaction_success"].value(operation="restart") == 0
     assert got["ovs_service_step_duration_seconds"].samples == {
         (("operation", "restart"), ("step", "save")): 0.125}  # the old run's steps are gone
-    assert got["ovs_service_restored_flows"].value(bridge="br-int") == 7  # not a restore
+    assert "ovs_service_restored_flows" not in got  # none known to be there any more
 
 
 def test_the_file_is_replaced_whole_and_readable_by_the_exporter(metrics_dir: Path) -> None:
