@@ -242,12 +242,17 @@ def _flow_restore_wait(old: list[Sample], now: float) -> list[Sample]:
 def _snapshots(root: Path) -> list[Sample]:
     """How many snapshots, when the newest was taken and what it holds."""
     from ovs_service import store
+    from ovs_service.errors import OvsServiceError
 
     found = store.snapshots(root) if root.is_dir() else []
     out = [sample(fam.SNAPSHOTS.name, len(found))]
     if not found:
         return out
-    manifest = store.load(found[-1], verify=False, allow_foreign=True).manifest
+    try:
+        manifest = store.load(found[-1], verify=False, allow_foreign=True).manifest
+    except OvsServiceError as e:  # the rest is still worth writing
+        log.warning("metrics: newest snapshot unreadable: %s", e)
+        return out
     try:
         taken = float(calendar.timegm(time.strptime(manifest.created, "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:

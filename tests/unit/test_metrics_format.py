@@ -187,3 +187,16 @@ def test_a_refresh_in_the_background_is_written_before_the_next_write(
         marker.stat().st_mtime
     assert got["ovs_service_last_transaction_success"].value(operation="restart") == 1
     assert sorted(p.name for p in metrics_dir.iterdir()) == ["ovs_service.prom"]
+
+
+def test_an_unreadable_newest_snapshot_leaves_the_rest_written(
+        metrics_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    damaged = tmp_path / "store" / "00000001-20261202T000000.000000000"
+    damaged.mkdir(parents=True)
+    (damaged / "manifest.json").write_text("{not json")
+    metrics.write(restart())
+    got = read(metrics_dir)
+    assert got["ovs_service_snapshots"].value() == 1
+    assert "ovs_service_newest_snapshot_timestamp_seconds" not in got
+    assert got["ovs_service_last_transaction_success"].value(operation="restart") == 1
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["metrics"]
