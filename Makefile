@@ -15,7 +15,8 @@ APT_PACKAGES = \
 	systemd dbus \
 	debhelper dh-python pybuild-plugin-pyproject lintian \
 	qemu-system-x86 busybox-static cpio kmod \
-	bash-completion ca-certificates time
+	bash-completion ca-certificates time \
+	prometheus-node-exporter python3-yaml
 PIP_TOOLS = ruff mypy
 
 DEB_WORK = .cache/deb
