@@ -8,10 +8,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -127,6 +127,11 @@ def _meters_and_flows(ovs: OvsBed) -> None:
         for i in range(200)))
 
 
+def _read(file: IO[str]) -> str:
+    file.seek(0)
+    return file.read()
+
+
 @contextlib.contextmanager
 def _lock_held(cli: Cli) -> Iterator[subprocess.Popen[bytes]]:
     """The store's lock, held by another process (flock), as a transaction would."""
@@ -151,17 +156,25 @@ def test_save_and_restore_wait_for_the_lock(ovs: OvsBed, cli: Cli, command: str)
         one_line_error(refused)
         assert refused.returncode == 6, refused.describe()
         assert str(cli.state_dir / store.LOCK) in refused.stderr, refused.describe()
-        waiting = threading.Thread(target=lambda: results.append(cli(command, "--wait", "60",
-                                                                     check=False)))
-        results: list[CliResult] = []
-        waiting.start()
-        time.sleep(1)
-        assert not results, "did not wait for the lock"
-        holder.kill()
-        waiting.join(timeout=120)
-    (waited,) = results
+        # Released only once the waiter says it waits (its start-up may take
+        # longer than any fixed sleep on a loaded machine).
+        with tempfile.TemporaryFile("w+") as stderr:
+            waiter = subprocess.Popen(
+                (sys.executable, "-m", "ovs_service", command, "--wait", "60"),
+                cwd=REPO, env=cli.env(), stdout=subprocess.PIPE, stderr=stderr, text=True)
+            try:
+                wait_for("the waiter to say it waits",
+                         lambda: "waiting for another transaction" in _read(stderr), timeout=60)
+                assert waiter.poll() is None, "did not wait for the lock"
+                holder.kill()
+                out, _ = waiter.communicate(timeout=120)
+            finally:
+                if waiter.poll() is None:
+                    waiter.kill()
+                    waiter.wait()
+            stderr.seek(0)
+            waited = CliResult(tuple(waiter.args), waiter.returncode, out, stderr.read())
     assert waited.returncode == 0, waited.describe()
-    assert "waiting for another transaction" in waited.stderr
     assert cli("snapshot", "list", "--json").json()[0]["path"] == str(snapshot)
 
 
