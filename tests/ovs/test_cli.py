@@ -159,8 +159,9 @@ def test_save_and_restore_wait_for_the_lock(ovs: OvsBed, cli: Cli, command: str)
         # Released only once the waiter says it waits (its start-up may take
         # longer than any fixed sleep on a loaded machine).
         with tempfile.TemporaryFile("w+") as stderr:
+            argv = (sys.executable, "-m", "ovs_service", command, "--wait", "60")
             waiter = subprocess.Popen(
-                (sys.executable, "-m", "ovs_service", command, "--wait", "60"),
+                argv,
                 cwd=REPO, env=cli.env(), stdout=subprocess.PIPE, stderr=stderr, text=True)
             try:
                 wait_for("the waiter to say it waits",
@@ -173,7 +174,7 @@ def test_save_and_restore_wait_for_the_lock(ovs: OvsBed, cli: Cli, command: str)
                     waiter.kill()
                     waiter.wait()
             stderr.seek(0)
-            waited = CliResult(tuple(waiter.args), waiter.returncode, out, stderr.read())
+            waited = CliResult(argv, waiter.returncode, out, stderr.read())
     assert waited.returncode == 0, waited.describe()
     assert cli("snapshot", "list", "--json").json()[0]["path"] == str(snapshot)
 
