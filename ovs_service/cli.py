@@ -158,6 +158,8 @@ def restore(
         with _locked(wait):
             outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
                                                   firewall=firewall)
+            if not bridge and not stage:
+                operations.end_failure(store.state_dir(), outcome)
         recorded.restore(outcome.bridges)
         recorded.ok = outcome.ok
     # One report, whatever failed; then the failure's line and exit status.

@@ -262,6 +262,17 @@ def restore_snapshot(
     return RestoreOutcome(snapshot.path, _with_gone(reports, gone))
 
 
+def end_failure(root: Path, outcome: RestoreOutcome) -> bool:
+    """A whole restore of the snapshot whose restore had failed (what `status`
+    tells the operator to run once the cause is fixed) ends that failure: the
+    store forgets it, so status and the metrics stop saying so. True if so."""
+    failed = store.failed_snapshot(root)
+    if not outcome.ok or failed is None or failed.resolve() != outcome.snapshot.resolve():
+        return False
+    store.clear_failed(root)
+    return True
+
+
 def _with_gone(reports: Sequence[Report], gone: Sequence[flows.BridgeRecord]
                ) -> tuple[Report, ...]:
     """The reports, with each bridge the switch no longer has failed among

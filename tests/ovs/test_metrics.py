@@ -158,6 +158,33 @@ def test_a_failed_restore_names_its_bridge_until_one_succeeds(ovs: OvsBed, cli: 
     assert got["ovs_service_last_transaction_success"].value(operation="restore") == 1
 
 
+def test_restoring_the_failed_snapshot_as_status_says_ends_the_failure(ovs: OvsBed,
+                                                                        cli: Cli) -> None:
+    for bridge in ("good", "full"):
+        build(ovs, bridge, 2)
+    saved = {b: switch_counts(ovs, b) for b in ("good", "full")}
+    hook(cli, "save")
+    for bridge in ("good", "full"):
+        canon.wipe(ovs, bridge)
+    ovs.vsctl("--", "--id=@limit", "create", "Flow_Table", "flow_limit=1",
+              "overflow_policy=refuse", "--", "set", "Bridge", "full", "flow_tables:0=@limit")
+    hook(cli, "poststart")
+    name = (cli.state_dir / "failed").read_text().strip()
+    told = [line for line in cli("status").stdout.splitlines() if "LAST RESTORE FAILED" in line]
+    assert len(told) == 1 and told[0].endswith(f"/{name}"), told
+    failed = told[0].rsplit("ovs-service restore --from ", 1)[1]  # as the operator copies it
+
+    ovs.vsctl("clear", "Bridge", "full", "flow_tables")
+    cli("restore", "--bridge", "full", "--from", failed)  # a part only: still failed
+    assert (cli.state_dir / "failed").is_file()
+    cli("restore", "--from", failed)  # what status says, once fixed
+    assert {b: switch_counts(ovs, b) for b in ("good", "full")} == saved
+    assert not (cli.state_dir / "failed").exists()
+    assert "LAST RESTORE FAILED" not in cli("status").stdout
+    assert metrics(cli)["ovs_service_restore_failed"].samples == {
+        (("bridge", ""), ("reason", "")): 0}
+
+
 def test_a_missing_metrics_directory_never_fails_the_operation(ovs: OvsBed, cli: Cli,
                                                               tmp_path: Path) -> None:
     build(ovs, "br0", 1)
