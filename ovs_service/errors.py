@@ -17,6 +17,7 @@ EXIT_CODES = {
     4: "a restore failed; the snapshot is kept for `ovs-service restore`",
     5: "a systemd job failed, or systemd is unreachable",
     6: "another transaction holds the lock",
+    7: "a snapshot of a newer schema than this ovs-service reads; nothing was changed",
     130: "interrupted",
 }
 INTERRUPTED = 130
@@ -74,6 +75,16 @@ class SnapshotInvalid(OvsServiceError):
 
 class SnapshotWriteFailed(OvsServiceError):
     template = "cannot write a snapshot in {path}: {reason}; nothing was changed"
+
+
+class SnapshotTooNew(SnapshotInvalid):
+    """A snapshot whose schema is newer than this version's and not declared
+    readable by it (see store.manifest): refused before anything is touched."""
+
+    template = ("snapshot {path}: schema {schema} is newer than this ovs-service reads "
+                "(up to {known}; readers need schema {compatible} or later), "
+                "nothing was changed: upgrade ovs-service to restore it")
+    exit_code = 7
 
 
 class UnsafeDirectory(OvsServiceError):
