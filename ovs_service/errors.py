@@ -109,6 +109,14 @@ class Busy(OvsServiceError):
     exit_code = 6
 
 
+class SwitchRefusesSnapshot(RestoreFailed):
+    """A snapshot of a newer Open vSwitch that the switch does not take whole:
+    found by checking every bridge before any is touched."""
+
+    template = ("restore refused, nothing was changed: bridge {bridge!r}: Open vSwitch "
+                "{running} does not take what {saved} saved: {reason}")
+
+
 class RestorePartsFailed(OvsServiceError):
     """Every bridge came back, but a part restored beside them did not."""
 
