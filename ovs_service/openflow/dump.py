@@ -7,6 +7,7 @@ replies into messages or settings with `openflow.state`.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 from ovs_service.log import timed
@@ -62,3 +63,12 @@ def flow_count(conn: Connection) -> int:
         body = next(iter(conn.multipart(st.aggregate_request(conn.version))))
         record.count = st.aggregate_flow_count(conn.version, body)
     return record.count
+
+
+def software(conn: Connection) -> str:
+    """The switch's software version as it describes itself (Open vSwitch:
+    `3.1.0`): the running daemon's, whatever its database says."""
+    body = next(iter(conn.multipart(struct.pack(ofp.OFP_MULTIPART_TYPE_PACK_STR,
+                                                ofp.OFPMP_DESC))))
+    sw_desc = body[ofp.OFP_DESC_SW_DESC_OFFSET:ofp.OFP_DESC_SW_DESC_OFFSET + ofp.DESC_STR_LEN]
+    return sw_desc.split(b"\0", 1)[0].decode(errors="replace")

@@ -96,12 +96,22 @@ assert calcsize(OFP_MULTIPART_TYPE_PACK_STR) == OFP_MULTIPART_TYPE_SIZE
 
 OFPMPF_REPLY_MORE = 1 << 0  # OFPSF_REPLY_MORE at 1.0
 
+OFPMP_DESC = 0  # OFPST_DESC at 1.0, the same
 OFPMP_FLOW = 1  # OFPMP_FLOW_DESC at 1.5
 OFPMP_AGGREGATE = 2  # OFPMP_AGGREGATE_STATS at 1.5
 OFPMP_GROUP_DESC = 7
 OFPMP_METER_CONFIG = 10
 OFPMP_PORT_DESC = 13
 OFPMP_EXPERIMENTER = 0xFFFF  # OFPST_VENDOR at 1.0
+
+# struct ofp_desc (every version): mfr_desc, hw_desc, sw_desc, serial_num,
+# dp_desc; Open vSwitch puts its version in sw_desc.
+DESC_STR_LEN = 256
+SERIAL_NUM_LEN = 32
+OFP_DESC_PACK_STR = "!" + f"{DESC_STR_LEN}s" * 3 + f"{SERIAL_NUM_LEN}s{DESC_STR_LEN}s"
+OFP_DESC_SIZE = 1056
+assert calcsize(OFP_DESC_PACK_STR) == OFP_DESC_SIZE
+OFP_DESC_SW_DESC_OFFSET = 2 * DESC_STR_LEN
 
 # struct nicira10_stats_msg after its 1.0 stats header: vendor, subtype, pad.
 NX_STATS_BODY_PACK_STR = "!II4x"

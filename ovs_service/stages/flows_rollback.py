@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ovs_service import ovs
 from ovs_service.errors import OpenFlowError, SwitchRefusesSnapshot
+from ovs_service.openflow import dump
 from ovs_service.openflow.connection import Connection
 from ovs_service.openflow.messages import describe
 from ovs_service.openflow.ofproto import NX_VENDOR_ID, OFP_HEADER_SIZE, VERSION_NAME
@@ -77,8 +78,10 @@ def check(snapshot: Snapshot, records: Sequence[BridgeRecord]) -> None:
     """Refuse, before any bridge is touched, a snapshot the switch would not
     take whole (see the module's text); nothing is sent when the switch is
     as new as the snapshot's Open vSwitch or newer."""
-    saved, running = snapshot.manifest.ovs_version, ovs.ovs_version()
-    if not records or not needs_check(saved, running):
+    if not records:
+        return
+    saved, running = snapshot.manifest.ovs_version, running_version(records[0])
+    if not needs_check(saved, running):
         return
     log.debug("snapshot taken under Open vSwitch %s, the switch runs %s: checking "
              "that it takes every bridge's groups and flows", saved, running)
@@ -90,6 +93,17 @@ def check(snapshot: Snapshot, records: Sequence[BridgeRecord]) -> None:
         more = f" (and {len(refused) - 1} other bridges)" if len(refused) > 1 else ""
         raise SwitchRefusesSnapshot(bridge=record.name, running=running, saved=saved,
                                     reason=why + more)
+
+
+def running_version(record: BridgeRecord) -> str:
+    """The version of the ovs-vswitchd that serves the bridge, as it says
+    itself: its database may still name the version that ran before (a
+    package downgrade), and asking costs one message, not a command."""
+    try:
+        with Connection(ovs.mgmt_socket(record.name), record.version, record.name) as conn:
+            return dump.software(conn)
+    except OpenFlowError:
+        return ovs.ovs_version()  # the check's own connection will say what is wrong
 
 
 def first_refusal(snapshot: Snapshot, record: BridgeRecord) -> str | None:
