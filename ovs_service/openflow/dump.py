@@ -39,6 +39,10 @@ def current_meters(conn: Connection) -> list[st.Meter]:
     return [m for body in conn.multipart(st.meter_config_request()) for m in st.meters(body)]
 
 
+def meter_features(conn: Connection) -> st.MeterFeatures:
+    return st.meter_features(next(iter(conn.multipart(st.meter_features_request()))))
+
+
 def group_mods(conn: Connection) -> Iterator[bytes]:
     for body in conn.multipart(st.group_desc_request(conn.version)):
         yield from st.group_mods(conn.version, body)

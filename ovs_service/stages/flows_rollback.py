@@ -15,8 +15,9 @@ What a discarded bundle cannot show, and why it is still safe:
 - errors that only depend on what the restore puts in place before the
   bundle (a meter a flow uses, a TLV mapping a flow matches) are expected
   here and passed over; such a flow is decoded up to that field only;
-- meters and TLV maps cannot be checked without being applied: their
-  messages have not changed between the versions Debian ships (3.1, 3.5);
+- meters and TLV maps cannot go in a bundle: they are checked against what
+  the switch says it supports (its meter features: highest meter, flags,
+  band types, bands per meter; its TLV table: fields and option space);
 - bridges at OpenFlow 1.0 or 1.2 have no bundles: they are not checked
   (said in the log); the restore of each bridge is still all or nothing.
 If the real restore of a bridge then fails, that bridge is left as it was
@@ -34,17 +35,21 @@ from concurrent.futures import ThreadPoolExecutor
 from ovs_service import ovs
 from ovs_service.errors import OpenFlowError, SwitchRefusesSnapshot
 from ovs_service.openflow import dump
+from ovs_service.openflow import ofproto as ofp
+from ovs_service.openflow import state as st
 from ovs_service.openflow.connection import Connection
 from ovs_service.openflow.messages import describe
 from ovs_service.openflow.ofproto import NX_VENDOR_ID, OFP_HEADER_SIZE, VERSION_NAME
 from ovs_service.stages.flows_snapshot import BridgeRecord, read_messages
-from ovs_service.store import Snapshot
+from ovs_service.store import Snapshot, SnapshotFile
 
 log = logging.getLogger(__name__)
 
 # struct ofp_error_msg after the header: type, code; with type
 # OFPET_EXPERIMENTER (OpenFlow 1.2+) `code` is the experimenter's code,
 # followed by its id.
+_TLV_REPLY = struct.Struct(ofp.NX_TLV_TABLE_REPLY_PACK_STR)
+_TLV_MAP = struct.Struct(ofp.NX_TLV_MAP_PACK_STR)
 _ERROR = struct.Struct("!HH")
 _EXPERIMENTER_ID = struct.Struct("!I")
 OFPET_EXPERIMENTER = 0xFFFF
@@ -121,6 +126,10 @@ def first_refusal(snapshot: Snapshot, record: BridgeRecord) -> str | None:
                 log.warning("%s: %s has no bundles: not checked before the restore",
                             record.name, VERSION_NAME[record.version])
                 return None
+            problem = (_meters_problem(conn, snapshot.file(f"{record.directory}/meters.ofp"))
+                       or _tlv_problem(conn, snapshot.file(f"{record.directory}/tlv.ofp")))
+            if problem:
+                return problem
             errors = [(index, error) for index, error in conn.bundle(messages(), commit=False)
                       if not _expected(record, error)]
     except OpenFlowError as e:
@@ -130,6 +139,49 @@ def first_refusal(snapshot: Snapshot, record: BridgeRecord) -> str | None:
     index, error = errors[0]
     answer = describe(error, brief=True)
     return f"the switch answered {answer} to {_which(record, index, messages())}"
+
+
+def _meters_problem(conn: Connection, path: SnapshotFile) -> str | None:
+    """What of the saved meters the switch's meter features say it does not
+    take (meters cannot go in a bundle)."""
+    mods = [st.meter_mod_fields(m) for m in read_messages(path)]
+    if not mods:
+        return None
+    features = dump.meter_features(conn)
+    for mod in mods:
+        unknown_flags = mod.flags & ~features.capabilities
+        bands = [t for t in mod.band_types if not features.band_types & (1 << t)]
+        if mod.meter_id <= ofp.OFPM_MAX and mod.meter_id > features.max_meter:
+            why = f"is above the switch's highest meter, {features.max_meter}"
+        elif unknown_flags:
+            why = f"has flags {unknown_flags:#x} the switch does not support"
+        elif bands:
+            why = f"has a band of type {bands[0]}, which the switch does not support"
+        elif len(mod.band_types) > features.max_bands:
+            why = (f"has {len(mod.band_types)} bands, the switch takes at most "
+                   f"{features.max_bands}")
+        else:
+            continue
+        return f"meter {mod.meter_id} {why}"
+    return None
+
+
+def _tlv_problem(conn: Connection, path: SnapshotFile) -> str | None:
+    """What of the saved TLV map does not fit the switch's table (a TLV
+    table mod cannot go in a bundle)."""
+    maps = b"".join(st.tlv_maps_of_mod(m) for m in read_messages(path))
+    if not maps:
+        return None
+    reply = conn.request(st.tlv_table_request(conn.version), ofp.OFPT_EXPERIMENTER).data
+    space, fields = _TLV_REPLY.unpack_from(reply, ofp.OFP_EXPERIMENTER_HEADER_SIZE)
+    entries = [_TLV_MAP.unpack_from(maps, i) for i in range(0, len(maps), _TLV_MAP.size)]
+    beyond = [index for _, _, _, index in entries if index >= fields]
+    if beyond:
+        return f"the TLV map uses tun_metadata{beyond[0]}, the switch has {fields} fields"
+    used = sum(length for _, _, length, _ in entries)
+    if used > space:
+        return f"the TLV map takes {used} bytes of options, the switch has {space}"
+    return None
 
 
 def _expected(record: BridgeRecord, error: bytes) -> bool:

@@ -50,6 +50,18 @@ def _spoil_first_flow(snapshot: Path, bridge: str) -> None:
     path.write_bytes(bytes(data))
 
 
+def _spoil_meter(snapshot: Path, bridge: str) -> None:
+    """The bridge's saved meter's band is now of type 2 (dscp_remark), of the
+    same length; the userspace switch supports drop bands only."""
+    record = next(r for r in json.loads((snapshot / "flows/index.json").read_text())
+                  if r["name"] == bridge)
+    path = snapshot / record["directory"] / "meters.ofp"
+    data = bytearray(path.read_bytes())
+    assert data[1] == 29 and data[16:18] == b"\x00\x01", "a meter_mod with a drop band"
+    data[16:18] = b"\x00\x02"
+    path.write_bytes(bytes(data))
+
+
 @dataclass
 class Scene:
     bed: OvsBed
@@ -105,6 +117,23 @@ def test_a_message_the_older_switch_refuses_refuses_the_whole_restore(scene: Sce
     assert f"does not take what {NEWER} saved" in said, said
     # br1's flows: the default one and the two added; the first is the one spoilt
     assert "answered OFPFMFC_BAD_TABLE_ID to flow 1 of 3 (table=255, priority=" in said, said
+
+
+def test_a_meter_the_older_switch_does_not_support_refuses_the_whole_restore(
+        scene: Scene) -> None:
+    """Meters cannot go in a bundle: they are checked against the meter
+    features the switch reports, before anything is touched."""
+    assert "band_types: drop\n" in scene.bed.ofctl("-O", "OpenFlow13", "meter-features", "br0")
+    _spoil_meter(scene.snapshot, "br0")
+    _manifest(scene.snapshot, ovs_version=NEWER)
+    before = scene.state()
+    result = scene.cli.restore("--from", str(scene.snapshot), check=False)
+    assert scene.state() == before
+    one_line_error(result)
+    assert result.returncode == 4, result.describe()
+    assert ("bridge 'br0': Open vSwitch 3.1.0 does not take what 3.5.0 saved: meter 1 has "
+            "a band of type 2, which the switch does not support") in result.stderr, \
+        result.describe()
 
 
 def test_the_background_restore_refuses_it_before_pinning_ports(
