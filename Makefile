@@ -16,15 +16,17 @@ APT_PACKAGES = \
 	debhelper dh-python pybuild-plugin-pyproject lintian \
 	qemu-system-x86 busybox-static cpio kmod \
 	bash-completion ca-certificates time \
-	prometheus-node-exporter python3-yaml
+	prometheus-node-exporter python3-yaml \
+	mmdebstrap
 PIP_TOOLS = ruff mypy
 
 DEB_WORK = .cache/deb
 # The venv lane: the project and the newest PyPI releases of its dependencies.
 VENV = .cache/venv-pypi
-FAST = not slow and not systemd and not vm
+FAST = not slow and not systemd and not vm and not upgrade
 
-.PHONY: all test test-half-vm test-half-host test-fast test-unit test-ovs test-lanes test-systemd test-kmod test-venv lint bench deb demo \
+.PHONY: all test test-half-vm test-half-host test-fast test-unit test-ovs test-lanes test-systemd test-kmod test-upgrade \
+	test-venv lint bench deb demo \
 	install-packages install-deps clean
 
 all: test
@@ -61,6 +63,12 @@ test-systemd:
 
 test-kmod:
 	$(PYTEST) -m vm $(PYTEST_ARGS)
+
+# Other Debian releases in mmdebstrap roots (cached in .cache/roots, rebuilt
+# when stale): the Debian 13 lane and the real 3.1 -> 3.5 upgrade. -s: the
+# lanes print the versions on each side, lines kept, the gap, the rollback.
+test-upgrade:
+	$(PYTEST) -m upgrade -s $(PYTEST_ARGS)
 
 # `pip install .` into a fresh venv with the newest releases from PyPI (pystemd
 # builds from source against libsystemd-dev), then the CLI from / and the fast

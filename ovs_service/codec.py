@@ -16,7 +16,10 @@ names the file and the field, e.g.
   missing (snapshots written before the field existed) and takes its default.
 - A key the dataclass does not have is refused: nothing this version writes
   has one, so it comes from a newer version or from damage, and guessing past
-  it could restore something other than what was saved.
+  it could restore something other than what was saved. Except in a snapshot
+  of a newer schema whose manifest declares it readable by this version
+  (`Where.newer`, see `store.manifest`): its writer said such keys may be
+  ignored.
 - int is not bool and bool is not int (JSON tells them apart); a float field
   takes an int too (JSON writes 0.0 as 0 when another tool re-wrote the file).
 """
@@ -44,6 +47,9 @@ class Where:
 
     snapshot: Path
     file: str
+    # In a snapshot of a newer schema declared readable by this version:
+    # fields this version does not know are ignored.
+    newer: bool = False
 
     def invalid(self, field: str, reason: str) -> SnapshotInvalid:
         at = f"{self.file}: {field}: " if field else f"{self.file}: "
@@ -55,6 +61,7 @@ class _File(Protocol):
 
     snapshot: Path
     relpath: str
+    newer: bool
 
     def read_text(self) -> str: ...
 
@@ -86,7 +93,7 @@ def parse(text: str, where: Where) -> object:
 
 def read(file: _File) -> tuple[object, Where]:
     """A snapshot file's JSON document, and where it comes from (for `from_doc`)."""
-    where = Where(file.snapshot, file.relpath)
+    where = Where(file.snapshot, file.relpath, file.newer)
     return parse(file.read_text(), where), where
 
 
@@ -198,13 +205,13 @@ def _decode_dataclass(cls: type, doc: object, where: Where, path: str,
         raise wrong()
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(doc.keys() - fields.keys())
-    if unknown:
+    if unknown and not where.newer:
         raise where.invalid(_join(path, str(unknown[0])),
                             "unknown field (written by a newer ovs-service, or damaged)")
     hints = _hints(cls)
     values = {}
     for name, f in fields.items():
-        if name in doc:
+        if name in doc:  # (keys of a newer schema declared ignorable are not looked at)
             values[name] = _decode(hints[name], doc[name], where, _join(path, name), None)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise where.invalid(_join(path, name), "missing")

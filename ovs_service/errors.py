@@ -17,6 +17,7 @@ EXIT_CODES = {
     4: "a restore failed; the snapshot is kept for `ovs-service restore`",
     5: "a systemd job failed, or systemd is unreachable",
     6: "another transaction holds the lock",
+    7: "a snapshot of a newer schema than this ovs-service reads; nothing was changed",
     130: "interrupted",
 }
 INTERRUPTED = 130
@@ -76,6 +77,16 @@ class SnapshotWriteFailed(OvsServiceError):
     template = "cannot write a snapshot in {path}: {reason}; nothing was changed"
 
 
+class SnapshotTooNew(SnapshotInvalid):
+    """A snapshot whose schema is newer than this version's and not declared
+    readable by it (see store.manifest): refused before anything is touched."""
+
+    template = ("snapshot {path}: schema {schema} is newer than this ovs-service reads "
+                "(up to {known}; readers need schema {compatible} or later), "
+                "nothing was changed: upgrade ovs-service to restore it")
+    exit_code = 7
+
+
 class UnsafeDirectory(OvsServiceError):
     """A directory ovs-service would write in that someone else could change:
     they could swap a name in it for a link to where they cannot write."""
@@ -96,6 +107,14 @@ class UsageError(OvsServiceError):
 class Busy(OvsServiceError):
     template = "another ovs-service transaction holds the lock ({holder}); retry, or use --wait"
     exit_code = 6
+
+
+class SwitchRefusesSnapshot(RestoreFailed):
+    """A snapshot of a newer Open vSwitch that the switch does not take whole:
+    found by checking every bridge before any is touched."""
+
+    template = ("restore refused, nothing was changed: bridge {bridge!r}: Open vSwitch "
+                "{running} does not take what {saved} saved: {reason}")
 
 
 class RestorePartsFailed(OvsServiceError):

@@ -20,10 +20,11 @@ from ovs_service.errors import (
     RestoreFailed,
     SaveIncomplete,
     SnapshotWriteFailed,
+    SwitchRefusesSnapshot,
     UsageError,
 )
 from ovs_service.openflow.messages import PreparedBundle
-from ovs_service.stages import datapaths, flows
+from ovs_service.stages import datapaths, flows, flows_rollback
 from ovs_service.stages.base import Report, RestoreScope, SaveScope
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,9 @@ def prepare_pinned(path: Path) -> tuple[store.Snapshot, list[flows.BridgeRecord]
     if gone:
         log.warning("bridges no longer present, not restored: %s",
                     ", ".join(r.name for r in gone))
-    stages.stage("flows").check(snapshot, RestoreScope(bridges=[r.name for r in selected]))
+    # The files only: the switch may not run yet (`restore_pinned` asks it).
+    for record in selected:
+        flows.check_framing(snapshot, record)
     return snapshot, selected
 
 
@@ -204,6 +207,10 @@ def restore_pinned(snapshot: store.Snapshot, records: Sequence[flows.BridgeRecor
     """
     unserved = _unserved_bridges([r.name for r in records], wait) if wait else {}
     present = [r for r in records if r.name not in unserved]
+    if (refused := _refused_by_switch(snapshot, present)) is not None:
+        # Nothing was touched: every bridge failed, with the same reason.
+        return [flows.BridgeRestore(r.name, False, r.counts, str(refused),
+                                    refused.fields["reason"]) for r in records]
     wanted = {p.name: p.port_no for r in present for p in r.ports if p.port_no not in OFPP_LOCAL}
     moved = ovs.pin_ofports(wanted)
     if moved:
@@ -216,6 +223,17 @@ def restore_pinned(snapshot: store.Snapshot, records: Sequence[flows.BridgeRecor
                                         unserved[r.name], gone)
                     for r in records if r.name in unserved]
     return results
+
+
+def _refused_by_switch(snapshot: store.Snapshot, records: Sequence[flows.BridgeRecord]
+                       ) -> SwitchRefusesSnapshot | None:
+    """Why the switch (older than the snapshot's Open vSwitch) does not take
+    one of the bridges (see flows_rollback); None if it takes them all."""
+    try:
+        flows_rollback.check(snapshot, records)
+    except SwitchRefusesSnapshot as e:
+        return e
+    return None
 
 
 def _unserved_bridges(names: Sequence[str], timeout: float) -> dict[str, str]:

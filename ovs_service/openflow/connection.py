@@ -300,11 +300,13 @@ class Connection:
                 pass
         return errors
 
-    def bundle(self, messages: Iterable[bytes]) -> list[tuple[int, bytes]]:
+    def bundle(self, messages: Iterable[bytes], commit: bool = True) -> list[tuple[int, bytes]]:
         """Apply `messages` as one atomic, ordered bundle.
 
         Returns (index, error) for each refused message; when there is any,
-        nothing of the bundle took effect.
+        nothing of the bundle took effect. Without `commit` the bundle is
+        discarded once the switch has checked every message as it was added:
+        nothing takes effect, and the errors are those of the adds.
         """
         bundle_id = self.next_xid()
         flags = BUNDLE_FLAGS
@@ -324,7 +326,9 @@ class Connection:
                 errors += self._pending_errors()
         self._send(out)
         last = self._xid
-        if errors:
+        if not commit:
+            errors += self._bundle_control(bundle_id, OFPBCT_DISCARD_REQUEST, flags)
+        elif errors:
             self._bundle_control(bundle_id, OFPBCT_DISCARD_REQUEST, flags)
         else:
             errors = self._bundle_control(bundle_id, OFPBCT_COMMIT_REQUEST, flags)

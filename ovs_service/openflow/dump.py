@@ -7,6 +7,7 @@ replies into messages or settings with `openflow.state`.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 from ovs_service.log import timed
@@ -38,6 +39,10 @@ def current_meters(conn: Connection) -> list[st.Meter]:
     return [m for body in conn.multipart(st.meter_config_request()) for m in st.meters(body)]
 
 
+def meter_features(conn: Connection) -> st.MeterFeatures:
+    return st.meter_features(next(iter(conn.multipart(st.meter_features_request()))))
+
+
 def group_mods(conn: Connection) -> Iterator[bytes]:
     for body in conn.multipart(st.group_desc_request(conn.version)):
         yield from st.group_mods(conn.version, body)
@@ -62,3 +67,12 @@ def flow_count(conn: Connection) -> int:
         body = next(iter(conn.multipart(st.aggregate_request(conn.version))))
         record.count = st.aggregate_flow_count(conn.version, body)
     return record.count
+
+
+def software(conn: Connection) -> str:
+    """The switch's software version as it describes itself (Open vSwitch:
+    `3.1.0`): the running daemon's, whatever its database says."""
+    body = next(iter(conn.multipart(struct.pack(ofp.OFP_MULTIPART_TYPE_PACK_STR,
+                                                ofp.OFPMP_DESC))))
+    sw_desc = body[ofp.OFP_DESC_SW_DESC_OFFSET:ofp.OFP_DESC_SW_DESC_OFFSET + ofp.DESC_STR_LEN]
+    return sw_desc.split(b"\0", 1)[0].decode(errors="replace")

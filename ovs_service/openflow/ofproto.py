@@ -96,12 +96,23 @@ assert calcsize(OFP_MULTIPART_TYPE_PACK_STR) == OFP_MULTIPART_TYPE_SIZE
 
 OFPMPF_REPLY_MORE = 1 << 0  # OFPSF_REPLY_MORE at 1.0
 
+OFPMP_DESC = 0  # OFPST_DESC at 1.0, the same
 OFPMP_FLOW = 1  # OFPMP_FLOW_DESC at 1.5
 OFPMP_AGGREGATE = 2  # OFPMP_AGGREGATE_STATS at 1.5
 OFPMP_GROUP_DESC = 7
 OFPMP_METER_CONFIG = 10
+OFPMP_METER_FEATURES = 11
 OFPMP_PORT_DESC = 13
 OFPMP_EXPERIMENTER = 0xFFFF  # OFPST_VENDOR at 1.0
+
+# struct ofp_desc (every version): mfr_desc, hw_desc, sw_desc, serial_num,
+# dp_desc; Open vSwitch puts its version in sw_desc.
+DESC_STR_LEN = 256
+SERIAL_NUM_LEN = 32
+OFP_DESC_PACK_STR = "!" + f"{DESC_STR_LEN}s" * 3 + f"{SERIAL_NUM_LEN}s{DESC_STR_LEN}s"
+OFP_DESC_SIZE = 1056
+assert calcsize(OFP_DESC_PACK_STR) == OFP_DESC_SIZE
+OFP_DESC_SW_DESC_OFFSET = 2 * DESC_STR_LEN
 
 # struct nicira10_stats_msg after its 1.0 stats header: vendor, subtype, pad.
 NX_STATS_BODY_PACK_STR = "!II4x"
@@ -304,6 +315,17 @@ OFP_METER_CONFIG_FLAGS_OFFSET = calcsize("!H")
 OFP_METER_MULTIPART_REQUEST_PACK_STR = "!I4x"
 OFP_METER_MULTIPART_REQUEST_SIZE = 8
 assert calcsize(OFP_METER_MULTIPART_REQUEST_PACK_STR) == OFP_METER_MULTIPART_REQUEST_SIZE
+
+# struct ofp_meter_band_header: type, len, rate, burst_size; a band's own fields follow.
+OFP_METER_BAND_HEADER_PACK_STR = "!HHII"
+OFP_METER_BAND_HEADER_SIZE = 12
+assert calcsize(OFP_METER_BAND_HEADER_PACK_STR) == OFP_METER_BAND_HEADER_SIZE
+OFPM_MAX = 0xFFFF0000  # the last meter number; those above are virtual meters
+# struct ofp_meter_features: max_meter, band_types (a bitmap of 1 << OFPMBT_*),
+# capabilities (of OFPMF_* flags), max_bands, max_color, pad.
+OFP_METER_FEATURES_PACK_STR = "!IIIBB2x"
+OFP_METER_FEATURES_SIZE = 16
+assert calcsize(OFP_METER_FEATURES_PACK_STR) == OFP_METER_FEATURES_SIZE
 
 # -- TLV map (Nicira) --------------------------------------------------------------------------
 

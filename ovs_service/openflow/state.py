@@ -64,6 +64,8 @@ _METER_MOD = struct.Struct(ofp.OFP_METER_MOD_BODY_PACK_STR)
 _METER_COMMAND = struct.Struct(ofp.OFP_METER_MOD_COMMAND_PACK_STR)
 _METER_CONFIG = struct.Struct(ofp.OFP_METER_CONFIG_PACK_STR)
 _METER_REQUEST = struct.Struct(ofp.OFP_METER_MULTIPART_REQUEST_PACK_STR)
+_METER_BAND = struct.Struct(ofp.OFP_METER_BAND_HEADER_PACK_STR)
+_METER_FEATURES = struct.Struct(ofp.OFP_METER_FEATURES_PACK_STR)
 _TLV_TABLE_MOD = struct.Struct(ofp.NX_TLV_TABLE_MOD_PACK_STR)
 _PORT10 = struct.Struct(ofp.OFP10_PHY_PORT_PACK_STR)
 _PORT = struct.Struct(ofp.OFP_PORT_PACK_STR)
@@ -244,6 +246,42 @@ def meters(reply_body: bytes) -> Iterator[Meter]:
     for entry in _entries(reply_body):
         _, _, meter_id = _METER_CONFIG.unpack_from(entry)
         yield Meter(meter_id, entry[ofp.OFP_METER_CONFIG_FLAGS_OFFSET:])
+
+
+@dataclass(frozen=True)
+class MeterFeatures:
+    max_meter: int
+    band_types: int  # bitmap of 1 << OFPMBT_*
+    capabilities: int  # OFPMF_* flags
+    max_bands: int
+
+
+def meter_features_request() -> bytes:
+    return _MP_TYPE.pack(ofp.OFPMP_METER_FEATURES)
+
+
+def meter_features(reply_body: bytes) -> MeterFeatures:
+    max_meter, band_types, capabilities, max_bands, _ = _METER_FEATURES.unpack_from(reply_body)
+    return MeterFeatures(max_meter, band_types, capabilities, max_bands)
+
+
+@dataclass(frozen=True)
+class MeterMod:
+    """What a meter_mod asks of a switch's meter features."""
+
+    meter_id: int
+    flags: int
+    band_types: tuple[int, ...]
+
+
+def meter_mod_fields(message: bytes) -> MeterMod:
+    _, flags, meter_id = _METER_MOD.unpack_from(message, ofp.OFP_HEADER_SIZE)
+    types, offset = [], ofp.OFP_HEADER_SIZE + _METER_MOD.size
+    while offset + _METER_BAND.size <= len(message):
+        band_type, length, _, _ = _METER_BAND.unpack_from(message, offset)
+        types.append(band_type)
+        offset += max(length, _METER_BAND.size)
+    return MeterMod(meter_id, flags, tuple(types))
 
 
 def meter_id_of_mod(message: bytes) -> int:

@@ -30,6 +30,7 @@ from ovs_service.openflow import dump
 from ovs_service.openflow import state as st
 from ovs_service.openflow.connection import Connection
 from ovs_service.openflow.ofproto import OF10, VERSION_NAME, VERSIONS_SPOKEN
+from ovs_service.stages import flows_rollback
 from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
 from ovs_service.stages.flows_restore import BridgeRestore as BridgeRestore
 from ovs_service.stages.flows_restore import prepare as prepare
@@ -184,8 +185,10 @@ class FlowsStage(Stage):
         return SaveResult(extra, failed, [f.error for f in failures])
 
     def check(self, snapshot: Snapshot, scope: RestoreScope) -> None:
-        for record in selected_records(snapshot, scope.bridges):
+        selected = selected_records(snapshot, scope.bridges)
+        for record in selected:
             check_framing(snapshot, record)
+        flows_rollback.check(snapshot, selected)  # last: it asks the switch
 
     def restore(self, snapshot: Snapshot, scope: RestoreScope) -> FlowsReport:
         return FlowsReport(tuple(restore(snapshot, selected_records(snapshot, scope.bridges))))

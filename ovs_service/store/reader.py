@@ -70,10 +70,12 @@ class _PreadReader(io.RawIOBase):
 class SnapshotFile:
     """One file of a snapshot, read through the descriptor it was verified through."""
 
-    def __init__(self, snapshot: Path, relpath: str, fd: int, entry: FileEntry) -> None:
+    def __init__(self, snapshot: Path, relpath: str, fd: int, entry: FileEntry,
+                 newer: bool = False) -> None:
         self.snapshot = snapshot
         self.relpath = relpath
         self.name = relpath.rsplit("/", 1)[-1]
+        self.newer = newer  # of a newer schema declared readable (see store.manifest)
         self._fd = fd
         self._entry = entry
         self._verified = self._identity()
@@ -138,7 +140,8 @@ class SnapshotFiles:
         fd = self._open(relpath)
         self._fds.append(fd)
         _verify(self.path, relpath, fd, entry)
-        self._opened[relpath] = file = SnapshotFile(self.path, relpath, fd, entry)
+        self._opened[relpath] = file = SnapshotFile(self.path, relpath, fd, entry,
+                                                     self.manifest.newer)
         return file
 
     def _open(self, relpath: str) -> int:

@@ -182,15 +182,7 @@ class SystemdNamespace:
             raise SystemdNamespaceError("booting systemd in a namespace needs root")
         _sweep_stale_cgroups()
         began = time.monotonic()
-        argv = [
-            # If the test process dies, unshare dies, and --kill-child takes
-            # the namespace's PID 1, and with it every process inside, along.
-            "setpriv", "--pdeathsig", "KILL", "--",
-            "unshare", "--fork", "--pid", "--mount", "--mount-proc",
-            "--propagation", "private", "--uts", "--kill-child=SIGKILL",
-            *(["--net"] if self.network == "private" else []),
-            str(BOOT_SCRIPT), self.cgroup_name, *([str(SOURCE)] if self.own_code else []),
-        ]  # fmt: skip
+        argv = self.unshare_argv() + self.boot_argv()
         # The namespace's console is a pseudo-terminal read here: systemd
         # would otherwise write to the machine's /dev/console.
         master, slave = os.openpty()
@@ -219,6 +211,21 @@ class SystemdNamespace:
             raise
         self.boot_seconds = time.monotonic() - began
         return self
+
+    def unshare_argv(self) -> list[str]:
+        """The new namespaces; `boot_argv` runs as their PID 1."""
+        return [
+            # If the test process dies, unshare dies, and --kill-child takes
+            # the namespace's PID 1, and with it every process inside, along.
+            "setpriv", "--pdeathsig", "KILL", "--",
+            "unshare", "--fork", "--pid", "--mount", "--mount-proc",
+            "--propagation", "private", "--uts", "--kill-child=SIGKILL",
+            *(["--net"] if self.network == "private" else []),
+        ]  # fmt: skip
+
+    def boot_argv(self) -> list[str]:
+        """PID 1's command: the boot script, which execs the machine's systemd."""
+        return [str(BOOT_SCRIPT), self.cgroup_name, *([str(SOURCE)] if self.own_code else [])]
 
     def _use_own_code(self) -> None:
         """Make `ovs-service` and its hooks inside run this checkout's code.

@@ -142,6 +142,9 @@ def test_documents_are_those_asdict_wrote(case: str) -> None:
     _, value = CASES[case]
     before = ([dataclasses.asdict(r) for r in value] if isinstance(value, list)
               else dataclasses.asdict(value))
+    if isinstance(before, dict) and case == "manifest":
+        # written only when set (readers up to 0.1.0 refuse the key)
+        assert before.pop("compatible") is None
     assert json.dumps(_encode(value), sort_keys=True) == json.dumps(before, sort_keys=True)
 
 
@@ -160,7 +163,8 @@ DAMAGES = [
     ("manifest", lambda d: d.update(signature="x"), "signature", "unknown field"),
     ("manifest", lambda d: d["files"]["flows/index.json"].update(size="12"),
      'files["flows/index.json"].size', "expected int, got '12'"),
-    ("manifest", lambda d: d.update(schema=2), "schema", "unknown schema 2 (expected 1)"),
+    ("manifest", lambda d: d.update(schema=0), "schema", "unknown schema 0"),
+    ("manifest", lambda d: d.update(schema="1"), "schema", "unknown schema '1'"),
     ("flows index", lambda d: d[1].pop("port_version"), "[1].port_version", "missing"),
     ("flows index", lambda d: d[0]["ports"][1].update(speed=10), "[0].ports[1].speed",
      "unknown field"),
