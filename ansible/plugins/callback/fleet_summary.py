@@ -55,7 +55,8 @@ class CallbackModule(CallbackBase):
         inventory = getattr(manager, "_inventory", None)
         if inventory is None:
             return
-        for host in inventory.get_hosts(play.hosts):
+        # With `serial`, the inventory is restricted to the batch of the moment.
+        for host in inventory.get_hosts(play.hosts, ignore_restrictions=True):
             if host.name not in self.hosts:
                 self.hosts.append(host.name)
 

@@ -125,7 +125,7 @@ VERBS = {
     "verify": ["snapshot", "show"],
 }
 TRANSACTIONS = ("restart", "force_reload_kmod")
-CHANGES = TRANSACTIONS + ("save", "restore")
+CHANGES = (*TRANSACTIONS, "save", "restore")
 COUNTED = ("flows", "groups", "meters", "tlv")
 
 
@@ -149,7 +149,7 @@ def argv_for(params: dict[str, Any], exe: str, check_mode: bool,
         argv += ["--allow-foreign"] if params["allow_foreign"] else []
     if command == "verify" and params["snapshot"]:
         argv.append(params["snapshot"])
-    if command in TRANSACTIONS + ("save", "restore"):
+    if command in CHANGES:
         argv += ["--wait", str(params["wait"])]
     return [*argv, "--json"]
 
