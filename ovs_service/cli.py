@@ -15,7 +15,7 @@ from typing import Any, List, NoReturn, Optional  # typer 0.7 (Debian 12) reads 
 
 import typer
 
-from ovs_service import __version__, operations, ovs, stages, store
+from ovs_service import __version__, metrics, operations, ovs, stages, store
 from ovs_service import log as logsetup
 from ovs_service.errors import EXIT_CODES, INTERRUPTED, OvsServiceError, SaveIncomplete
 from ovs_service.openflow import snapshotdiff
@@ -50,8 +50,14 @@ def main_options(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    metrics_dir: Optional[Path] = typer.Option(
+        None, "--metrics-dir",
+        help="Write Prometheus metrics (ovs_service.prom) into this directory "
+        "[default: $OVS_SERVICE_METRICS_DIR, else /var/lib/prometheus/node-exporter; "
+        "skipped if missing]."),
 ) -> None:
     logsetup.setup(debug)
+    metrics.configure(metrics_dir)
 
 
 JSON_OPT = typer.Option(False, "--json", help="Print a JSON document instead of text.")
@@ -110,7 +116,7 @@ def save(
 
     Example: ovs-service save --bridge br-int
     """
-    with _locked(wait):
+    with metrics.operation("save"), _locked(wait):
         try:
             snap = operations.take_snapshot(bridge, stage, to)
         except SaveIncomplete as e:
@@ -147,10 +153,13 @@ def restore(
     Every file is checked against the manifest before the switch is touched.
     Example: ovs-service restore --from /var/lib/ovs-service/20261125T101500.123456789
     """
-    path = store.resolve(store.state_dir(), source)
-    with _locked(wait):
-        outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
-                                              firewall=firewall)
+    with metrics.operation("restore", restores=True) as recorded:
+        path = store.resolve(store.state_dir(), source)
+        with _locked(wait):
+            outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
+                                                  firewall=firewall)
+        recorded.restore(outcome.bridges)
+        recorded.ok = outcome.ok
     # One report, whatever failed; then the failure's line and exit status.
     _emit(as_json, outcome.to_doc(), str(outcome))
     operations.raise_for(outcome)
@@ -323,7 +332,10 @@ def restart(
     if dry_run:
         _plan("restart", as_json)
         return
-    outcome = transaction.restart(on_step=_progress(as_json), wait=wait, on_wait=_on_wait)
+    with metrics.operation("restart", restores=True) as recorded:
+        outcome = transaction.restart(on_step=recorded.on_step(_progress(as_json)), wait=wait,
+                                      on_wait=_on_wait)
+        recorded.restore(outcome.bridges)
     total = sum(s.seconds for s in outcome.steps)
     _emit(as_json, {"op": "restart", "ok": outcome.ok, "snapshot": outcome.snapshot,
                     "seconds": total,
@@ -352,8 +364,11 @@ def force_reload_kmod(
     if dry_run:
         _plan("force-reload-kmod", as_json)
         return
-    outcome = reload.force_reload_kmod(on_step=_progress(as_json), wait=wait,
-                                            on_wait=_on_wait)
+    with metrics.operation("force-reload-kmod", restores=True) as recorded:
+        outcome = reload.force_reload_kmod(on_step=recorded.on_step(_progress(as_json)),
+                                           wait=wait, on_wait=_on_wait)
+        recorded.restore(outcome.bridges)
+        recorded.ok = outcome.ok
     total = sum(s.seconds for s in outcome.steps)
     lines = [f"force-reload-kmod done in {total:.3f}s; module "
              f"{'reloaded' if outcome.module_reloaded else 'not reloaded'}; "
@@ -403,7 +418,10 @@ def recover(wait: float = WAIT_OPT, as_json: bool = JSON_OPT) -> None:
     """
     from ovs_service import transaction
 
-    result = transaction.recover(wait)
+    with metrics.operation("recover") as recorded:
+        result = transaction.recover(wait)
+        if result.bridges:
+            recorded.restore(result.bridges)
     found = result.found
     _emit(as_json, {"interrupted": None if found is None else
                     {"op": found.op, "step": found.step, "state": found.state},

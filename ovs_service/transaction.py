@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ovs_service import journal, operations, ovs, store
+from ovs_service import journal, metrics, operations, ovs, store
 from ovs_service.errors import (
     Busy,
     OvsServiceError,
@@ -123,6 +123,9 @@ def before_stop(run: Run) -> Iterator[None]:
         _withdraw(run.root, run.tx.record)
         run.tx.finish()
         raise
+    # If this process dies from here on, the metrics show the snapshot
+    # pending since now. In the background: the stop does not wait for it.
+    metrics.refresh_in_background(ask_switch=False)
 
 
 def _withdraw(root: Path, record: journal.Record) -> bool:

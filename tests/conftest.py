@@ -32,6 +32,13 @@ def _private_run_dir(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("OVS_SERVICE_RUN_DIR", str(tmp_path_factory.mktemp("run")))
 
 
+@pytest.fixture(autouse=True)
+def _private_metrics_dir(tmp_path_factory: pytest.TempPathFactory,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's Prometheus textfile folder of its own, never the machine's."""
+    monkeypatch.setenv("OVS_SERVICE_METRICS_DIR", str(tmp_path_factory.mktemp("metrics")))
+
+
 def _why_no_ovs() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, Open vSwitch daemons)"

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ovs_service import journal, operations, ovs, store
+from ovs_service import journal, metrics, operations, ovs, store
 from ovs_service.errors import Busy, OvsServiceError, SaveIncomplete
 
 log = logging.getLogger("ovs_service.hooks")
@@ -65,12 +65,14 @@ def _save(root: Path) -> int:
         _status("a restore is still pending; keeping its snapshot")
         return 0
     start = time.monotonic()
-    try:
-        snapshot = operations.take_snapshot(store_dir=root, pending=True)
-    except SaveIncomplete as e:
-        # The other bridges' snapshot is whole and pending: restore them after the restart.
-        log.error("%s", e)
-        snapshot = e.snapshot
+    with metrics.operation("save") as recorded:
+        try:
+            snapshot = operations.take_snapshot(store_dir=root, pending=True)
+        except SaveIncomplete as e:
+            # The other bridges' snapshot is whole and pending: restore them after the restart.
+            log.error("%s", e)
+            snapshot = e.snapshot
+            recorded.ok = False
     _status(f"saved {len(snapshot.manifest.bridges)} bridges to {snapshot.path} "
             f"in {time.monotonic() - start:.3f}s")
     return 0
@@ -112,22 +114,37 @@ def restorer() -> int:
     ovs-vswitchd starts, restore as soon as it serves its bridges, clear
     flow-restore-wait. `poststart` waits for it (and restores itself if it
     could not)."""
-    return _under_lock(lambda root: _poststart(root, wait=RESTORER_WAIT))
+    # flow-restore-wait is set and the snapshot pending: shown from now on,
+    # in the background (the restore does not wait for it).
+    metrics.refresh_in_background()
+    try:
+        return _under_lock(lambda root: _poststart(root, wait=RESTORER_WAIT))
+    finally:
+        metrics.settle()
 
 
 def _poststart(root: Path, wait: float = 0.0) -> int:
+    recorded = metrics.Recorder("restore")
     try:
-        return _restore_pending(root, wait)
+        return _restore_pending(root, wait, recorded)
+    except BaseException as error:
+        recorded.fail(error)
+        raise
     finally:
         ovs.set_flow_restore_wait(False)
+        if recorded.restored is not None or not recorded.ok:
+            metrics.write(recorded)  # a restore ran (not: nothing was pending)
 
 
-def _restore_pending(root: Path, wait: float = 0.0) -> int:
+def _restore_pending(root: Path, wait: float = 0.0, recorded: metrics.Recorder | None = None
+                     ) -> int:
+    recorded = recorded or metrics.Recorder("restore")
     pending = store.pending_snapshot(root)
     if pending is None:
         _status("no snapshot pending")
         return 0
     start = time.monotonic()
+    recorded.restored = []  # a restore runs: the last one's counts no longer hold
     try:
         snapshot, records = operations.prepare_pinned(pending)
         bundles = operations.prepare_bundles(snapshot, records)
@@ -136,7 +153,11 @@ def _restore_pending(root: Path, wait: float = 0.0) -> int:
         log.error("restore of %s refused: %s", pending, e)
         store.mark_failed(root, pending)
         store.clear_pending(root)
+        recorded.fail(e)
+        recorded.failed.setdefault("", "error")
         return 0
+    recorded.restore(results)
+    recorded.ok = all(b.ok for b in results)
     for bridge in results:
         if not bridge.ok:
             log.error("%s", bridge.error)

@@ -389,10 +389,18 @@ class Cli:
             **os.environ,
             **self.bed.env,
             "OVS_SERVICE_STATE_DIR": str(self.state_dir),
+            "OVS_SERVICE_METRICS_DIR": str(self.metrics_dir),
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
             ),
         }
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the CLI writes its Prometheus metrics: the bed's, never the machine's."""
+        path = self.bed.dir / "metrics"
+        path.mkdir(exist_ok=True)
+        return path
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 600,
                  cwd: Path | None = None) -> CliResult:

@@ -69,6 +69,10 @@ for dir in /tmp /var/tmp \
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$dir"
 done
 chmod 1777 /tmp /var/tmp
+# node_exporter's textfile folder, where ovs-service writes its metrics: the
+# namespace's own, where the machine has one (none is made for it).
+metrics=/var/lib/prometheus/node-exporter
+[ ! -d "$metrics" ] || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$metrics"
 if [ -n "$source" ] && [ ! -e "$source/pyproject.toml" ]; then
     mkdir -p "$source"
     mount --bind /run/ovs-service-test/source "$source"

@@ -69,6 +69,7 @@ CGROUP_PREFIX = "ovs-service-test"
 PRIVATE_DIRS = (
     "/run", "/tmp", "/var/tmp", "/etc/openvswitch", "/var/lib/openvswitch",
     "/var/log/openvswitch", "/var/lib/ovs-service",
+    "/var/lib/prometheus/node-exporter",  # only where the machine has it
 )  # fmt: skip
 
 

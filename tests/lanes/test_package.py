@@ -167,6 +167,8 @@ def test_contents(built: Built) -> None:
         f"{UNIT_DIR}/openvswitch.service",
         "/usr/lib/tmpfiles.d/ovs-service.conf",
         "/usr/share/doc/ovs-service/copyright",
+        "/usr/share/doc/ovs-service/examples/ovs-service.rules.yml",
+        "/usr/share/doc/ovs-service/examples/ovs-service.rules.test.yml",
     }
     dropins = sorted((REPO / "units" / "dropins").glob("*.d/*.conf"))
     assert dropins, "no drop-ins in units/dropins"

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from tests.harness import canon
+from tests.harness import canon, promtext
 from tests.harness.lane import Hosts, NsSwitch, assert_switch_whole
 from tests.harness.systemd_ns import SystemdNamespace
 
@@ -32,6 +32,12 @@ LANE_EXTRA = _openflow10_bridge
 
 def _check(switch: NsSwitch, hosts: Hosts, before: dict[str, list[str]], what: str) -> None:
     assert_switch_whole((switch.ns, switch, hosts), before, what)
+
+
+def _metrics(ns: SystemdNamespace) -> dict[str, promtext.MetricFamily]:
+    """The Prometheus metrics ovs-service wrote inside (node_exporter's textfile folder)."""
+    return promtext.parse(ns.path("/var/lib/prometheus/node-exporter/ovs_service.prom")
+                          .read_text())
 
 
 OPERATIONS = {
@@ -82,6 +88,19 @@ def test_restart_reports_steps_as_json(lane: tuple[SystemdNamespace, NsSwitch, H
         "clear-flow-restore-wait"]
     assert {b["bridge"] for b in result["bridges"]} == {"br0", "br10", "brt"}
     _check(switch, hosts, before, "ovs-service restart --json")
+    got = _metrics(ns)
+    assert got["ovs_service_last_transaction_success"].value(operation="restart") == 1
+    steps = got["ovs_service_step_duration_seconds"].samples
+    assert {dict(k)["step"] for k in steps if ("operation", "restart") in k} == {
+        s["name"] for s in result["steps"]}
+    for bridge in ("br0", "br10", "brt"):
+        version = canon.newest(switch, bridge)
+        assert got["ovs_service_restored_flows"].value(bridge=bridge) == len(
+            canon.flows(switch, bridge, version)), bridge
+        assert got["ovs_service_restored_groups"].value(bridge=bridge) == len(
+            canon.groups(switch, bridge, version)), bridge
+    assert got["ovs_service_restore_pending"].value() == 0
+    assert got["ovs_service_flow_restore_wait"].value() == 0
 
 
 def _break_snapshot(ns: SystemdNamespace, snapshot: str, bridge: str) -> None:
@@ -134,6 +153,11 @@ def test_failing_restore_clears_flow_restore_wait(
     assert status["failed"] and status["failed"].endswith(snap.split("/")[-1])
     # The unit's journal says so, and the background restore's says which bridge.
     assert f"the restore of {snap.split('/')[-1]} failed" in ns.journal("ovs-vswitchd")
+    got = _metrics(ns)  # as the unit's background restore wrote them
+    assert got["ovs_service_restore_failed"].samples == {
+        (("bridge", "brt"), ("reason", "refused")): 1}
+    assert got["ovs_service_last_transaction_success"].value(operation="restore") == 0
+    assert got["ovs_service_flow_restore_wait"].value() == 0
     journal = ns.journal("ovs-service-restore")
     assert "brt" in journal and "failed" in journal
     # The other bridges came back whole; put brt back from a good snapshot.
