@@ -18,6 +18,10 @@ one scratch folder on /dev/shm (the same path inside every namespace); the
 collection is the checkout's `ansible/`, linked into it as
 `ansible_collections/ovs_service/fleet`.
 
+Each host also runs Debian's prometheus-node-exporter (its textfile
+collector, reading the folder ovs-service writes its metrics to by default,
+private to the host), scraped over the host's loopback (`Host.metrics`).
+
 `overlay_packages` gives a host private, writable copies (overlayfs on
 tmpfs) of the folders a package install writes (/usr, /etc, /var/lib/dpkg,
 /var/cache, /var/log), with the mounts the namespace already has inside them
@@ -39,7 +43,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness import REPO
+from tests.harness import REPO, promtext
 from tests.harness.lane import (
     DROPINS,
     SCRATCH,
@@ -49,6 +53,7 @@ from tests.harness.lane import (
     remove_hosts,
 )
 from tests.harness.ovsbed import unique_name
+from tests.harness.promtext import MetricFamily
 from tests.harness.systemd_ns import INNER_SHADOW_DIR, SystemdNamespace, booted
 
 COLLECTION = REPO / "ansible"
@@ -59,6 +64,26 @@ SUBNET = "10.88.0"
 HUB_ADDRESS = f"{SUBNET}.254"
 HOST_LINK = "fleet0"
 SSHD_UNIT = "fleet-sshd.service"
+# Debian's prometheus-node-exporter in each host, its textfile collector
+# alone, reading the folder ovs-service writes by default; scraped over the
+# host's own loopback.
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+EXPORTER_UNIT = "fleet-node-exporter.service"
+METRICS_DIR = "/var/lib/prometheus/node-exporter"
+EXPORTER_ADDRESS = "127.0.0.1:9100"
+SCRAPE = f"""
+import sys, time, urllib.request
+deadline = time.monotonic() + 30
+while True:
+    try:
+        with urllib.request.urlopen("http://{EXPORTER_ADDRESS}/metrics", timeout=5) as reply:
+            sys.stdout.write(reply.read().decode())
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.1)
+"""
 PLAY_TIMEOUT = 600.0
 # The checkout's command inside each host (a login's PATH may find another).
 EXECUTABLE = f"{INNER_SHADOW_DIR}/ovs-service"
@@ -155,6 +180,10 @@ class Host:
     def probe(self) -> str:
         hosts = self.lane[2]
         return f"ip netns exec {hosts.names[0]} ping -c 1 -W 1 {hosts.addresses[1]}"
+
+    def metrics(self) -> dict[str, MetricFamily]:
+        """What the host's node exporter serves, parsed."""
+        return promtext.parse(self.ns.run(["/usr/bin/python3", "-c", SCRAPE]).stdout)
 
     def status(self) -> dict[str, object]:
         doc = json.loads(self.ns.run(["ovs-service", "status", "--json"]).stdout)
@@ -287,6 +316,10 @@ def _join(fleet: Fleet, lane: Lane, index: int) -> Host:
     ns.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
     ns.run(["systemd-run", f"--unit={SSHD_UNIT}", "--property=Type=simple",
             SSHD, "-D", "-e", "-f", str(config)])
+    ns.run(["mkdir", "-p", METRICS_DIR])
+    ns.run(["systemd-run", f"--unit={EXPORTER_UNIT}", "--property=Type=simple", NODE_EXPORTER,
+            f"--web.listen-address={EXPORTER_ADDRESS}", "--collector.disable-defaults",
+            "--collector.textfile", f"--collector.textfile.directory={METRICS_DIR}"])
     return Host(name, address, lane)
 
 

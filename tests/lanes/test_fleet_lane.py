@@ -19,6 +19,11 @@ bridge. In order:
   was restarted, the third never was (its ovs-vswitchd has the same PID and
   start time).
 
+After the good restart and after the failed one, each host's Debian
+prometheus-node-exporter, scraped over its loopback, serves what ovs-service
+wrote: the last restart's success, the flows restored per bridge (equal to
+ovs-ofctl's count), the bridge whose restore failed.
+
 Every host's state is checked with its own ovs-ofctl (canonical dumps), not
 with ovs-service; the wall time of each step is printed at the end.
 """
@@ -37,8 +42,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness import REPO, canon
-from tests.harness.fleet import EXECUTABLE, Fleet, Host, fleet_of
+from tests.harness.fleet import EXECUTABLE, NODE_EXPORTER, Fleet, Host, fleet_of
 from tests.harness.lane import assert_switch_whole
+from tests.harness.promtext import MetricFamily
 
 pytestmark = [pytest.mark.fleet, pytest.mark.root, pytest.mark.slow]
 
@@ -76,7 +82,7 @@ def times(request: pytest.FixtureRequest) -> Iterator[Times]:
 
 @pytest.fixture(scope="module")
 def fleet(times: Times) -> Iterator[Fleet]:
-    for tool in ("ansible-playbook", "ssh-keygen", "/usr/sbin/sshd"):
+    for tool in ("ansible-playbook", "ssh-keygen", "/usr/sbin/sshd", NODE_EXPORTER):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed")
     start = time.monotonic()
@@ -84,6 +90,18 @@ def fleet(times: Times) -> Iterator[Fleet]:
         times.add(f"boot {HOSTS} hosts (systemd, switch, corpus, sshd)",
                   time.monotonic() - start)
         yield booted
+
+
+SUCCESS = "ovs_service_last_transaction_success"
+ENDED = "ovs_service_last_transaction_timestamp_seconds"
+RESTORED_FLOWS = "ovs_service_restored_flows"
+FAILED = "ovs_service_restore_failed"
+
+
+def _failed_bridges(metrics: dict[str, MetricFamily]) -> set[str]:
+    """The bridges ovs_service_restore_failed says are failed (value 1)."""
+    return {dict(labels).get("bridge", "") for labels, value in metrics[FAILED].samples.items()
+            if value == 1}
 
 
 def states(fleet: Fleet) -> dict[str, dict[str, list[str]]]:
@@ -131,6 +149,13 @@ def test_rolling_restart_keeps_every_host_whole(fleet: Fleet, times: Times) -> N
     for host in fleet.hosts:
         assert host.vswitchd()[0] != daemons[host.name][0], f"{host.name} was not restarted"
         assert_whole(host, before[host.name], "the rolling restart")
+        # What Prometheus scrapes: the restart succeeded, every flow came back.
+        metrics = host.metrics()
+        assert metrics[SUCCESS].value(operation="restart") == 1, host.name
+        for bridge, rows in before[host.name].items():
+            flows = sum(1 for row in rows if row.startswith("flow: "))
+            assert metrics[RESTORED_FLOWS].value(bridge=bridge) == flows, (host.name, bridge)
+        assert _failed_bridges(metrics) == set(), host.name
 
 
 def _openvswitch_switch_deb() -> Path:
@@ -172,6 +197,7 @@ def test_rolling_upgrade_keeps_every_host_whole(fleet: Fleet, times: Times) -> N
 def test_a_failed_restore_stops_the_run_at_that_host(fleet: Fleet, times: Times) -> None:
     first, second, third = fleet.hosts
     daemons = {h.name: h.vswitchd() for h in fleet.hosts}
+    third_ended = third.metrics()[ENDED].value(operation="restart")
     before = states(fleet)
     fault = {"ovs_fleet_environment": {"OVS_SERVICE_FAULT": f"fail:restore:{FAILING_BRIDGE}"}}
     run = fleet.play(operation="restart", host_vars={second.name: fault})
@@ -191,3 +217,12 @@ def test_a_failed_restore_stops_the_run_at_that_host(fleet: Fleet, times: Times)
     assert summary[third.name] == "untouched", run.output[-4000:]
     assert "FAILED" in summary[second.name] and FAILING_BRIDGE in summary[second.name], summary
     assert " ok " in f" {summary[first.name]} ", summary
+    # What Prometheus scrapes: the second host's restart failed, at that bridge;
+    # the third's last restart is still the good one of the earlier run.
+    failed = second.metrics()
+    assert failed[SUCCESS].value(operation="restart") == 0
+    assert _failed_bridges(failed) == {FAILING_BRIDGE}, failed[FAILED].samples
+    untouched = third.metrics()
+    assert untouched[SUCCESS].value(operation="restart") == 1
+    assert untouched[ENDED].value(operation="restart") == third_ended
+    assert _failed_bridges(untouched) == set()
