@@ -17,16 +17,17 @@ APT_PACKAGES = \
 	qemu-system-x86 busybox-static cpio kmod \
 	bash-completion ca-certificates time \
 	prometheus-node-exporter python3-yaml \
-	mmdebstrap
+	mmdebstrap \
+	ansible-core ansible-lint openssh-server openssh-client
 PIP_TOOLS = ruff mypy
 
 DEB_WORK = .cache/deb
 # The venv lane: the project and the newest PyPI releases of its dependencies.
 VENV = .cache/venv-pypi
-FAST = not slow and not systemd and not vm and not upgrade
+FAST = not slow and not systemd and not vm and not upgrade and not fleet and not hitless
 
 .PHONY: all test test-half-vm test-half-host test-fast test-unit test-ovs test-lanes test-systemd test-kmod test-upgrade \
-	test-venv lint bench deb demo \
+	test-fleet test-venv lint lint-ansible bench deb demo \
 	install-packages install-deps clean
 
 all: test
@@ -70,6 +71,10 @@ test-kmod:
 test-upgrade:
 	$(PYTEST) -m upgrade -s $(PYTEST_ARGS)
 
+# The Ansible collection (ansible/): ansible-core over SSH to three systemd hosts.
+test-fleet:
+	$(PYTEST) -m fleet $(PYTEST_ARGS)
+
 # `pip install .` into a fresh venv with the newest releases from PyPI (pystemd
 # builds from source against libsystemd-dev), then the CLI from / and the fast
 # tests with that interpreter (-P: the checkout is not on its path; the tests
@@ -86,9 +91,17 @@ test-venv:
 	cd / && $(CURDIR)/$(VENV)/bin/ovs-service --help >/dev/null
 	$(VENV)/bin/python -P -m pytest -p no:cacheprovider -m "$(FAST)" $(PYTEST_ARGS)
 
-lint:
+lint: lint-ansible
 	$(PYTHON) -m ruff check ovs_service tests bench demo
 	$(PYTHON) -m mypy
+
+# ansible-lint needs the collection under ansible_collections/NAMESPACE/NAME.
+ANSIBLE_WORK = .cache/ansible
+lint-ansible:
+	rm -rf $(ANSIBLE_WORK) && mkdir -p $(ANSIBLE_WORK)/ansible_collections/ovs_service
+	ln -s $(CURDIR)/ansible $(ANSIBLE_WORK)/ansible_collections/ovs_service/fleet
+	cd ansible && ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(ANSIBLE_WORK) ansible-lint --nocolor
+	$(PYTHON) -m ruff check ansible
 
 bench:
 	$(PYTHON) -m bench.run

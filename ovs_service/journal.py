@@ -39,7 +39,8 @@ DEFAULT_RUN_DIR = Path("/run/ovs-service")
 PROC = Path("/proc")
 # The steps in which a transaction starts ovs-vswitchd and restores itself.
 STARTS = ("start-ovs-vswitchd", "start-units")
-# Tests only: "STEP" or "STEP:after" kills us there; "fail:STEP" makes STEP fail.
+# Tests only: "STEP" or "STEP:after" kills us there; "fail:STEP" makes STEP fail;
+# "fail:restore:BRIDGE" makes that bridge's restore fail (`bridge_fault`).
 FAULT_ENV = "OVS_SERVICE_FAULT"
 FAIL_PREFIX = "fail:"
 # /proc/PID/stat: the fields after "(comm)" start at field 3; starttime is field 22.
@@ -251,6 +252,14 @@ def _fault(step: str, when: str) -> None:
         return
     if target == (step if when == "before" else f"{step}:after"):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def bridge_fault(step: str, bridge: str) -> None:
+    """Tests only: "fail:STEP:BRIDGE" makes STEP fail for that bridge alone (once),
+    as a switch refusing it would; the other bridges go on."""
+    if os.environ.get(FAULT_ENV, "") == f"{FAIL_PREFIX}{step}:{bridge}":
+        os.environ.pop(FAULT_ENV, None)
+        raise InjectedFault(step=f"{step}:{bridge}")
 
 
 class Journal:

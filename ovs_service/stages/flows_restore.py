@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ovs_service import ovs
+from ovs_service import journal, ovs
 from ovs_service.errors import (
     OvsServiceError,
     OvsUnreachable,
@@ -87,6 +87,7 @@ def _restore_one(snapshot: Snapshot, record: BridgeRecord,
     try:
         with timed("restore-bridge", record.name,
                    record.counts.get("flows", 0) + record.counts.get("groups", 0)):
+            journal.bridge_fault("restore", record.name)
             restore_bridge(snapshot, record, prepared)
     except OvsServiceError as e:
         log.debug("%s", e)
