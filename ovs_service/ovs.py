@@ -70,8 +70,8 @@ def _listening(path: Path) -> bool:
 TASK_COMM_LEN = 15
 
 
-def daemon_running(name: str, proc: Path = Path("/proc")) -> bool:
-    """Whether the daemon named in its pidfile under the run directory is alive.
+def daemon_pid(name: str, proc: Path = Path("/proc")) -> int | None:
+    """The PID of the daemon named in its pidfile under the run directory, if alive.
 
     A pidfile left by a daemon that died may name a PID that another process
     has since been given: the process must also be that daemon."""
@@ -79,8 +79,12 @@ def daemon_running(name: str, proc: Path = Path("/proc")) -> bool:
         pid = int((rundir() / f"{name}.pid").read_text().strip())
         comm = (proc / str(pid) / "comm").read_text().rstrip("\n")
     except (OSError, ValueError):
-        return False
-    return pid > 0 and comm == name[:TASK_COMM_LEN]
+        return None
+    return pid if pid > 0 and comm == name[:TASK_COMM_LEN] else None
+
+
+def daemon_running(name: str, proc: Path = Path("/proc")) -> bool:
+    return daemon_pid(name, proc) is not None
 
 
 def vsctl(*args: str) -> Completed:

@@ -16,6 +16,11 @@ pending), and runs `python3 -P -m ovs_service.hooks HOOK` for the rest:
   port numbers back where they moved, restore, clear flow-restore-wait.
 - poststart (ExecStartPost=, once the restorer is done): the same, if the
   restorer could not.
+- ovsdb-stop, ovsdb-poststart (ExecStop=, ExecStartPost= of ovs-service's own
+  ovsdb-server.service, whose ovs-vswitchd only wants the database): a stop of
+  the database under a running ovs-vswitchd saves for it, as an upgrade stops
+  the database first; if that ovs-vswitchd still runs once the database is
+  back, the snapshot is not pending any more.
 
 They import little (no typer, no pystemd), log to the journal with
 priorities, report progress with sdnotify's STATUS=, and never leave
@@ -26,8 +31,8 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python3 -P -m ovs_service.hooks save|prestart|poststart|restorer [--debug]"
-HOOKS = ("save", "prestart", "poststart", "restorer")
+HOOKS = ("save", "prestart", "poststart", "restorer", "ovsdb-stop", "ovsdb-poststart")
+USAGE = f"usage: python3 -P -m ovs_service.hooks {'|'.join(HOOKS)} [--debug]"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     from ovs_service.hooks import unit_hooks
 
     try:
-        code = getattr(unit_hooks, args[0])()
+        code = getattr(unit_hooks, args[0].replace("-", "_"))()
     except OvsServiceError as e:
         log.error("ovs-service-hook %s: %s", args[0], e)
         code = e.exit_code

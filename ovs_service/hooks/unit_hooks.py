@@ -3,9 +3,11 @@ are in the sh front, bin/ovs-service-hook)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ovs_service import journal, metrics, operations, ovs, store
@@ -59,6 +61,12 @@ def save() -> int:
 def _save(root: Path) -> int:
     if not ovs.daemon_running("ovs-vswitchd"):
         _status("ovs-vswitchd is not running: nothing to save")
+        return 0
+    kept = _saved_as_the_database_stopped(root)
+    if kept is not None:
+        # Without its database it cannot be asked for its bridges: the
+        # snapshot taken while the database still answered is the one.
+        _status(f"ovsdb-server stopped first; keeping {kept.name}, saved as it stopped")
         return 0
     if store.pending_snapshot(root) and ovs.flow_restore_wait():
         # The daemon never got its tables back: saving now would save less.
@@ -172,4 +180,91 @@ def _restore_pending(root: Path, wait: float = 0.0, recorded: metrics.Recorder |
     restored = sum(b.ok for b in results)
     _status(f"restored {restored}/{len(results)} bridges from {pending.name} "
             f"in {time.monotonic() - start:.3f}s")
+    return 0
+
+
+# ovs-service's own ovs-vswitchd.service only wants ovsdb-server.service, so a
+# stop of the database alone leaves ovs-vswitchd forwarding without it.
+# Debian's maintainer scripts do just that on an upgrade (ovsdb-server first,
+# then ovs-vswitchd), and by the time ovs-vswitchd's save hook runs nothing
+# can list its bridges. So the database's own stop saves for it.
+OVSDB_STOPPED = "ovsdb-stopped.json"
+
+
+@dataclass(frozen=True)
+class OvsdbStopped:
+    """The snapshot saved as ovsdb-server stopped, and the ovs-vswitchd it was saved from."""
+
+    snapshot: str
+    vswitchd: journal.ProcessId
+
+    @classmethod
+    def read(cls, path: Path) -> OvsdbStopped | None:
+        try:
+            doc = json.loads(path.read_text())
+            return cls(str(doc["snapshot"]), journal.ProcessId(**doc["vswitchd"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _stopped_path() -> Path:
+    return journal.run_dir() / OVSDB_STOPPED
+
+
+def _saved_as_the_database_stopped(root: Path) -> Path | None:
+    """The pending snapshot, if it was saved as ovsdb-server stopped under this
+    same ovs-vswitchd, and the database is still down."""
+    if ovs.daemon_running("ovsdb-server"):
+        return None
+    mark = OvsdbStopped.read(_stopped_path())
+    pending = store.pending_snapshot(root)
+    if mark is None or pending is None or pending.name != mark.snapshot:
+        return None
+    return pending if mark.vswitchd.alive() else None
+
+
+def ovsdb_stop() -> int:
+    """ExecStop= of ovs-service's own ovsdb-server.service, before it exits:
+    with ovs-vswitchd running, save its state and mark it pending (as its own
+    stop would), and remember which ovs-vswitchd it was."""
+    return _under_lock(_ovsdb_stop)
+
+
+def _ovsdb_stop(root: Path) -> int:
+    pid = ovs.daemon_pid("ovs-vswitchd")
+    vswitchd = journal.ProcessId.of(pid) if pid is not None else None
+    if vswitchd is None:
+        _status("ovs-vswitchd is not running: nothing to save")
+        return 0
+    _save(root)
+    pending = store.pending_snapshot(root)
+    if pending is not None:
+        path = _stopped_path()
+        store.ensure_dir(path.parent)
+        store.write_atomic(path, json.dumps(
+            asdict(OvsdbStopped(pending.name, vswitchd))).encode())
+    return 0
+
+
+def ovsdb_poststart() -> int:
+    """ExecStartPost= of ovs-service's own ovsdb-server.service: if the
+    ovs-vswitchd that ovsdb_stop saved from still runs, the database alone was
+    restarted and the switch kept its tables: its snapshot is not pending any
+    more. Otherwise it stays pending for ovs-vswitchd's start."""
+    return _under_lock(_ovsdb_poststart)
+
+
+def _ovsdb_poststart(root: Path) -> int:
+    path = _stopped_path()
+    mark = OvsdbStopped.read(path)
+    path.unlink(missing_ok=True)
+    pending = store.pending_snapshot(root)
+    if mark is None or pending is None or pending.name != mark.snapshot:
+        return 0
+    if mark.vswitchd.alive():
+        store.clear_pending(root)
+        _status(f"ovs-vswitchd ran on while the database restarted: {pending.name} "
+                "is not pending any more")
+    else:
+        _status(f"ovs-vswitchd stopped since the database did: {pending.name} stays pending")
     return 0
