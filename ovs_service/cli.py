@@ -116,7 +116,8 @@ def save(
 
     Example: ovs-service save --bridge br-int
     """
-    with metrics.operation("save"), _locked(wait):
+    # The metrics are written before the lock is released: in the order the lock gave.
+    with _locked(wait), metrics.operation("save"):
         try:
             snap = operations.take_snapshot(bridge, stage, to)
         except SaveIncomplete as e:
@@ -153,13 +154,13 @@ def restore(
     Every file is checked against the manifest before the switch is touched.
     Example: ovs-service restore --from /var/lib/ovs-service/20261125T101500.123456789
     """
-    with metrics.operation("restore", restores=True) as recorded:
-        path = store.resolve(store.state_dir(), source)
-        with _locked(wait):
-            outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
-                                                  firewall=firewall)
-            if not bridge and not stage:
-                operations.end_failure(store.state_dir(), outcome)
+    path = store.resolve(store.state_dir(), source)
+    # The metrics are written before the lock is released: in the order the lock gave.
+    with _locked(wait), metrics.operation("restore", restores=True) as recorded:
+        outcome = operations.restore_snapshot(path, bridge, stage, allow_foreign,
+                                              firewall=firewall)
+        if not bridge and not stage:
+            operations.end_failure(store.state_dir(), outcome)
         recorded.restore(outcome.bridges)
         recorded.ok = outcome.ok
     # One report, whatever failed; then the failure's line and exit status.

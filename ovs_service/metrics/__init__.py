@@ -64,10 +64,17 @@ class Recorder:
         self.failed.update({r.bridge: bridge_reason(r) for r in results if not r.ok})
 
     def fail(self, error: BaseException) -> None:
-        from ovs_service.errors import RestoreFailed, RolledForward, SnapshotInvalid
+        from ovs_service.errors import (
+            RestoreFailed,
+            RolledForward,
+            SnapshotInvalid,
+            SwitchRefusesSnapshot,
+        )
 
         self.ok = False
-        if not isinstance(error, RestoreFailed | RolledForward) and not self.restored:
+        touched = isinstance(error, RestoreFailed | RolledForward) and not isinstance(
+            error, SwitchRefusesSnapshot)  # refused before any bridge was touched
+        if not touched and not self.restored:
             self.restored = None  # refused before the switch was touched: the counts hold
         if isinstance(error, RestoreFailed):
             self.failed.setdefault(str(error.fields.get("bridge", "")), "refused")
@@ -258,7 +265,18 @@ def _snapshots(root: Path) -> list[Sample]:
     except ValueError:
         taken = _mtime(found[-1]) or 0.0
     out.append(sample(fam.NEWEST.name, taken))
-    for bridge, counts in (manifest.extra.get("flows") or {}).items():
-        out += [sample(f.name, counts.get(kind, 0), bridge=bridge)
-                for kind, f in fam.SAVED.items()]
+    return out + _saved_counts(manifest.extra.get("flows"))
+
+
+def _saved_counts(flows: object) -> list[Sample]:
+    """The manifest's per-bridge counts; what is not a count is left out (a
+    newer schema declared readable may shape it otherwise)."""
+    out: list[Sample] = []
+    for bridge, counts in (flows.items() if isinstance(flows, dict) else ()):
+        if not isinstance(counts, dict):
+            continue
+        for kind, family in fam.SAVED.items():
+            value = counts.get(kind, 0)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out.append(sample(family.name, value, bridge=str(bridge)))
     return out

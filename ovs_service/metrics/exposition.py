@@ -89,7 +89,7 @@ def parse(text: str, known: Iterable[str]) -> list[Sample]:
     else (comments, other names, a line that does not parse) is skipped."""
     names = set(known)
     found = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # the format ends lines at \n only
         m = _SAMPLE.match(line)
         if m is None or m.group("name") not in names:
             continue

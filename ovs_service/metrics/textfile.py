@@ -71,7 +71,8 @@ def locked(directory: Path) -> Iterator[None]:
 
 def read(path: Path) -> str:
     try:
-        return path.read_text(errors="replace")
+        # Bytes, decoded: no newline translation (a \r in a label is data).
+        return path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         return ""
 
@@ -112,4 +113,12 @@ def _fsync_dir(directory: Path) -> None:
 def update(where: Target, merge: Callable[[str], str]) -> None:
     """Replace the file with `merge(what it holds now)`, under the lock."""
     with locked(where.directory):
+        _remove_stale(where.file)
         replace(where.file, merge(read(where.file)))
+
+
+def _remove_stale(path: Path) -> None:
+    """Temporary files of writers killed before their rename (none can be
+    writing one now: writers hold the lock)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)

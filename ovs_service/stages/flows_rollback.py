@@ -85,7 +85,7 @@ def check(snapshot: Snapshot, records: Sequence[BridgeRecord]) -> None:
     as new as the snapshot's Open vSwitch or newer."""
     if not records:
         return
-    saved, running = snapshot.manifest.ovs_version, running_version(records[0])
+    saved, running = snapshot.manifest.ovs_version, running_version(records)
     if not needs_check(saved, running):
         return
     log.debug("snapshot taken under Open vSwitch %s, the switch runs %s: checking "
@@ -100,15 +100,21 @@ def check(snapshot: Snapshot, records: Sequence[BridgeRecord]) -> None:
                                     reason=why + more)
 
 
-def running_version(record: BridgeRecord) -> str:
-    """The version of the ovs-vswitchd that serves the bridge, as it says
-    itself: its database may still name the version that ran before (a
-    package downgrade), and asking costs one message, not a command."""
-    try:
-        with Connection(ovs.mgmt_socket(record.name), record.version, record.name) as conn:
-            return dump.software(conn)
-    except OpenFlowError:
-        return ovs.ovs_version()  # the check's own connection will say what is wrong
+UNKNOWN = "unknown"
+
+
+def running_version(records: Sequence[BridgeRecord]) -> str:
+    """The version of the running ovs-vswitchd, as it says itself (one
+    message), asked through the bridges in turn until one answers; "unknown"
+    (which makes the check run) if none does. Never its database's record:
+    that may still name the version that ran before a package downgrade."""
+    for record in records:
+        try:
+            with Connection(ovs.mgmt_socket(record.name), record.version, record.name) as conn:
+                return dump.software(conn)
+        except OpenFlowError as e:
+            log.debug("%s: no version from this bridge: %s", record.name, e)
+    return UNKNOWN
 
 
 def first_refusal(snapshot: Snapshot, record: BridgeRecord) -> str | None:
@@ -148,11 +154,15 @@ def _meters_problem(conn: Connection, path: SnapshotFile) -> str | None:
     if not mods:
         return None
     features = dump.meter_features(conn)
+    real = [m for m in mods if m.meter_id <= ofp.OFPM_MAX]  # not the virtual ones
+    if len(real) > features.max_meter > 0:
+        return f"{len(real)} meters were saved, the switch holds at most {features.max_meter}"
     for mod in mods:
         unknown_flags = mod.flags & ~features.capabilities
         bands = [t for t in mod.band_types if not features.band_types & (1 << t)]
-        if mod.meter_id <= ofp.OFPM_MAX and mod.meter_id > features.max_meter:
-            why = f"is above the switch's highest meter, {features.max_meter}"
+        # max_meter is how many meters the datapath holds, not the highest id.
+        if mod.meter_id <= ofp.OFPM_MAX and features.max_meter == 0:
+            why = "cannot be added: the switch supports no meters"
         elif unknown_flags:
             why = f"has flags {unknown_flags:#x} the switch does not support"
         elif bands:

@@ -96,9 +96,11 @@ def readable_schema(doc: object, where: codec.Where) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise where.invalid(name, f"unknown schema {value!r}")
     assert isinstance(schema, int) and isinstance(compatible, int)
-    if schema > SCHEMA and compatible > SCHEMA:
+    if compatible > SCHEMA:
         raise SnapshotTooNew(path=where.snapshot, schema=schema, compatible=compatible,
                              known=SCHEMA)
+    if compatible > schema:
+        raise where.invalid("compatible", f"{compatible} is above the schema, {schema}")
     return schema
 
 
