@@ -59,19 +59,25 @@ def save() -> int:
 
 
 def _save(root: Path) -> int:
+    _save_new(root)
+    return 0
+
+
+def _save_new(root: Path) -> Path | None:
+    """Save and mark pending; the new snapshot, or None if none was taken."""
     if not ovs.daemon_running("ovs-vswitchd"):
         _status("ovs-vswitchd is not running: nothing to save")
-        return 0
+        return None
     kept = _saved_as_the_database_stopped(root)
     if kept is not None:
         # Without its database it cannot be asked for its bridges: the
         # snapshot taken while the database still answered is the one.
         _status(f"ovsdb-server stopped first; keeping {kept.name}, saved as it stopped")
-        return 0
+        return None
     if store.pending_snapshot(root) and ovs.flow_restore_wait():
         # The daemon never got its tables back: saving now would save less.
         _status("a restore is still pending; keeping its snapshot")
-        return 0
+        return None
     start = time.monotonic()
     with metrics.operation("save") as recorded:
         try:
@@ -83,7 +89,7 @@ def _save(root: Path) -> int:
             recorded.ok = False
     _status(f"saved {len(snapshot.manifest.bridges)} bridges to {snapshot.path} "
             f"in {time.monotonic() - start:.3f}s")
-    return 0
+    return snapshot.path
 
 
 def prestart() -> int:
@@ -236,13 +242,12 @@ def _ovsdb_stop(root: Path) -> int:
     if vswitchd is None:
         _status("ovs-vswitchd is not running: nothing to save")
         return 0
-    _save(root)
-    pending = store.pending_snapshot(root)
-    if pending is not None:
+    saved = _save_new(root)
+    if saved is not None:  # only what this stop saved (not a restore pending before)
         path = _stopped_path()
         store.ensure_dir(path.parent)
         store.write_atomic(path, json.dumps(
-            asdict(OvsdbStopped(pending.name, vswitchd))).encode())
+            asdict(OvsdbStopped(saved.name, vswitchd))).encode())
     return 0
 
 

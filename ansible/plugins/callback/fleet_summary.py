@@ -13,7 +13,8 @@ description:
   - At the end of the run, prints one line per host of the inventory the
     plays targeted, from what the rolling_restart role recorded with
     C(set_stats) (outcome, operation, time, bridges and their saved counts);
-    a host the run never reached is shown as untouched.
+    a host the run never reached is shown as untouched, one lost mid-run
+    as unreachable.
   - Enable it with C(callbacks_enabled = ovs_service.fleet.fleet_summary) in
     ansible.cfg (or ANSIBLE_CALLBACKS_ENABLED).
 requirements:
@@ -31,6 +32,19 @@ def bridge_text(bridges: Any) -> str:
     return ", ".join(
         f"{name} {c.get('flows', 0)}f/{c.get('groups', 0)}g/{c.get('meters', 0)}m"
         for name, c in sorted(bridges.items()) if isinstance(c, dict))
+
+
+def unrecorded(stats: Any, host: str) -> str:
+    """What is known of a host the role recorded nothing for: only one the run
+    never reached is untouched (one lost mid-run may be half restarted)."""
+    def seen(kind: str) -> bool:
+        return bool((getattr(stats, kind, None) or {}).get(host))
+
+    if seen("dark"):
+        return "UNREACHABLE during the run: state unknown"
+    if seen("failures") or seen("processed"):
+        return "reached, but no record: state unknown"
+    return "untouched"
 
 
 def seconds_text(value: Any) -> str:
@@ -68,7 +82,7 @@ class CallbackModule(CallbackBase):
         for host in self.hosts:
             record = (stats.custom.get(host) or {}).get("ovs_fleet")
             if not isinstance(record, dict):
-                self._display.display(f"{host:<{width}}  untouched")
+                self._display.display(f"{host:<{width}}  {unrecorded(stats, host)}")
                 continue
             self._display.display(
                 f"{host:<{width}}  {record.get('operation', '?')}  "

@@ -202,7 +202,10 @@ class Runner:
 
     def fail(self, argv: list[str], rc: int, out: str, err: str) -> None:
         doc = parse(out)
-        self.module.fail_json(msg=one_line(err, rc), rc=rc, cmd=argv, stderr=err,
+        # Without a reason on stderr (a wrapper, an interpreter that cannot
+        # import), what the command printed on stdout is the next best.
+        self.module.fail_json(msg=one_line(err or ("" if doc is not None else out), rc),
+                              rc=rc, cmd=argv, stderr=err, stdout=out,
                               **lift(self.module.params["command"], doc))
 
     def counts(self) -> dict[str, Any]:
@@ -237,7 +240,7 @@ class Runner:
         if doc is None:
             self.module.fail_json(msg="ovs-service printed no JSON document", rc=rc, cmd=argv,
                                   stdout=out, stderr=err)
-        changed = command in CHANGES and not check
+        changed = command in CHANGES  # in check mode: what a real run would change
         return {"changed": changed, "rc": rc, "cmd": argv, **lift(command, doc)}
 
 
