@@ -535,3 +535,55 @@ def test_restart_openvswitch_before_it_ever_started(installed_switch: InstalledS
         assert ns.main_pid(unit) not in (0, pid), journal
     assert switch.active("openvswitch.service") == "active"
     assert switch.state() == switch.before, journal
+
+
+# What ovs-ctl prints when it starts or stops ovs-vswitchd (in the unit's journal).
+OVS_CTL_START = re.compile(r"ovs-ctl\[\d+\]: Starting ovs-vswitchd")
+OVS_CTL_STOP = re.compile(r"ovs-ctl\[\d+\]: Exiting ovs-vswitchd")
+FAST_DROPIN = "ovs-service.fast.conf"
+
+
+def _restart_keeps_the_flows(switch: InstalledSwitch) -> str:
+    """`systemctl restart openvswitch`; the daemon's journal lines it wrote."""
+    ns = switch.ns
+    old = ns.main_pid("ovs-vswitchd.service")
+    cursor = ns.run(["journalctl", "-n", "0", "--show-cursor", "--quiet"],
+                    check=False).stdout.strip().removeprefix("-- cursor: ")
+    ns.systemctl("restart", "openvswitch.service")
+    ns.settle()
+    journal = ns.journal("ovs-vswitchd.service", since_cursor=cursor or None)
+    assert ns.main_pid("ovs-vswitchd.service") not in (0, old), journal
+    assert switch.state() == switch.before, journal
+    return journal
+
+
+@pytest.mark.systemd
+@pytest.mark.ovs
+def test_fast_start_is_the_default_and_the_way_back_is_debians(
+        installed_switch: InstalledSwitch) -> None:
+    """With the package installed, Debian's ovs-vswitchd.service starts and
+    stops the daemon directly, not through ovs-ctl; masking the fast drop-ins
+    as ovs-service(8) says gives Debian's ovs-ctl start and stop back, and the
+    flows are still kept. Read from systemd and from the unit's journal."""
+    switch, ns = installed_switch, installed_switch.ns
+    exec_start = ns.show("ovs-vswitchd.service", "ExecStart")
+    assert "path=/usr/sbin/ovs-vswitchd" in exec_start, exec_start
+    exec_stop = ns.show("ovsdb-server.service", "ExecStop")
+    assert "path=/usr/bin/ovs-appctl" in exec_stop and "ovs-ctl" not in exec_stop, exec_stop
+    journal = _restart_keeps_the_flows(switch)
+    assert not OVS_CTL_START.search(journal) and not OVS_CTL_STOP.search(journal), journal
+
+    # The way back, in /etc/systemd/system: made private to the namespace
+    # (a copy bound over it) so that the machine's own stays as it is.
+    etc = "/etc/systemd/system"
+    ns.run(["sh", "-ec", f"mkdir -p /run/etc-systemd && cp -a {etc}/. /run/etc-systemd/ && "
+            f"mount --bind /run/etc-systemd {etc}"])
+    for unit in ("ovs-vswitchd", "ovsdb-server"):
+        ns.run(["mkdir", "-p", f"{etc}/{unit}.service.d"])
+        ns.run(["ln", "-sf", "/dev/null", f"{etc}/{unit}.service.d/{FAST_DROPIN}"])
+    ns.systemctl("daemon-reload")
+    exec_start = ns.show("ovs-vswitchd.service", "ExecStart")
+    assert "path=/usr/share/openvswitch/scripts/ovs-ctl" in exec_start, exec_start
+    assert "ovs-service-hook" in ns.show("ovs-vswitchd.service", "ExecStop")
+    journal = _restart_keeps_the_flows(switch)
+    assert OVS_CTL_START.search(journal) and OVS_CTL_STOP.search(journal), journal
