@@ -17,6 +17,9 @@ OUT = Path(__file__).resolve().parent / "out"
 STYLE = {  # method -> (color, marker, line style)
     "ovs-service": ("tab:blue", "o", "-"),
     "systemctl-hooks": ("tab:green", "s", "-"),
+    "package-ovs-service": ("tab:purple", "o", "-."),
+    "package-systemctl": ("tab:olive", "s", "-."),
+    "floor": ("tab:red", "v", ":"),
     "debian-reload": ("tab:orange", "^", "--"),
     "ovs-ctl": ("black", "D", "--"),
     "debian-restart": ("tab:gray", "x", ":"),

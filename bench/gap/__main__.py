@@ -64,6 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=report.OUT / "gap.json")
     p.add_argument("--png", type=Path, default=report.OUT / "gap.png")
     p.add_argument("--inner-profile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--inner-commit", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -94,9 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(json.dumps(instrumented_restart()))
         return 0
+    if args.inner_commit:
+        from bench.gap.instrumented import instrumented_commit
+
+        print(json.dumps(instrumented_commit(args.inner_commit)))
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("the gap benchmark needs root (it boots systemd in a namespace)")
-    from bench.gap.runs import Plan, Run, measure  # the beds: tests.harness
+    from bench.gap.runs import Commit, Plan, Run, measure  # the beds: tests.harness
 
     keys = list(METHODS) if args.methods == "all" else [
         k.strip() for k in args.methods.split(",") if k.strip()]
@@ -120,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = report.REPO / ".cache" / f"gap-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
+    commits: list[Commit] = []
     profiles: list[dict[str, Any]] = []
     doc: dict[str, Any] = {}
 
@@ -133,13 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "baseline": BASELINE, "cells": plan.cells,
             "seconds": time.monotonic() - began,
             "summary": report.summarize(runs), "runs": [asdict(r) for r in runs],
+            "commits": [asdict(c) for c in commits],
+            "overhead": report.overheads(report.summarize(runs), commits),
             "profile": [report.summarize_profile(c) for c in profiles],
             "profile_runs": profiles,
         })
         report.write_json(doc, args.json)
 
     try:
-        measure(plan, work, log, runs, profiles, save)
+        measure(plan, work, log, runs, commits, profiles, save)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
         save()
@@ -150,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ping every {args.interval * 1000:g} ms; medians of {args.repeat} runs; ratios "
           f"against {METHODS[BASELINE].label} in the same run (below 1: better)")
     report.print_table(doc["summary"])
+    report.print_overheads(doc["overhead"])
     for p in doc["profile"]:
         report.print_profile(p)
     print(f"\nwritten: {args.json} ({time.monotonic() - began:.0f}s in all)")

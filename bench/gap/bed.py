@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.gap.methods import OVS_CTL
-from tests.harness.lane import UNITS, NsSwitch, add_hosts, remove_hosts
+from tests.harness.lane import DROPINS, UNITS, NsSwitch, add_hosts, remove_hosts
 from tests.harness.systemd_ns import SystemdNamespace
 
 PROBE = "gb0"  # the bridge with the two hosts
@@ -26,6 +26,13 @@ PROBE_FLOWS_METERED = ("table=0,priority=10,in_port=1,actions=group:7\n",
                        "table=0,priority=10,in_port=2,actions=meter:3,output:1\n")
 
 Log = Callable[[str], None]
+
+UNIT_DIR = "/run/systemd/system"
+UMBRELLA = UNITS[-1]  # units/openvswitch.service: ours, and the package's
+assert UMBRELLA.name == "openvswitch.service"
+# What each unit set puts over Debian's units ("debian": nothing, "bare": no
+# units run the daemons); "floor" is written from "ours" (floor_units).
+PACKAGE_UNITS = [UMBRELLA, *DROPINS]
 
 
 class BenchError(RuntimeError):
@@ -67,6 +74,7 @@ class Bed:
         self.units = "ours"
         self.files: dict[str, Path] = {}
         self.expected: dict[str, int] = {}
+        self.empty = False  # every bridge holds only a fresh bridge's table (the floor)
         ns.install_units(UNITS)
         ns.systemctl("start", "openvswitch.service")
         self.switch = NsSwitch(ns)
@@ -124,6 +132,8 @@ class Bed:
                     self.run(["ovs-ofctl", *OF, "add-meter", name,
                               "meter=3 pktps bands=type=drop rate=100000"])
             self.run(["ovs-ofctl", *OF, "--bundle", "add-flows", name, str(path)])
+        if not only:
+            self.empty = False
         bad = self.damaged()
         if bad:
             raise BenchError(f"tables not loaded as generated: {bad}")
@@ -136,9 +146,20 @@ class Bed:
             out[name] = int(m.group(1)) if m else -1
         return out
 
+    def expected_now(self) -> dict[str, int]:
+        return dict.fromkeys(self.files, 1) if self.empty else self.expected
+
     def damaged(self) -> dict[str, tuple[int, int]]:
-        now = self.counts()
-        return {n: (self.expected[n], now[n]) for n in self.files if now[n] != self.expected[n]}
+        now, expected = self.counts(), self.expected_now()
+        return {n: (expected[n], now[n]) for n in self.files if now[n] != expected[n]}
+
+    def empty_tables(self) -> None:
+        """Every bridge as a fresh one comes up (fail_mode standalone, no
+        controller): only priority=0 actions=NORMAL, no group, no meter."""
+        for name in self.files:
+            for what in ("del-flows", "del-groups", "del-meters"):
+                self.run(["ovs-ofctl", *OF, what, name])
+            self.run(["ovs-ofctl", *OF, "add-flow", name, "priority=0,actions=NORMAL"])
 
     def flow_restore_wait(self) -> bool:
         out = self.switch.vsctl("--if-exists", "get", "Open_vSwitch", ".",
@@ -171,44 +192,63 @@ class Bed:
             self.load_tables()
         else:
             self.run([OVS_CTL, "stop"])
-            if units == "ours":
-                self.ns.install_units(UNITS)
-                self.ns.systemctl("start", "openvswitch.service")
-            else:
-                self._remove_our_units()
-                self.ns.systemctl("start", "openvswitch-switch.service")
+            self._install(units)
+            self.ns.systemctl("start", self._umbrella(units))
             self.ns.settle()
             self.load_tables()
         self.log(f"  (daemons now under {units}: {time.monotonic() - began:.1f}s)")
         self.units = units
+        if units == "floor":
+            self.empty_tables()
+            self.empty = True
+        elif self.empty:
+            self.load_tables()
         bad = self.damaged()
         if bad:
             self.log(f"  tables changed by the switch to {units}: {bad}; loading them again")
             self.load_tables(list(bad))
 
-    def _remove_our_units(self) -> None:
-        self.ns.run(["rm", "-f", *[f"/run/systemd/system/{p.name}" for p in UNITS]])
+    @staticmethod
+    def _umbrella(units: str) -> str:
+        return "openvswitch-switch.service" if units == "debian" else "openvswitch.service"
+
+    def _install(self, units: str) -> None:
+        """Put `units`' files over Debian's (none for "debian"), and nothing else."""
+        names = [p.name for p in (*UNITS, *DROPINS)]
+        self.ns.run(["rm", "-rf", *[f"{UNIT_DIR}/{n}" for n in names]])
+        wanted = {"ours": UNITS, "floor": self.floor_units(), "package": PACKAGE_UNITS,
+                  "debian": []}[units]
+        self.ns.install_units(wanted, reload=False)
         self.ns.systemctl("daemon-reload")
 
+    def floor_units(self) -> list[Path]:
+        """Our units without a line that runs a hook: the daemons alone."""
+        folder = self.work / "floor-units"
+        folder.mkdir(exist_ok=True)
+        out = []
+        for unit in UNITS:
+            lines = unit.read_text().replace("\\\n", " ").splitlines()
+            path = folder / unit.name
+            path.write_text("".join(f"{ln}\n" for ln in lines if "ovs-service-hook" not in ln))
+            out.append(path)
+        return out
+
     def _swap_unit_files(self, units: str) -> None:
-        # Same unit names and ExecStart= in both sets: only the definitions change.
-        if units == "ours":
-            self.ns.install_units(UNITS)
+        # Same unit names in every set, and the same daemons (started with
+        # ovs-ctl or directly, with the same options): only the definitions
+        # change. Debian's units are PartOf=openvswitch-switch: that unit is
+        # stopped only once they are replaced (ours, floor).
+        self._install(units)
+        if units in ("ours", "floor"):
             self.ns.systemctl("stop", "openvswitch-switch.service")
-            self.ns.systemctl("start", "openvswitch.service")
-        else:
-            self._remove_our_units()
+        elif units == "debian":
             self.ns.systemctl("stop", "openvswitch.service")
-            self.ns.systemctl("start", "openvswitch-switch.service")
+        self.ns.systemctl("start", self._umbrella(units))
         self.ns.settle()
 
     def _stop_units(self) -> None:
-        if self.units == "ours":
-            self.ns.systemctl("stop", "openvswitch.service", "ovs-vswitchd.service",
-                              "ovsdb-server.service")
-        else:
-            self.ns.systemctl("stop", "openvswitch-switch.service", "ovs-vswitchd.service",
-                              "ovsdb-server.service")
+        self.ns.systemctl("stop", self._umbrella(self.units), "ovs-vswitchd.service",
+                          "ovsdb-server.service")
         self.ns.settle()
         # The stop hook saved a snapshot and marked it pending: the tables are
         # loaded from the generated files instead, so a later start of

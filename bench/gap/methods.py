@@ -13,7 +13,10 @@ RSS_FILE = "/run/ovs-service-bench.rss"
 class Method:
     key: str
     label: str
-    units: str  # "ours" | "debian" | "bare": which daemons/units it needs
+    # Which daemons/units it needs: "ours" (units/), "package" (Debian's units
+    # with the package's drop-ins and umbrella, what `apt install` sets up),
+    # "floor" (our units without the hooks, tables emptied), "debian", "bare".
+    units: str
     argv: tuple[str, ...]
     keeps_flows: bool = True
 
@@ -26,6 +29,16 @@ METHODS = {
                 "ovs-service", "restart", "--json")),
         Method("systemctl-hooks", "systemctl restart openvswitch (hooks)", "ours",
                ("systemctl", "restart", "openvswitch.service")),
+        Method("package-ovs-service", "ovs-service restart (package default)", "package",
+               ("ovs-service", "restart", "--json")),
+        Method("package-systemctl", "systemctl restart openvswitch (package default)",
+               "package", ("systemctl", "restart", "openvswitch.service")),
+        # The floor: what any method pays. The daemon alone restarted by its
+        # unit (no hooks, no save, no restore), every bridge with the table a
+        # fresh bridge has (priority=0 actions=NORMAL): stop, start, bridges and
+        # ports back.
+        Method("floor", "floor: bare ovs-vswitchd restart, empty tables", "floor",
+               ("systemctl", "restart", "ovs-vswitchd.service"), keeps_flows=False),
         Method("debian-reload", "systemctl reload openvswitch-switch (Debian)", "debian",
                ("systemctl", "reload", "openvswitch-switch.service")),
         Method("ovs-ctl", "ovs-ctl restart (stock)", "bare",
@@ -36,5 +49,6 @@ METHODS = {
     )
 }
 BASELINE = "ovs-ctl"
-DEFAULT_METHODS = ("ovs-service", "systemctl-hooks", "debian-reload", "ovs-ctl")
-UNIT_ORDER = {"ours": 0, "debian": 1, "bare": 2}
+DEFAULT_METHODS = ("ovs-service", "systemctl-hooks", "package-ovs-service",
+                   "package-systemctl", "floor", "debian-reload", "ovs-ctl")
+UNIT_ORDER = {"ours": 0, "floor": 1, "package": 2, "debian": 3, "bare": 4}

@@ -19,7 +19,7 @@ from bench.gap.instrumented import ADDING
 from bench.gap.methods import BASELINE, METHODS
 
 if TYPE_CHECKING:
-    from bench.gap.runs import Run
+    from bench.gap.runs import Commit, Run
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench" / "out"
@@ -128,6 +128,48 @@ def print_table(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> Non
         print(f"| {r['bridges']} | {r['flows']:,} | {r['label']} | {gap} | {rng} | "
               f"{r['wall_s']:.2f} | {_ratio(r['gap_ratio'])} | {_ratio(r['wall_ratio'])} | "
               f"{lost} | {runs} | {'' if rss is None else f'{rss:.0f} MiB'} |", file=out)
+
+
+# -- overhead over the floor -------------------------------------------------------------
+
+# The methods that save and restore, set against the floor plus the restore alone.
+OVER_FLOOR = ("ovs-service", "package-ovs-service", "systemctl-hooks", "package-systemctl")
+
+
+def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit]) -> list[dict[str, Any]]:
+    """Per cell: the floor's median gap, the median restore of the same snapshot
+    onto a running switch, and each method's gap over their sum (0.15: 15% more)."""
+    gaps = {(r["bridges"], r["flows"], r["method"]): r["gap_ms"] for r in rows}
+    restores: dict[tuple[int, int], list[float]] = {}
+    for c in commits:
+        restores.setdefault((c.bridges, c.flows), []).append(c.seconds * 1000)
+    out = []
+    for (bridges, flows), values in sorted(restores.items()):
+        floor = gaps.get((bridges, flows, "floor"))
+        if floor is None:
+            continue
+        commit = float(statistics.median(values))
+        for key in OVER_FLOOR:
+            gap = gaps.get((bridges, flows, key))
+            if gap is None:
+                continue
+            out.append({"bridges": bridges, "flows": flows, "method": key,
+                        "label": METHODS[key].label, "gap_ms": gap, "floor_ms": floor,
+                        "restore_ms": commit, "overhead": gap / (floor + commit) - 1})
+    return out
+
+
+def print_overheads(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    if not rows:
+        return
+    print("\nOverhead over the floor (bare ovs-vswitchd restart, empty tables) plus the "
+          "restore of the same snapshot onto a running switch (medians):", file=out)
+    print("\n| bridges | flows | method | gap ms | floor ms | restore ms | overhead |", file=out)
+    print("|---:|---:|---|---:|---:|---:|---:|", file=out)
+    for r in rows:
+        print(f"| {r['bridges']} | {r['flows']:,} | {r['label']} | {r['gap_ms']:.0f} | "
+              f"{r['floor_ms']:.0f} | {r['restore_ms']:.0f} | {r['overhead'] * 100:+.0f}% |",
+              file=out)
 
 
 # -- the profile -----------------------------------------------------------------------

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.gap.bed import LONG, Bed, Log
+from bench.gap.bed import LONG, Bed, BenchError, Log
 from bench.gap.methods import RSS_FILE, UNIT_ORDER, Method
 from bench.gap.probe import Prober
 from bench.gap.profile import profile_cell
 from bench.gap.report import print_profile, summarize_profile
-from tests.harness.systemd_ns import SystemdNamespace
+from tests.harness.systemd_ns import INNER_PYTHON, SystemdNamespace
+
+# The snapshot whose restore is timed on a running switch (inside: private /run).
+COMMIT_DIR = "/run/ovs-service-bench-commit"
+INNER_COMMIT = (INNER_PYTHON, "-m", "bench.gap", "--inner-commit", COMMIT_DIR)
 
 
 @dataclass
@@ -40,6 +44,16 @@ class Run:
     steps: list[dict[str, Any]] = field(default_factory=list)  # ovs-service restart --json
     load: float = 0.0
     peak_rss_mib: float | None = None  # ovs-service restart's
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The restore of a cell's snapshot onto a running switch (bundles encoded
+    beforehand): what a restart's restore costs without the restart."""
+    flows: int
+    bridges: int
+    round: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -87,8 +101,32 @@ def run_method(bed: Bed, method: Method, flows: int, bridges: int, rnd: int,
             bed.log(f"  {method.label} left the tables changed: {bed.damaged()}")
         if run.flow_restore_wait_left:
             bed.clear_flow_restore_wait()
-        bed.load_tables(list(bed.damaged()))
+        if bed.empty:
+            bed.empty_tables()
+        else:
+            bed.load_tables(list(bed.damaged()))
     return run
+
+
+def measure_commits(bed: Bed, flows: int, bridges: int, repeat: int) -> list[Commit]:
+    """Save the cell's tables, then `repeat` times: empty every bridge (as a
+    restarted one comes up) and time the restore of that snapshot; the
+    tables are checked with ovs-ofctl after each."""
+    if bed.empty:
+        bed.load_tables()
+    bed.run(["rm", "-rf", COMMIT_DIR])
+    bed.run(["ovs-service", "save", "--to", COMMIT_DIR])
+    out = []
+    for rnd in range(repeat):
+        bed.empty_tables()
+        proc = bed.run(INNER_COMMIT)
+        result = json.loads(proc.stdout)
+        bad = bed.damaged()
+        if not result["ok"] or bad:
+            raise BenchError(f"the timed restore failed: {result['errors']} {bad}")
+        out.append(Commit(flows, bridges, rnd, result["seconds"]))
+    bed.run(["rm", "-rf", COMMIT_DIR])
+    return out
 
 
 def rounds(methods: Sequence[Method], repeat: int) -> Iterator[tuple[int, Method]]:
@@ -100,10 +138,11 @@ def rounds(methods: Sequence[Method], repeat: int) -> Iterator[tuple[int, Method
             yield rnd, m
 
 
-def measure(plan: Plan, work: Path, log: Log, runs: list[Run],
+def measure(plan: Plan, work: Path, log: Log, runs: list[Run], commits: list[Commit],
             profiles: list[dict[str, Any]], checkpoint: Callable[[], None]) -> None:
     """Boot the bed and measure every cell, smallest bridge count first; what is
-    measured is appended to `runs` and `profiles`, `checkpoint` after each cell."""
+    measured is appended to `runs`, `commits` (with the floor among the
+    methods) and `profiles`, `checkpoint` after each cell."""
     with SystemdNamespace() as ns:
         bed = Bed(ns, work, plan.with_meter, log)
         try:
@@ -121,6 +160,11 @@ def measure(plan: Plan, work: Path, log: Log, runs: list[Run],
                         log(f"  {m.label}: gap {gap}, wall {r.wall_s:.2f}s"
                             + (f", LOST {r.lost} flows" if r.lost else "")
                             + (f", exit {r.exit_code}" if r.exit_code else ""))
+                    if any(m.key == "floor" for m in plan.methods):
+                        cs = measure_commits(bed, flows, bridges, plan.repeat)
+                        commits += cs
+                        log("  restore onto a running switch: "
+                            + ", ".join(f"{c.seconds * 1000:.0f} ms" for c in cs))
                     checkpoint()
                 if (flows, bridges) in plan.profile_cells:
                     profiles.append(profile_cell(bed, flows, bridges, plan.profile_repeat,

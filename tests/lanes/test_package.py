@@ -537,3 +537,78 @@ def test_restart_openvswitch_before_it_ever_started(installed_switch: InstalledS
         assert ns.main_pid(unit) not in (0, pid), journal
     assert switch.active("openvswitch.service") == "active"
     assert switch.state() == switch.before, journal
+
+
+# What ovs-ctl prints when it starts or stops ovs-vswitchd (in the unit's journal).
+OVS_CTL_START = re.compile(r"ovs-ctl\[\d+\]: Starting ovs-vswitchd")
+OVS_CTL_STOP = re.compile(r"ovs-ctl\[\d+\]: Exiting ovs-vswitchd")
+FAST_DROPIN = "ovs-service.fast.conf"
+
+
+# (ovs-ctl's line; systemd's says "Starting ovsdb-server.service".)
+OVS_CTL_DB_START = re.compile(r"\]: Starting ovsdb-server\.$", re.MULTILINE)
+MANAGERS = "db:Open_vSwitch,Open_vSwitch,manager_options"
+
+
+def _database(ns: SystemdNamespace) -> list[str]:
+    """What ovs-ctl's start records in the database, and the remotes served."""
+    got = ns.run(["ovs-vsctl", "--timeout=10", "get", "Open_vSwitch", ".", "ovs_version",
+                  "db_version", "external_ids:system-id"]).stdout.split()
+    remotes = ns.run(["ovs-appctl", "-t", "ovsdb-server", "ovsdb-server/list-remotes"]).stdout
+    return got + sorted(remotes.split())
+
+
+def _restart_keeps_the_flows(switch: InstalledSwitch) -> str:
+    """`systemctl restart openvswitch`; the daemons' journal lines it wrote."""
+    ns = switch.ns
+    old = [ns.main_pid(u) for u in ("ovs-vswitchd.service", "ovsdb-server.service")]
+    database = _database(ns)
+    assert MANAGERS in database and '""' not in database, database
+    cursor = ns.run(["journalctl", "-n", "0", "--show-cursor", "--quiet"],
+                    check=False).stdout.strip().removeprefix("-- cursor: ")
+    ns.systemctl("restart", "openvswitch.service")
+    ns.settle()
+    journal = ns.journal(None, since_cursor=cursor or None)
+    new = [ns.main_pid(u) for u in ("ovs-vswitchd.service", "ovsdb-server.service")]
+    assert all(n not in (0, o) for n, o in zip(new, old, strict=True)), journal
+    assert switch.state() == switch.before, journal
+    assert _database(ns) == database, journal
+    return journal
+
+
+@pytest.mark.systemd
+@pytest.mark.ovs
+def test_fast_start_is_the_default_and_the_way_back_is_debians(
+        installed_switch: InstalledSwitch) -> None:
+    """With the package installed, Debian's ovs-vswitchd.service starts and
+    stops the daemon directly, not through ovs-ctl, and ovsdb-server.service
+    runs ovs-ctl's start only on the first start of a boot; masking the fast drop-ins
+    as ovs-service(8) says gives Debian's ovs-ctl start and stop back, and the
+    flows are still kept. Read from systemd and from the unit's journal."""
+    switch, ns = installed_switch, installed_switch.ns
+    exec_start = ns.show("ovs-vswitchd.service", "ExecStart")
+    assert "path=/usr/sbin/ovs-vswitchd" in exec_start, exec_start
+    exec_stop = ns.show("ovsdb-server.service", "ExecStop")
+    assert "path=/usr/bin/ovs-appctl" in exec_stop and "ovs-ctl" not in exec_stop, exec_stop
+    journal = _restart_keeps_the_flows(switch)
+    assert not OVS_CTL_START.search(journal) and not OVS_CTL_STOP.search(journal), journal
+    # The first start of the boot (the fixture's) ran ovs-ctl for the
+    # database; this one ran the daemon alone, and the database is the same.
+    assert not OVS_CTL_DB_START.search(journal), journal
+    assert "ovs-service-hook ovsdb-start: starting ovsdb-server as ovs-ctl" in journal, journal
+
+    # The way back, in /etc/systemd/system: made private to the namespace
+    # (a copy bound over it) so that the machine's own stays as it is.
+    etc = "/etc/systemd/system"
+    ns.run(["sh", "-ec", f"mkdir -p /run/etc-systemd && cp -a {etc}/. /run/etc-systemd/ && "
+            f"mount --bind /run/etc-systemd {etc}"])
+    for unit in ("ovs-vswitchd", "ovsdb-server"):
+        ns.run(["mkdir", "-p", f"{etc}/{unit}.service.d"])
+        ns.run(["ln", "-sf", "/dev/null", f"{etc}/{unit}.service.d/{FAST_DROPIN}"])
+    ns.systemctl("daemon-reload")
+    exec_start = ns.show("ovs-vswitchd.service", "ExecStart")
+    assert "path=/usr/share/openvswitch/scripts/ovs-ctl" in exec_start, exec_start
+    assert "ovs-service-hook" in ns.show("ovs-vswitchd.service", "ExecStop")
+    journal = _restart_keeps_the_flows(switch)
+    assert OVS_CTL_START.search(journal) and OVS_CTL_STOP.search(journal), journal
+    assert OVS_CTL_DB_START.search(journal), journal

@@ -18,6 +18,8 @@ tables, groups, meters and a TLV map. Then, in order:
 - `dpkg -i openvswitch-switch` (a reinstall: its preinst stops the daemons,
   its postinst restarts them through systemd): state identical;
 - `dpkg -i ovs-service` again: the switch untouched;
+- the way back to Debian's start (ovs-service(8)): the fast drop-ins
+  masked, `systemctl restart openvswitch` through ovs-ctl keeps the state;
 - with OVS_SERVICE_CONTROL_RUN=1, the same openvswitch-switch reinstall
   with the drop-ins masked: the flows are lost, which is what the package
   is for.
@@ -56,6 +58,8 @@ SLOW_STEP = 60.0
 UNITS = ("ovsdb-server.service", "ovs-vswitchd.service", "openvswitch-switch.service",
          "openvswitch.service")  # fmt: skip
 DROPINS = ("ovs-vswitchd.service.d", "ovsdb-server.service.d")
+# The hooks, and the fast start and stop (the default; masked for the way back).
+DROPIN_FILES = ("ovs-service.conf", "ovs-service.fast.conf")
 ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
 
 # In the guest (its overlay): the checkout's editable install would shadow
@@ -404,10 +408,15 @@ def test_install_gives_the_packages_commands_and_units(installed: Installed) -> 
     dropins = guest.run(["systemctl", "show", "-p", "DropInPaths", "--value",
                          "ovs-vswitchd.service", "ovsdb-server.service"]).stdout
     for unit in DROPINS:
-        assert f"/lib/systemd/system/{unit}/ovs-service.conf" in dropins, dropins
+        for conf in DROPIN_FILES:
+            assert f"/lib/systemd/system/{unit}/{conf}" in dropins, dropins
     exec_stop = guest.run(["systemctl", "show", "-p", "ExecStop", "--value",
                            "ovs-vswitchd.service"]).stdout
     assert "ovs-service-hook" in exec_stop, exec_stop
+    # The fast path is the default: the daemon started without ovs-ctl.
+    exec_start = guest.run(["systemctl", "show", "-p", "ExecStart", "--value",
+                            "ovs-vswitchd.service"]).stdout
+    assert "path=/usr/sbin/ovs-vswitchd" in exec_start, exec_start
     enabled = guest.run(["systemctl", "is-enabled", "openvswitch.service"], check=False)
     assert enabled.stdout.strip() == "enabled", enabled.stdout + enabled.stderr
     assert debs.ovs_service.name in " ".join(installed.dpkg.argv)
@@ -470,6 +479,32 @@ def test_reinstall_of_ovs_service_leaves_the_switch_alone(installed: Installed) 
     switch.assert_kept("dpkg -i ovs-service again")
 
 
+def test_the_way_back_to_debians_start_keeps_the_state(installed: Installed) -> None:
+    """ovs-service(8)'s way back: the fast drop-ins masked in /etc, Debian's
+    ovs-ctl starts and stops the daemon again, and a restart keeps the state;
+    the links removed, the fast path is back."""
+    switch, guest = installed.switch, installed.switch.guest
+    links = [f"/etc/systemd/system/{unit}/{DROPIN_FILES[1]}" for unit in DROPINS]
+    guest.sh(" && ".join(f"mkdir -p {link.rsplit('/', 1)[0]} && ln -sf /dev/null {link}"
+                         for link in links))
+    guest.run(["systemctl", "daemon-reload"])
+    exec_start = guest.run(["systemctl", "show", "-p", "ExecStart", "--value",
+                            "ovs-vswitchd.service"]).stdout
+    assert "path=/usr/share/openvswitch/scripts/ovs-ctl" in exec_start, exec_start
+    old = switch.pids()
+    switch.timed("systemctl restart openvswitch (Debian's start)",
+                 ["systemctl", "restart", "openvswitch"], timeout=300)
+    assert switch.pids()["ovs-vswitchd.service"] not in (0, old["ovs-vswitchd.service"])
+    assert re.search(r"ovs-ctl\[\d+\]: Starting ovs-vswitchd", switch.journal()), \
+        switch.journal()
+    switch.assert_kept("systemctl restart openvswitch, fast drop-ins masked")
+    guest.run(["rm", "-f", *links])
+    guest.run(["systemctl", "daemon-reload"])
+    exec_start = guest.run(["systemctl", "show", "-p", "ExecStart", "--value",
+                            "ovs-vswitchd.service"]).stdout
+    assert "path=/usr/sbin/ovs-vswitchd" in exec_start, exec_start
+
+
 def test_without_the_drop_ins_the_same_reinstall_loses_the_flows(installed: Installed) -> None:
     """The control: the drop-ins masked (an empty file of the same name in
     /etc wins over the package's), Debian's units alone.  Another reinstall
@@ -478,8 +513,9 @@ def test_without_the_drop_ins_the_same_reinstall_loses_the_flows(installed: Inst
         pytest.skip("the control run: OVS_SERVICE_CONTROL_RUN=1")
     switch, guest = installed.switch, installed.switch.guest
     for unit in DROPINS:
-        guest.sh(f"mkdir -p /etc/systemd/system/{unit} && "
-                 f": > /etc/systemd/system/{unit}/ovs-service.conf")
+        for conf in DROPIN_FILES:
+            guest.sh(f"mkdir -p /etc/systemd/system/{unit} && "
+                     f": > /etc/systemd/system/{unit}/{conf}")
     guest.run(["systemctl", "daemon-reload"])
     exec_stop = guest.run(["systemctl", "show", "-p", "ExecStop", "--value",
                            "ovs-vswitchd.service"]).stdout

@@ -34,6 +34,11 @@ STAND_IN_HOOK = f"""#!/usr/bin/python3
 # Stand-in for ovs-service-hook: records the hook and what was alive.
 import json, os, socket, sys
 
+if sys.argv[1] == "ovsdb-start":  # ovsdb-server's start: ovs-ctl's, as without the hook
+    ctl = "{OVS_CTL}"
+    os.execv(ctl, [ctl, "--no-ovs-vswitchd", "--no-monitor", "--system-id=random",
+                   "--no-record-hostname", "start", *sys.argv[2:]])
+
 def alive(name):
     try:
         pid = int(open(f"/run/openvswitch/{{name}}.pid").read())

@@ -171,3 +171,21 @@ def test_no_option_narrows_the_daemons_devices() -> None:
         if line.split("=", 1)[0].strip() in DEVICE_LIST_OPTIONS
     ]
     assert found == []
+
+
+def test_fast_dropin_runs_the_daemons_as_our_units_do() -> None:
+    """The package's default (Debian's units with the fast drop-ins) starts and
+    stops the daemons with our units' very commands, hooks included; the
+    drop-in comes after the hooks' one (systemd applies them by name)."""
+    folder = DROPINS / "ovs-vswitchd.service.d"
+    fast = folder / "ovs-service.fast.conf"
+    assert sorted(p.name for p in folder.glob("*.conf"))[-1] == fast.name
+    for key in ("ExecStartPre", "ExecStart", "ExecStartPost", "ExecStop", "ExecStopPost"):
+        values = _values(fast, key)
+        assert values[0] == "", f"{key}= must be reset first"
+        assert values[1:] == _values(UNITS / "ovs-vswitchd.service", key), key
+    assert _values(fast, "PIDFile") == _values(UNITS / "ovs-vswitchd.service", "PIDFile")
+    db_fast = DROPINS / "ovsdb-server.service.d" / "ovs-service.fast.conf"
+    for key in ("ExecStart", "ExecStop"):
+        assert _values(db_fast, key) == ["", *_values(UNITS / "ovsdb-server.service", key)]
+    assert _values(db_fast, "PIDFile") == _values(UNITS / "ovsdb-server.service", "PIDFile")
