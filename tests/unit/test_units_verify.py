@@ -186,6 +186,6 @@ def test_fast_dropin_runs_the_daemons_as_our_units_do() -> None:
         assert values[1:] == _values(UNITS / "ovs-vswitchd.service", key), key
     assert _values(fast, "PIDFile") == _values(UNITS / "ovs-vswitchd.service", "PIDFile")
     db_fast = DROPINS / "ovsdb-server.service.d" / "ovs-service.fast.conf"
-    for key in ("ExecStart", "ExecStop"):
+    for key in ("ExecStart", "ExecStartPost", "ExecStop"):
         assert _values(db_fast, key) == ["", *_values(UNITS / "ovsdb-server.service", key)]
     assert _values(db_fast, "PIDFile") == _values(UNITS / "ovsdb-server.service", "PIDFile")
