@@ -64,7 +64,7 @@ BASE_PACKAGES = (
     "python3", "python3-typer", "python3-pystemd", "python3-pyroute2", "python3-sdnotify",
     "iproute2", "iputils-ping",
     "build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject",
-    "python3-all", "python3-setuptools", "python3-wheel", "lintian",
+    "python3-all", "python3-setuptools", "python3-wheel", "lintian", "pkgconf",
 )  # fmt: skip
 
 
@@ -90,7 +90,8 @@ class RootSpec:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-TRIXIE = RootSpec("trixie", "trixie")
+# systemd.pc, which the package build reads, moved to systemd-dev in Debian 13.
+TRIXIE = RootSpec("trixie", "trixie", packages=(*BASE_PACKAGES, "systemd-dev"))
 
 # Debian 12 with trixie's openvswitch-switch (and all it pulls in) already
 # in its apt cache, and bookworm's, for the way back: the upgrade lane runs
