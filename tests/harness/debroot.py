@@ -143,7 +143,9 @@ def _mmdebstrap_argv(spec: RootSpec, target: Path) -> list[str]:
     argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
             "--dpkgopt=force-unsafe-io", f"--include={','.join(spec.packages)}"]
     for command in spec.customize:
-        argv.append(f'--customize-hook=chroot "$1" sh -ec {_sh_quote(command)}')
+        # The root's own apt configuration, as the lanes will see it, not the
+        # build's (mmdebstrap's APT_CONFIG leaves out Recommends).
+        argv.append(f'--customize-hook=chroot "$1" env -u APT_CONFIG sh -ec {_sh_quote(command)}')
     if spec.keep_apt:
         argv += ["--skip=cleanup/apt/lists", "--skip=cleanup/apt/cache"]
     return [*argv, spec.suite, str(target), MIRROR]
