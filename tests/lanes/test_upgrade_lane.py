@@ -75,6 +75,14 @@ def test_upgrade_clears_flow_restore_wait_and_traffic_resumes(
     assert with_ovs_service.traffic
 
 
+def test_the_switch_forwards_while_dpkg_unpacks(with_ovs_service: UpgradeRun) -> None:
+    """Only the restart may cost: ovs-vswitchd is stopped after dpkg's last
+    unpack (its log), and the gap is within its down time (the journal)."""
+    run = with_ovs_service
+    assert run.stopped_after_unpack, "ovs-vswitchd was stopped while dpkg still unpacked"
+    assert run.gap <= run.vswitchd_down + 1.0, (run.gap, run.vswitchd_down)
+
+
 def test_rollback_restores_exactly_or_is_refused(with_ovs_service: UpgradeRun) -> None:
     result = with_ovs_service.rollback
     assert result.startswith(("restored exactly", "not restored")), result
