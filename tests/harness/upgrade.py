@@ -94,7 +94,7 @@ class Downtime:
     """ovs-vswitchd's last stop during the upgrade, by systemd's journal and dpkg's log."""
 
     seconds: float  # from "Stopping" to the next "Started"
-    after_last_unpack: bool  # "Stopping" came after dpkg's last unpack
+    after_last_unpack: bool  # "Stopping" came after dpkg's last package was unpacked
 
 
 def vswitchd_downtime(ns: debroot.RootSystemd) -> Downtime:
@@ -109,8 +109,10 @@ def vswitchd_downtime(ns: debroot.RootSystemd) -> Downtime:
             stopping_wall = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
         elif entry.get("MESSAGE_ID") == UNIT_STARTED and stopping:
             started = stamp
+    # "status unpacked P" is logged once P's files are in place ("unpack P"
+    # comes before P's preinst, which may itself stop the daemons).
     unpacks = [ln for ln in ns.run(["cat", "/var/log/dpkg.log"]).stdout.splitlines()
-               if ln.split()[2:3] == ["unpack"]]
+               if ln.split()[2:4] == ["status", "unpacked"]]
     # dpkg logs local time: the roots have no /etc/localtime, so UTC.
     last_unpack = calendar.timegm(time.strptime(" ".join(unpacks[-1].split()[:2]),
                                             "%Y-%m-%d %H:%M:%S")) if unpacks else 0.0
