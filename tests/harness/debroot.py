@@ -64,7 +64,7 @@ BASE_PACKAGES = (
     "python3", "python3-typer", "python3-pystemd", "python3-pyroute2", "python3-sdnotify",
     "iproute2", "iputils-ping",
     "build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject",
-    "python3-all", "python3-setuptools", "python3-wheel", "lintian",
+    "python3-all", "python3-setuptools", "python3-wheel", "lintian", "pkgconf",
 )  # fmt: skip
 
 
@@ -90,7 +90,8 @@ class RootSpec:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-TRIXIE = RootSpec("trixie", "trixie")
+# systemd.pc, which the package build reads, moved to systemd-dev in Debian 13.
+TRIXIE = RootSpec("trixie", "trixie", packages=(*BASE_PACKAGES, "systemd-dev"))
 
 # Debian 12 with trixie's openvswitch-switch (and all it pulls in) already
 # in its apt cache, and bookworm's, for the way back: the upgrade lane runs
@@ -142,7 +143,9 @@ def _mmdebstrap_argv(spec: RootSpec, target: Path) -> list[str]:
     argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
             "--dpkgopt=force-unsafe-io", f"--include={','.join(spec.packages)}"]
     for command in spec.customize:
-        argv.append(f'--customize-hook=chroot "$1" sh -ec {_sh_quote(command)}')
+        # The root's own apt configuration, as the lanes will see it, not the
+        # build's (mmdebstrap's APT_CONFIG leaves out Recommends).
+        argv.append(f'--customize-hook=chroot "$1" env -u APT_CONFIG sh -ec {_sh_quote(command)}')
     if spec.keep_apt:
         argv += ["--skip=cleanup/apt/lists", "--skip=cleanup/apt/cache"]
     return [*argv, spec.suite, str(target), MIRROR]
