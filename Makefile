@@ -24,7 +24,7 @@ VENV = .cache/venv-pypi
 FAST = not slow and not systemd and not vm
 
 .PHONY: all test test-fast test-unit test-ovs test-lanes test-systemd test-kmod test-venv lint bench deb demo \
-	install-packages install-deps clean
+	install-packages install-deps clean test-hitless
 
 all: test
 
@@ -50,6 +50,13 @@ test-systemd:
 
 test-kmod:
 	$(PYTEST) -m vm $(PYTEST_ARGS)
+
+# The kernel-datapath hitless lanes (one VM each); the summary is the last line,
+# also when a lane fails (its exit status is kept).
+test-hitless:
+	rm -f .cache/hitless/restart.json
+	$(PYTEST) -m hitless -s $(PYTEST_ARGS); status=$$?; \
+		$(PYTHON) -m tests.lanes.hitless_summary; exit $$status
 
 # `pip install .` into a fresh venv with the newest releases from PyPI (pystemd
 # builds from source against libsystemd-dev), then the CLI from / and the fast
