@@ -59,7 +59,11 @@ def restart_lines(doc: dict[str, Any] | None) -> tuple[list[str], str]:
         rows.append(f"  {name:<46}{m['tries']:>6}{m['established_lost']:>10}"
                     f"{m['new_conn_longest_gap_ms']:>11.0f} ms{_yes(m['tcp_survived']):>10}"
                     f"{_yes(same):>14}{kept:>15}")
-        parts.append(f"{name} {m['established_lost']}")
+        split = ""
+        if "established_lost_bridge" in m:
+            split = (f" ({m['established_lost_bridge']} on the bridge + "
+                     f"{m['established_lost_tunnel']} across the tunnel)")
+        parts.append(f"{name} {m['established_lost']}{split}")
     return rows, "established packets lost: " + ", ".join(parts)
 
 

@@ -12,6 +12,7 @@ from tests.lanes import hitless_summary
 
 def _method(lost: int, tries: int = 3) -> dict[str, object]:
     return {"project": True, "runs": [], "tries": tries, "established_lost": lost,
+            "established_lost_bridge": 0, "established_lost_tunnel": lost,
             "new_conn_longest_gap_ms": 812.0, "tcp_survived": True,
             "tunnel_vport_untouched": True, "datapath_untouched": True,
             "openflow_lines_kept": 11, "openflow_lines_total": 11, "state_whole": True}
@@ -29,8 +30,9 @@ def test_last_line_sums_up_both_files(tmp_path: Path) -> None:
         "ovs_service_gap_ms": 2100.0, "stock_gap_ms": 5250.0, "ratio": 0.4,
         "ovs_service_lines_kept": 20, "stock_lines_kept": 9, "lines_total": 20}))
     lines = hitless_summary.summary(tmp_path)
-    assert lines[-1] == ("hitless: established packets lost: ovs-service restart 0, "
-                         "ovs-ctl restart (stock) 37; force-reload-kmod gap ratio to stock "
+    assert lines[-1] == ("hitless: established packets lost: ovs-service restart 0 (0 on the "
+                         "bridge + 0 across the tunnel), ovs-ctl restart (stock) 37 (0 on the "
+                         "bridge + 37 across the tunnel); force-reload-kmod gap ratio to stock "
                          "0.40 (2100/5250 ms)")
     assert any("ovs-ctl restart (stock)" in line and "37" in line for line in lines[:-1])
 
