@@ -309,7 +309,7 @@ class MethodRun:
 
 
 def run_method(guest: Guest, method: str, argv: list[str], tag: str,
-               timeout: float = 600.0) -> MethodRun:
+               timeout: float = 900.0) -> MethodRun:
     before = read_state(guest)
     probes = start_probes(guest, tag)
     run = guest.run(argv, timeout=timeout, check=False)
