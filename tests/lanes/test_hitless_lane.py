@@ -1,0 +1,237 @@
+"""Hitless restarts on the kernel datapath: what each way of restarting costs the traffic.
+
+One systemd guest (Debian's kernel and openvswitch.ko) carries the bed of
+`tests.harness.hitlessbed`: two bridges, a VXLAN tunnel between them over an
+underlay the bed creates, conntrack ACLs (`ct(commit)`) and a select group;
+established traffic (pings every 10 ms, a TCP stream) and new connections (a
+fresh UDP source port every 10 ms, each an upcall) run across every restart.
+
+In order, in the same guest:
+1. ovs-service's own units: `ovs-service restart` and
+   `systemctl restart openvswitch`, alternated, REPEAT times each; each
+   `systemctl restart` comes right after an `ovs-service restart`, the
+   sequence in which a restart once lost established traffic.
+2. Debian's units with ovs-service's drop-ins (what the package installs):
+   a reinstall of openvswitch-switch (`dpkg -i` of the installed version,
+   downloaded on the host; its maintainer scripts restart the daemons).
+3. Debian's units alone, for comparison (reported, not asserted): Debian's
+   `systemctl restart openvswitch-switch`, then, with brA's flows given back,
+   the stock `ovs-ctl restart`.
+
+For ovs-service's methods the lane asserts: no established packet lost on the
+bridge, the datapath untouched (same ifindex, same port numbers) and both
+bridges' OpenFlow state whole. Across the tunnel (its vport's ifindex, the
+pings and the TCP stream through it) the goal is a strict xfail: ovs-vswitchd
+3.1 re-creates the tunnel vport whenever it starts. The
+figures of every run go to .cache/hitless/restart.json, which
+`python3 -m tests.lanes.hitless_summary` sums up (`make test-hitless`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import hitlessbed
+from tests.harness.hitlessbed import MethodRun, run_method
+from tests.harness.kmodbed import OUR_UNITS, booted_guest, settle
+from tests.harness.vm.build import REPO
+from tests.harness.vm.guest import Guest
+
+pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow, pytest.mark.hitless]
+
+# Each project path this many times (OVS_SERVICE_HITLESS_REPEAT). A try costs
+# 1 to 5 minutes under emulation, depending on the machine's load: 3 alternated
+# pairs is what fits the lane's budget; it shows a loss that happens in most
+# tries, not a rare one (see the report in restart.json for every try).
+REPEAT = int(os.environ.get("OVS_SERVICE_HITLESS_REPEAT", "3"))
+CACHE = REPO / ".cache" / "hitless"
+RESULTS = CACHE / "restart.json"
+
+OVS_SERVICE_RESTART = "ovs-service restart"
+SYSTEMCTL_RESTART = "systemctl restart openvswitch"
+REINSTALL = "reinstall openvswitch-switch (drop-ins)"
+STOCK_DEBIAN = "systemctl restart openvswitch-switch (stock)"
+STOCK_OVS_CTL = "ovs-ctl restart (stock)"
+PROJECT_METHODS = (OVS_SERVICE_RESTART, SYSTEMCTL_RESTART, REINSTALL)
+
+# Debian's ovsdb-server/ovs-vswitchd/openvswitch-switch units with ovs-service's
+# drop-ins and umbrella unit, as packaging/debian installs them.
+PACKAGED_UNITS = """
+systemctl stop openvswitch.service ovs-vswitchd.service ovsdb-server.service
+rm /run/systemd/system/ovsdb-server.service /run/systemd/system/ovs-vswitchd.service
+for unit in ovsdb-server ovs-vswitchd; do
+    mkdir -p /run/systemd/system/$unit.service.d
+    cp {repo}/units/dropins/$unit.service.d/ovs-service.conf /run/systemd/system/$unit.service.d/
+done
+systemctl daemon-reload
+systemctl start openvswitch-switch.service openvswitch.service
+"""
+
+# Debian's units as they are: the drop-ins go; the daemons keep running.
+DEBIAN_UNITS = """
+rm -r /run/systemd/system/ovsdb-server.service.d /run/systemd/system/ovs-vswitchd.service.d
+systemctl daemon-reload
+"""
+
+# The guest keeps Open vSwitch's database in /etc/openvswitch (a tmpfs); a real
+# install links it to /var/lib/openvswitch, and the postinst would otherwise
+# move the live file across file systems under the running ovsdb-server.
+DEBIAN_DB_LAYOUT = "touch /var/lib/openvswitch/conf.db"
+
+
+def installed_deb() -> Path:
+    """Debian's openvswitch-switch .deb of the installed version, in the lane's cache."""
+    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "openvswitch-switch"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob(f"openvswitch-switch_{version.split(':')[-1]}_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", f"openvswitch-switch={version}"], cwd=debs,
+                       check=True, capture_output=True)
+        found = sorted(debs.glob("openvswitch-switch_*.deb"))
+    assert found, f"apt-get download openvswitch-switch={version} left no .deb"
+    return found[-1]
+
+
+def _write(runs: list[MethodRun], lane_seconds: float) -> None:
+    methods: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        entry = methods.setdefault(run.method, {"project": run.method in PROJECT_METHODS,
+                                                "runs": []})
+        entry["runs"].append(run.to_doc())
+    for entry in methods.values():
+        docs = entry["runs"]
+        entry.update(
+            tries=len(docs),
+            established_lost=sum(d["established_lost"] for d in docs),
+            established_lost_bridge=sum(d["probes"]["ping_local_lost"] for d in docs),
+            established_lost_tunnel=sum(d["probes"]["ping_tunnel_lost"] for d in docs),
+            new_conn_longest_gap_ms=max(d["probes"]["new_conn_longest_gap_ms"] for d in docs),
+            tcp_survived=all(d["probes"]["tcp_survived"] for d in docs),
+            tunnel_vport_untouched=all(d["tunnel_vport_untouched"] for d in docs),
+            datapath_untouched=all(d["datapath_untouched"] and d["dp_ports_kept"]
+                                   for d in docs),
+            openflow_lines_kept=min(d["openflow_lines_kept"] for d in docs),
+            openflow_lines_total=max(d["openflow_lines_total"] for d in docs),
+            state_whole=all(d["state_whole"] for d in docs),
+        )
+    CACHE.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"lane_seconds": round(lane_seconds, 1), "repeat": REPEAT,
+                                   "methods": methods}, indent=2) + "\n")
+
+
+def _diagnose(guest: Guest, run: MethodRun) -> str:
+    """What the guest logged around a run that lost traffic."""
+    if run.probes.established_lost == 0:
+        return ""
+    journal = guest.run(["journalctl", "-b", "--no-pager", "-o", "short-precise", "-n", "120",
+                         "-u", "ovs-vswitchd", "-u", "ovsdb-server", "-u", "ovs-service-restore",
+                         "-u", "openvswitch", "-u", "openvswitch-switch"], check=False).stdout
+    log = guest.run(["tail", "-n", "60", "/var/log/openvswitch/ovs-vswitchd.log"],
+                    check=False).stdout
+    return f"--- journal\n{journal}\n--- ovs-vswitchd.log\n{log}"
+
+
+@pytest.fixture(scope="module")
+def runs() -> Iterator[dict[str, list[MethodRun]]]:
+    deb = installed_deb()
+    start = time.monotonic()
+    done: list[MethodRun] = []
+
+    def phase(text: str) -> None:
+        print(f"[{time.monotonic() - start:6.1f} s] {text}", flush=True)
+
+    def record(run: MethodRun, guest: Guest) -> None:
+        done.append(run)
+        phase(run.line())
+        if diagnosis := _diagnose(guest, run):
+            print(diagnosis)
+
+    with booted_guest("hitless lane") as guest:
+        guest.run(["sh", "-c", DEBIAN_DB_LAYOUT])
+        guest.sh(OUR_UNITS.format(repo=REPO), timeout=300)
+        phase("ovs-service's units started")
+        hitlessbed.build(guest)
+        phase("bridges, tunnel, flows and probe servers up")
+        for i in range(REPEAT):
+            record(run_method(guest, OVS_SERVICE_RESTART, ["ovs-service", "restart"],
+                              f"osr{i}"), guest)
+            record(run_method(guest, SYSTEMCTL_RESTART,
+                              ["systemctl", "restart", "openvswitch"], f"sys{i}"), guest)
+        guest.sh(PACKAGED_UNITS.format(repo=REPO), timeout=300)
+        settle(guest)
+        phase("Debian's units with ovs-service's drop-ins")
+        record(run_method(guest, REINSTALL, ["dpkg", "--no-triggers", "-i", str(deb)],
+                          "deb0"), guest)
+        guest.sh(DEBIAN_UNITS, timeout=120)
+        phase("Debian's units alone")
+        record(run_method(guest, STOCK_DEBIAN, ["systemctl", "restart", "openvswitch-switch"],
+                          "stockdeb"), guest)
+        hitlessbed.reset_flows(guest)
+        record(run_method(guest, STOCK_OVS_CTL,
+                          ["/usr/share/openvswitch/scripts/ovs-ctl", "restart",
+                           "--system-id=random"], "stockctl"), guest)
+    _write(done, time.monotonic() - start)
+    by_method: dict[str, list[MethodRun]] = {}
+    for run in done:
+        by_method.setdefault(run.method, []).append(run)
+    yield by_method
+
+
+def _assert_hitless(runs: list[MethodRun]) -> None:
+    """The goal on the bridge itself: nothing established lost, nothing changed."""
+    assert runs, "the method did not run"
+    for run in runs:
+        p = run.probes
+        assert run.vswitchd_restarted, f"{run.method}: ovs-vswitchd was not restarted"
+        assert p.ping_local_lost == 0, run.line()
+        assert run.datapath_untouched and run.dp_ports_kept, (
+            f"{run.method}: the datapath or its port numbers changed")
+        assert run.state_whole, f"{run.method}: OpenFlow state changed:\n" + "\n".join(
+            run.changes)
+        # New connections need ovs-vswitchd: they pass again once it runs.
+        assert p.new_conn_answers > 0
+
+
+def test_ovs_service_restart_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
+    _assert_hitless(runs[OVS_SERVICE_RESTART])
+
+
+def test_systemctl_restart_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
+    _assert_hitless(runs[SYSTEMCTL_RESTART])
+
+
+def test_package_reinstall_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
+    _assert_hitless(runs[REINSTALL])
+
+
+# Across the tunnel the goal is not met: ovs-vswitchd 3.1 itself deletes the
+# shared tunnel vport when it starts (open_dpif_backer() removes every datapath
+# port whose name is no Interface's name, and `vxlan_sys_4789` never is one)
+# and adds it again (same port number, new ifindex); established traffic over
+# the tunnel, the TCP stream with it, stops until flow-restore-wait is cleared.
+# No restart of ovs-vswitchd keeps it: strict, so that one that does is noticed.
+@pytest.mark.xfail(strict=True, reason="ovs-vswitchd 3.1 re-creates the VXLAN vport at start")
+def test_project_methods_keep_the_tunnel(runs: dict[str, list[MethodRun]]) -> None:
+    for method in PROJECT_METHODS:
+        for run in runs[method]:
+            assert run.tunnel_vport_untouched, f"{method}: the tunnel vport was re-created"
+            assert run.probes.ping_tunnel_lost == 0, run.line()
+            assert run.probes.tcp_survived, f"{method}: {run.probes.tcp_detail}"
+
+
+def test_stock_methods_were_measured(runs: dict[str, list[MethodRun]]) -> None:
+    """Reported, not asserted: only that both ran under the probes."""
+    for method in (STOCK_DEBIAN, STOCK_OVS_CTL):
+        [run] = runs[method]
+        assert run.vswitchd_restarted, f"{method}: ovs-vswitchd was not restarted"
+        assert run.probes.ping_local_replies > 0 and run.probes.ping_tunnel_replies > 0
