@@ -258,7 +258,8 @@ def _snapshots(root: Path) -> list[Sample]:
     try:
         manifest = store.load(found[-1], verify=False, allow_foreign=True).manifest
     except OvsServiceError as e:  # the rest is still worth writing
-        log.warning("metrics: newest snapshot unreadable: %s", e)
+        # Debug only: the operation or `status` says it; an error gets one line.
+        log.debug("metrics: newest snapshot unreadable: %s", e)
         return out
     try:
         taken = float(calendar.timegm(time.strptime(manifest.created, "%Y-%m-%dT%H:%M:%SZ")))
