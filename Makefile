@@ -16,7 +16,7 @@ APT_PACKAGES = \
 	debhelper dh-python pybuild-plugin-pyproject lintian \
 	qemu-system-x86 busybox-static cpio kmod \
 	bash-completion ca-certificates time \
-	prometheus-node-exporter python3-yaml \
+	prometheus-node-exporter prometheus python3-yaml \
 	mmdebstrap \
 	ansible-core ansible-lint openssh-server openssh-client
 PIP_TOOLS = ruff mypy
