@@ -87,6 +87,7 @@ class Switch:
     def __init__(self, ns: SystemdNamespace, setup: str) -> None:
         self.ns = ns
         self.setup = setup
+        self._ovsdb_hooks: list[Hook] = []
 
     def systemctl(self, *args: str) -> None:
         """Run systemctl, then wait for every job it started (also propagated ones)."""
@@ -94,13 +95,22 @@ class Switch:
         self.ns.settle()
 
     def hooks(self) -> list[Hook]:
-        """The hooks recorded since the last call."""
+        """ovs-vswitchd's hooks recorded since the last call (ovsdb-server's
+        own, ovsdb-stop and ovsdb-poststart, are kept for `ovsdb_hooks`)."""
         log = self.ns.path(HOOK_LOG)
         if not log.exists():
             return []
         lines = log.read_text().splitlines()
         log.write_text("")
-        return [Hook(**json.loads(line)) for line in lines]
+        recorded = [Hook(**json.loads(line)) for line in lines]
+        self._ovsdb_hooks += [h for h in recorded if h.hook.startswith("ovsdb-")]
+        return [h for h in recorded if not h.hook.startswith("ovsdb-")]
+
+    def ovsdb_hooks(self) -> list[Hook]:
+        """ovsdb-server's hooks recorded up to the last `hooks()`, and since."""
+        self.hooks()
+        found, self._ovsdb_hooks = self._ovsdb_hooks, []
+        return found
 
     def daemon(self, unit: str) -> Daemon:
         pid = self.ns.main_pid(unit)
@@ -287,15 +297,20 @@ def test_restart_vswitchd_saves_before_the_daemon_stops(switch: Switch) -> None:
 
 
 def test_restart_ovsdb_server(switch: Switch) -> None:
-    switch.hooks()
+    switch.ovsdb_hooks()  # forget all recorded so far
     vswitchd, old_db = switch.daemon("ovs-vswitchd"), switch.daemon("ovsdb-server")
     switch.systemctl("restart", "ovsdb-server.service")
     db = switch.daemon("ovsdb-server")
     assert db.pid != old_db.pid
     if switch.setup.startswith("units"):
-        # Forwarding untouched: same process, same invocation, no hook ran.
+        # Forwarding untouched: same process, same invocation, no hook of its
+        # ran; the database's stop saved for it, and its start found it alive.
         assert switch.daemon("ovs-vswitchd") == vswitchd
         assert switch.hooks() == []
+        assert switch.ovsdb_hooks() == [
+            Hook("ovsdb-stop", vswitchd=vswitchd.pid, ovsdb=old_db.pid, db=True),
+            Hook("ovsdb-poststart", vswitchd=vswitchd.pid, ovsdb=db.pid, db=True),
+        ]
     else:
         # Debian's ovs-vswitchd.service Requires= ovsdb-server.service, and a
         # drop-in cannot take a dependency away: systemd restarts
