@@ -235,10 +235,13 @@ def _flow_restore_wait(old: list[Sample], now: float) -> list[Sample]:
     from ovs_service import ovs
     from ovs_service.errors import OvsServiceError
 
+    as_before = [s for s in old if s.name in (fam.FRW.name, fam.FRW_SINCE.name)]
+    if not ovs.daemon_running("ovsdb-server"):
+        return as_before  # ovs-vsctl would wait its whole time-out for it
     try:
         on = ovs.flow_restore_wait()
     except OvsServiceError:
-        return [s for s in old if s.name in (fam.FRW.name, fam.FRW_SINCE.name)]
+        return as_before
     if not on:
         return [sample(fam.FRW.name, 0)]
     seen = {s.name: s.value for s in old}

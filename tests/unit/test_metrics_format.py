@@ -207,3 +207,18 @@ def test_an_unreadable_newest_snapshot_leaves_the_rest_written(
             if r.getMessage().startswith("metrics")]
     assert [level for level, text in said if "newest snapshot unreadable" in text] == ["DEBUG"]
     assert all(level == "DEBUG" for level, _ in said), said
+
+
+def test_without_ovsdb_server_the_database_is_not_asked(
+        metrics_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ovsdb-server (no pidfile in the run directory here): ovs-vsctl would
+    wait its whole time-out, in every hook and command that writes metrics."""
+    from ovs_service import ovs
+
+    def asked() -> bool:
+        raise AssertionError("the database was asked")
+
+    monkeypatch.setattr(ovs, "flow_restore_wait", asked)
+    metrics.write(restart())
+    assert read(metrics_dir)["ovs_service_last_transaction_success"].value(
+        operation="restart") == 1
