@@ -97,10 +97,15 @@ def bridge_reason(result: BridgeRestore) -> str:
 def operation(name: str, restores: bool = False) -> Iterator[Recorder]:
     """Record the operation run inside, whichever way it ends. One that
     `restores` replaces the restored counts even if it fails before it
-    reports any: none of the last restore's is then known to be there."""
+    reports any: none of the last restore's is then known to be there. One
+    refused because another holds the lock (`Busy`) is not recorded."""
+    from ovs_service.errors import Busy
+
     recorder = Recorder(name, restored=[] if restores else None)
     try:
         yield recorder
+    except Busy:
+        raise  # never ran: the holder of the lock records its own
     except BaseException as error:
         recorder.fail(error)
         write(recorder)

@@ -99,11 +99,10 @@ class Hosts:
         not drained would stall ping and measure itself."""
         out = f"/run/{unique_name('ping')}.txt"
         gap = Gap()
-        argv = self.ns.nsenter_argv([
+        proc = self.ns.popen([
             "ip", "netns", "exec", self.names[0], "sh", "-c",
-            f'exec ping -D -n -i {interval} -W 1 {self.addresses[1]} > "$0"', out])
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+            f'exec ping -D -n -i {interval} -W 1 {self.addresses[1]} > "$0"', out],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
             yield gap

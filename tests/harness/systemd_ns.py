@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -359,17 +359,10 @@ class SystemdNamespace:
             raise SystemdNamespaceError("namespace not started")
         return ["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-n", "--wdns=/", "--", *argv]
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        input: str | None = None,
-        timeout: float = 120,
-        env: Mapping[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run `argv` inside; with `check`, a non-zero exit raises CommandError."""
-        full_env = {
+    def inner_env(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a command run inside: a login's, plus `env`; never
+        the test process's own (its private folders do not exist in there)."""
+        return {
             "PATH": INNER_PATH,
             "LANG": "C.UTF-8",
             "HOME": "/root",
@@ -380,12 +373,28 @@ class SystemdNamespace:
             **({"PYTHONPATH": str(SOURCE)} if self.own_code else {}),
             **(env or {}),
         }
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        """Start `argv` inside, in the background, with `inner_env`; `kwargs` go to Popen."""
+        return subprocess.Popen(self.nsenter_argv([str(a) for a in argv]),
+                                env=self.inner_env(), text=True, **kwargs)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` inside; with `check`, a non-zero exit raises CommandError."""
         proc = subprocess.run(
             self.nsenter_argv([str(a) for a in argv]),
             input=input,
             capture_output=True,
             text=True,
-            env=full_env,
+            env=self.inner_env(env),
             timeout=timeout,
             check=False,
         )

@@ -107,10 +107,10 @@ def test_vswitchd_killed_during_restore(lane: tuple[SystemdNamespace, NsSwitch, 
     switch.ofctl("-O", "OpenFlow13", "add-flows", "bigbr", str(flows))
     before = canon.all_states(switch)
     # Kill ovs-vswitchd the moment the transaction enters its restore step.
-    watcher = subprocess.Popen(ns.nsenter_argv(["sh", "-c", """
+    watcher = ns.popen(["sh", "-c", """
         while ! grep -q '"step": "restore"' /var/lib/ovs-service/transaction.json 2>/dev/null
         do sleep 0.005; done
-        kill -9 $(cat /run/openvswitch/ovs-vswitchd.pid)"""]))
+        kill -9 $(cat /run/openvswitch/ovs-vswitchd.pid)"""])
     proc = ns.run(["ovs-service", "restart"], check=False)
     watcher.wait(timeout=60)
     # The switch went away under the restore: 4, the snapshot stays pending
@@ -150,8 +150,7 @@ def test_concurrent_restarts(lane: tuple[SystemdNamespace, NsSwitch, Hosts]) -> 
     before = canon.all_states(switch)
     argvs = [["ovs-service", "restart"], ["ovs-service", "restart"],
              ["systemctl", "restart", "openvswitch"]]
-    procs = [subprocess.Popen(ns.nsenter_argv(a), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for a in argvs]
+    procs = [ns.popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in argvs]
     results = [(a, p.wait(timeout=300), *p.communicate()) for a, p in zip(argvs, procs,
                                                                           strict=True)]
     ours = [r for r in results if r[0][0] == "ovs-service"]
@@ -168,9 +167,8 @@ def test_concurrent_restarts(lane: tuple[SystemdNamespace, NsSwitch, Hosts]) -> 
     ns.run(["ovs-service", "recover", "--wait", "120"])
     _assert_whole(ns, switch, hosts, before, "three concurrent restarts")
     # With --wait, both succeed one after the other.
-    procs = [subprocess.Popen(ns.nsenter_argv(["ovs-service", "restart", "--wait", "120"]),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [ns.popen(["ovs-service", "restart", "--wait", "120"], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.communicate() for p in procs]
     _assert_whole(ns, switch, hosts, before, "two restarts with --wait")
 
@@ -181,7 +179,7 @@ def test_a_second_caller_is_refused_or_waits(
     ns, switch, hosts = lane
     before = canon.all_states(switch)
     lock = f"{STORE}/{store.LOCK}"
-    holder = subprocess.Popen(ns.nsenter_argv(["flock", lock, "sleep", "4"]))
+    holder = ns.popen(["flock", lock, "sleep", "4"])
     try:
         deadline = time.monotonic() + 10
         while ns.run(["flock", "-n", lock, "true"], check=False).returncode == 0:

@@ -22,9 +22,11 @@ pytestmark = [pytest.mark.systemd, pytest.mark.root, pytest.mark.slow]
 
 RESTARTS = int(os.environ.get("OVS_SERVICE_SOAK", "100"))
 # The longest any restart may keep traffic from flowing. A correctness bound
-# (traffic came back, every time), not a speed target: a restart's outage is
-# well under a second, and a shared machine may stall the rest.
-MAX_GAP = 5.0  # seconds
+# (traffic came back, every time), not a speed target (bench/gap_bench.py
+# measures that): a restart's outage is well under a second on a quiet machine,
+# but on a shared one, beside the VM lanes, a restart was seen to take 8.6 s.
+# Flows that stayed lost would keep the hosts apart until the end of the run.
+MAX_GAP = 30.0  # seconds
 
 SOAK = """
 import json, os, resource, sys

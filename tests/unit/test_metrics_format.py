@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ovs_service import metrics
-from ovs_service.errors import PrecheckFailed, RolledForward
+from ovs_service.errors import Busy, PrecheckFailed, RolledForward
 from ovs_service.log import StepRecord
 from ovs_service.metrics import exposition, families
 from ovs_service.stages.flows_restore import BridgeRestore
@@ -108,6 +108,16 @@ def test_a_failed_run_replaces_only_its_own_operation(metrics_dir: Path) -> None
     assert got["ovs_service_step_duration_seconds"].samples == {
         (("operation", "restart"), ("step", "save")): 0.125}  # the old run's steps are gone
     assert "ovs_service_restored_flows" not in got  # none known to be there any more
+
+
+def test_a_run_refused_for_the_lock_is_not_recorded(metrics_dir: Path) -> None:
+    """The caller that holds the lock records its own run; the one refused
+    never touched the switch, so the last restart's success stays."""
+    metrics.write(restart())
+    before = (metrics_dir / "ovs_service.prom").read_text()
+    with pytest.raises(Busy), metrics.operation("restart", restores=True):
+        raise Busy(holder="pid 4242, restart at restore")
+    assert (metrics_dir / "ovs_service.prom").read_text() == before
 
 
 def test_the_file_is_replaced_whole_and_readable_by_the_exporter(metrics_dir: Path) -> None:
