@@ -44,14 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.harness import REPO, promtext
-from tests.harness.lane import (
-    DROPINS,
-    SCRATCH,
-    Lane,
-    NsSwitch,
-    add_hosts,
-    remove_hosts,
-)
+from tests.harness.lane import DROPINS, SCRATCH, Lane, loaded_switch
 from tests.harness.ovsbed import unique_name
 from tests.harness.promtext import MetricFamily
 from tests.harness.systemd_ns import INNER_SHADOW_DIR, SystemdNamespace, booted
@@ -143,22 +136,11 @@ def packaged_lane() -> Iterator[Lane]:
     maintainer scripts stop ovsdb-server before ovs-vswitchd, and only
     Debian's units (ovs-vswitchd Requires= ovsdb-server) stop ovs-vswitchd,
     and so save its state, first."""
-    from tests.harness import corpus
-
     with booted() as ns:
         ns.install_units([*DROPINS, REPO / "units" / "openvswitch.service"])
         ns.systemctl("start", "openvswitch-switch.service", "openvswitch.service")
-        switch = NsSwitch(ns)
-        hosts = None
-        try:
-            corpus.build_corpus(switch, "br0")
-            hosts = add_hosts(ns, switch, "brt")
-            assert hosts.ping(), "no traffic before any restart"
-            yield ns, switch, hosts
-        finally:
-            if hosts is not None:
-                remove_hosts(hosts)
-            switch.close()
+        with loaded_switch(ns) as lane:
+            yield lane
 
 
 @dataclass

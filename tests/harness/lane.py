@@ -171,25 +171,36 @@ Lane = tuple[SystemdNamespace, NsSwitch, Hosts]
 def running_lane(extra: Callable[[NsSwitch], None] | None = None) -> Iterator[Lane]:
     """A booted systemd with ovs-service's units running Open vSwitch: the corpus
     bridge `br0`, whatever `extra` adds, and two hosts talking through `brt`."""
-    from tests.harness import corpus
     from tests.harness.systemd_ns import booted
 
     with booted() as ns:
         ns.install_units(UNITS)
         ns.systemctl("start", "openvswitch.service")
-        switch = NsSwitch(ns)
-        hosts = None
-        try:
-            corpus.build_corpus(switch, "br0")
-            if extra is not None:
-                extra(switch)
-            hosts = add_hosts(ns, switch, "brt")
-            assert hosts.ping(), "no traffic before any restart"
-            yield ns, switch, hosts
-        finally:
-            if hosts is not None:
-                remove_hosts(hosts)
-            switch.close()
+        with loaded_switch(ns, extra) as lane:
+            yield lane
+
+
+@contextlib.contextmanager
+def loaded_switch(ns: SystemdNamespace,
+                  extra: Callable[[NsSwitch], None] | None = None) -> Iterator[Lane]:
+    """The running switch of `ns` loaded as every lane loads it: the corpus
+    bridge `br0`, whatever `extra` adds, and two hosts talking through `brt`
+    (removed afterwards)."""
+    from tests.harness import corpus
+
+    switch = NsSwitch(ns)
+    hosts = None
+    try:
+        corpus.build_corpus(switch, "br0")
+        if extra is not None:
+            extra(switch)
+        hosts = add_hosts(ns, switch, "brt")
+        assert hosts.ping(), "no traffic before any restart"
+        yield ns, switch, hosts
+    finally:
+        if hosts is not None:
+            remove_hosts(hosts)
+        switch.close()
 
 
 def assert_switch_whole(lane: Lane, before: dict[str, list[str]], what: str) -> None:

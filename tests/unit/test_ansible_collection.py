@@ -14,29 +14,13 @@ from typing import Any
 import pytest
 
 from tests.harness import REPO
+from tests.harness.ansible_plugins import COLLECTION, MODULE, load
 
-COLLECTION = REPO / "ansible"
-
-
-def _ansible_core() -> bool:
-    """Whether ansible-core is importable: the checkout's own ansible/ folder
-    is a namespace package of that name, with no module_utils."""
-    try:
-        return importlib.util.find_spec("ansible.module_utils.basic") is not None
-    except ModuleNotFoundError:
-        return False
-MODULE = COLLECTION / "plugins" / "modules" / "ovs_service.py"
 EXE = "/usr/bin/ovs-service"
 
 
 def _module() -> ModuleType:
-    if not _ansible_core():
-        pytest.skip(f"ansible-core is not importable by {sys.executable}")
-    spec = importlib.util.spec_from_file_location("ovs_service_ansible_module", MODULE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load(MODULE, "ovs_service_ansible_module")
 
 
 def _params(**given: Any) -> dict[str, Any]:

@@ -4,39 +4,17 @@ mid-run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests.harness import REPO
-
-COLLECTION = REPO / "ansible"
-
-
-def _ansible_core() -> bool:
-    """Whether ansible-core is importable: the checkout's own ansible/ folder
-    is a namespace package of that name, with no module_utils."""
-    try:
-        return importlib.util.find_spec("ansible.module_utils.basic") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def _load(path: Path, name: str) -> ModuleType:
-    if not _ansible_core():
-        pytest.skip(f"ansible-core is not importable by {sys.executable}")
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.harness.ansible_plugins import COLLECTION, MODULE, load
 
 
 class Failed(Exception):
@@ -72,7 +50,7 @@ def test_a_failure_keeps_what_the_command_printed_on_stdout() -> None:
     stderr: the failure says only "exited 1 without a reason" and drops the
     output that explains it (the success path keeps `stdout`, the failure
     path does not)."""
-    m = _load(COLLECTION / "plugins" / "modules" / "ovs_service.py", "review2_module")
+    m = load(MODULE, "review2_module")
     fake = FakeModule({"command": "status"},
                       [(1, "ovs-service: cannot import pystemd\n", "")])
     with pytest.raises(Failed) as failed:
@@ -86,7 +64,7 @@ def test_check_mode_transaction_reports_what_it_would_change() -> None:
     """Ansible's convention: in check mode a task reports changed when a real
     run would change something. restart in check mode reports changed=False
     (save and restore, in the same mode, report True)."""
-    m = _load(COLLECTION / "plugins" / "modules" / "ovs_service.py", "review2_module")
+    m = load(MODULE, "review2_module")
     plan = json.dumps({"op": "restart", "plan": []})
     fake = FakeModule({"command": "restart"}, [(0, plan, "")], check_mode=True)
     result = m.Runner(fake).main()
@@ -108,7 +86,7 @@ def test_summary_does_not_call_an_unreachable_host_untouched() -> None:
     role's `always:` (set_stats), so the summary prints it as "untouched",
     the word for a host the run never reached, although its switch may be
     half restarted. The stats say it was reached: stats.dark."""
-    cb = _load(COLLECTION / "plugins" / "callback" / "fleet_summary.py", "review2_callback")
+    cb = load(COLLECTION / "plugins" / "callback" / "fleet_summary.py", "review2_callback")
     plugin = cb.CallbackModule.__new__(cb.CallbackModule)
     plugin.hosts = ["h1", "h2", "h3"]
     plugin._display = _Display()

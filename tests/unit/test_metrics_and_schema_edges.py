@@ -18,16 +18,6 @@ from ovs_service.store import manifest as mf
 from tests.harness import promtext
 
 
-@pytest.fixture
-def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    out = tmp_path / "textfile"
-    out.mkdir()
-    monkeypatch.setenv("OVS_SERVICE_METRICS_DIR", str(out))
-    monkeypatch.setenv("OVS_SERVICE_STATE_DIR", str(tmp_path / "store"))
-    monkeypatch.setenv("OVS_RUNDIR", str(tmp_path))
-    return out
-
-
 def _restore(bridge: str) -> metrics.Recorder:
     recorder = metrics.Recorder("restore")
     recorder.restore([BridgeRestore(bridge, True, {"flows": 7, "groups": 2, "meters": 1})])

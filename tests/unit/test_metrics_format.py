@@ -19,17 +19,6 @@ from ovs_service.stages.flows_restore import BridgeRestore
 from tests.harness import promtext
 
 
-@pytest.fixture
-def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A textfile folder, an empty store, and no switch to ask (no ovsdb socket)."""
-    out = tmp_path / "textfile"
-    out.mkdir()
-    monkeypatch.setenv("OVS_SERVICE_METRICS_DIR", str(out))
-    monkeypatch.setenv("OVS_SERVICE_STATE_DIR", str(tmp_path / "store"))
-    monkeypatch.setenv("OVS_RUNDIR", str(tmp_path))
-    return out
-
-
 def read(directory: Path) -> dict[str, promtext.MetricFamily]:
     return promtext.parse((directory / "ovs_service.prom").read_text())
 
