@@ -45,11 +45,8 @@ test:
 test-half-vm:
 	$(PYTEST) -m "vm and not hitless" $(PYTEST_ARGS)
 
-# Nor the 3.1 -> 3.5 upgrade lane (make test-upgrade): its root, built afresh,
-# lacks packages the offline upgrade needs.
 test-half-host:
-	$(PYTEST) -p no:cacheprovider -m "not vm and not hitless" \
-		--ignore=tests/lanes/test_upgrade_lane.py $(PYTEST_ARGS)
+	$(PYTEST) -p no:cacheprovider -m "not vm and not hitless" $(PYTEST_ARGS)
 
 test-fast:
 	$(PYTEST) -m "$(FAST)" $(PYTEST_ARGS)

@@ -107,6 +107,13 @@ class Systemd:
         """
         return self.wait(self.submit(action, unit, mode), timeout)
 
+    def reload(self) -> None:
+        """Reload the manager's configuration (systemctl daemon-reload)."""
+        try:
+            self._manager.Manager.Reload()
+        except Exception as e:
+            raise SystemdError(message=f"daemon-reload: {e}") from None
+
     def submit(self, action: str, unit: str, mode: str = "replace") -> Job:
         """Queue StartUnit/StopUnit/RestartUnit; `wait` for it later."""
         method = getattr(self._manager.Manager, f"{action.capitalize()}Unit")

@@ -336,6 +336,7 @@ def recover(wait: float = 0.0) -> Recovery:
         if record is not None and record.alive and record.pid != os.getpid():
             raise Busy(holder=f"pid {record.pid}, {record.op} at {record.step}")
         result = Recovery(found=record)
+        _remove_dpkg_guard(result)
         # Our own journal replaces the dead one: the unit hooks leave the
         # restore to us (they would wait for the lock we hold).
         with journal.Journal(root, "recover") as tx:
@@ -346,6 +347,15 @@ def recover(wait: float = 0.0) -> Recovery:
         if not result.actions:
             result.actions.append("nothing to recover")
     return result
+
+
+def _remove_dpkg_guard(result: Recovery) -> None:
+    """The units' refusal to stop, left by a dpkg run that was killed
+    (ovs_service.dpkg_guard), would refuse the restarts below."""
+    from ovs_service import dpkg_guard
+
+    for path in dpkg_guard.remove_stale():
+        result.actions.append(f"removed {path}, left by a dpkg run that did not finish")
 
 
 def _forget(root: Path, record: journal.Record, result: Recovery) -> None:

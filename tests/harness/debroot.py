@@ -106,8 +106,10 @@ BOOKWORM_UPGRADE = RootSpec(
     customize=(
         f"printf '{_TRIXIE_SOURCES}' > /etc/apt/sources.list.d/trixie.sources",
         "apt-get update -q",
+        # Recommends too, as the lane's apt-get (an operator's) installs them:
+        # the build's own apt configuration may leave them out.
         "DEBIAN_FRONTEND=noninteractive apt-get install -q -y --download-only "
-        "openvswitch-switch/trixie",
+        "-o APT::Install-Recommends=true openvswitch-switch/trixie",
     ),
     keep_apt=True,
 )  # fmt: skip

@@ -22,7 +22,8 @@ from tests.harness.lane import NsSwitch, assert_switch_whole
 from tests.harness.ovsbed import BedError
 from tests.harness.rootlane import ForeignTools, RootLane, root_lane, versions
 
-APT = ["apt-get", "-q", "-y", "--no-download", "-o", "Dpkg::Options::=--force-confold"]
+APT = ["apt-get", "-q", "-y", "--no-download", "-o", "Dpkg::Options::=--force-confold",
+       "-o", "APT::Install-Recommends=true"]
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 UPGRADE = [*APT, "install", "openvswitch-switch/trixie"]
 PROBE_INTERVAL = 0.001
@@ -109,15 +110,29 @@ def vswitchd_downtime(ns: debroot.RootSystemd) -> Downtime:
             stopping_wall = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
         elif entry.get("MESSAGE_ID") == UNIT_STARTED and stopping:
             started = stamp
-    # "status unpacked P" is logged once P's files are in place ("unpack P"
-    # comes before P's preinst, which may itself stop the daemons).
-    unpacks = [ln for ln in ns.run(["cat", "/var/log/dpkg.log"]).stdout.splitlines()
-               if ln.split()[2:4] == ["status", "unpacked"]]
+    unpacks = unpacked(ns.run(["cat", "/var/log/dpkg.log"]).stdout)
     # dpkg logs local time: the roots have no /etc/localtime, so UTC.
-    last_unpack = calendar.timegm(time.strptime(" ".join(unpacks[-1].split()[:2]),
-                                            "%Y-%m-%d %H:%M:%S")) if unpacks else 0.0
+    last_unpack = calendar.timegm(time.strptime(unpacks[-1], "%Y-%m-%d %H:%M:%S")) \
+        if unpacks else 0.0
     return Downtime((started - stopping) / 1e6 if started else float("nan"),
                     int(stopping_wall) >= last_unpack)
+
+
+def unpacked(dpkg_log: str) -> list[str]:
+    """When (dpkg's "DATE TIME") each package's files were in place: the
+    "status unpacked P" after an "unpack P" action, which comes before P's
+    preinst (that may itself stop the daemons). A configure logs "status
+    unpacked P" too, as it begins: not an unpack."""
+    times, action = [], ""
+    for line in dpkg_log.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        if fields[2] != "status":
+            action = f"{fields[2]} {fields[3]}"
+        elif fields[3] == "unpacked" and len(fields) > 4 and action == f"unpack {fields[4]}":
+            times.append(" ".join(fields[:2]))
+    return times
 
 
 def report(title: str, run: UpgradeRun) -> None:
