@@ -169,6 +169,8 @@ def test_contents(built: Built) -> None:
         "/usr/share/doc/ovs-service/copyright",
         "/usr/share/doc/ovs-service/examples/ovs-service.rules.yml",
         "/usr/share/doc/ovs-service/examples/ovs-service.rules.test.yml",
+        "/usr/lib/ovs-service/dpkg-hook",
+        "/etc/dpkg/dpkg.cfg.d/ovs-service",
     }
     dropins = sorted((REPO / "units" / "dropins").glob("*.d/*.conf"))
     assert dropins, "no drop-ins in units/dropins"
@@ -179,13 +181,17 @@ def test_contents(built: Built) -> None:
 
     # The hooks' front is a sh script (it runs the Python hooks when needed).
     for command, shebang in (("/usr/bin/ovs-service", "#!/usr/bin/python3"),
-                             ("/usr/bin/ovs-service-hook", "#!/bin/sh")):
+                             ("/usr/bin/ovs-service-hook", "#!/bin/sh"),
+                             ("/usr/lib/ovs-service/dpkg-hook", "#!/bin/sh")):
         assert os.access(built.root / command.lstrip("/"), os.X_OK), command
         first = (built.root / command.lstrip("/")).read_text().splitlines()[0]
         assert first == shebang, f"{command}: {first}"
     assert not [f for f in files if f.endswith(".pyc") or "/__pycache__/" in f]
-    # No conffiles, no state: /etc and /var are the admin's and the tmpfiles'.
-    assert not [f for f in files if f.startswith(("/etc/", "/var/", "/usr/local/"))]
+    # No state, and one conffile: dpkg reads its hooks from /etc alone (the
+    # upgrade's dpkg hook, ovs-service(8) UPGRADES); the rest of /etc and
+    # /var are the admin's and the tmpfiles'.
+    assert [f for f in files if f.startswith(("/etc/", "/var/", "/usr/local/"))] == [
+        "/etc/dpkg/dpkg.cfg.d/ovs-service"]
     # openvswitch-switch's units stay openvswitch-switch's.
     for unit in DEBIAN_OVS_UNITS:
         for unit_dir in (UNIT_DIR, "/usr/lib/systemd/system", "/etc/systemd/system"):
