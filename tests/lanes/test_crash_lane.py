@@ -262,3 +262,34 @@ def test_fault_points_cover_every_step() -> None:
     steps = [name for name, _ in transaction.RESTART_PLAN]
     assert steps == RESTART_STEPS
     print(f"restart: {len(KILL_POINTS)} kill points over {len(steps)}/{len(steps)} steps")
+
+
+def test_recover_removes_the_dpkg_guard_a_killed_dpkg_left(
+    lane: tuple[SystemdNamespace, NsSwitch, Hosts]
+) -> None:
+    """The Debian package's dpkg hook makes both units refuse a direct stop for
+    a dpkg run that unpacks openvswitch-switch; a dpkg killed before its
+    post-invoke hook leaves that in /run. recover takes it away (with no dpkg
+    running), and restarts work again."""
+    ns, switch, hosts = lane
+    before = canon.all_states(switch)
+    guards = [f"/run/systemd/system/{u}.d/zz-ovs-service-dpkg.conf"
+              for u in ("ovsdb-server.service", "ovs-vswitchd.service")]
+    write = 'mkdir -p "${0%/*}" && printf "[Unit]\\nRefuseManualStop=yes\\n" > "$0"'
+    for guard in guards:
+        ns.run(["sh", "-c", write, guard])
+    ns.systemctl("daemon-reload")
+
+    def refuses() -> list[str]:
+        return [ns.systemctl("show", "-p", "RefuseManualStop", "--value", u).stdout.strip()
+                for u in ("ovsdb-server.service", "ovs-vswitchd.service")]
+
+    assert refuses() == ["yes", "yes"]
+    assert ns.systemctl("stop", "ovs-vswitchd", check=False).returncode != 0
+    proc = ns.run(["ovs-service", "recover", "--json"])
+    actions = json.loads(proc.stdout)["actions"]
+    assert [a for a in actions if "left by a dpkg run" in a] and len(actions) == 2, actions
+    assert refuses() == ["no", "no"]
+    assert ns.run(["ls", *guards], check=False).returncode != 0
+    ns.run(["ovs-service", "restart"])
+    _assert_whole(ns, switch, hosts, before, "recover of a dpkg guard, then a restart")
