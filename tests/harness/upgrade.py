@@ -66,6 +66,11 @@ def package_version(ns: debroot.RootSystemd, package: str) -> str:
 
 def upgrade(lane: RootLane, tools: NsSwitch) -> UpgradeRun:
     ns = lane.ns
+    # As after a boot: openvswitch-switch.service is enabled (WantedBy=
+    # multi-user.target), so it runs, with ovs-record-hostname.service that it
+    # Requires= (the latter's RequiredBy=); the lane started openvswitch.service.
+    ns.systemctl("start", "openvswitch-switch.service")
+    ns.settle()
     versions_before = versions(ns)
     before = canon.all_states(tools)
     with lane.hosts.prober(PROBE_INTERVAL) as gap:
