@@ -14,7 +14,7 @@ from pathlib import Path
 
 GUARD_DIR = Path("/run/systemd/system")
 NAME = "zz-ovs-service-dpkg.conf"
-UNITS = ("ovsdb-server.service", "ovs-vswitchd.service")
+UNITS = ("ovsdb-server.service", "ovs-vswitchd.service", "ovs-record-hostname.service")
 
 
 def guards(directory: Path = GUARD_DIR) -> list[Path]:

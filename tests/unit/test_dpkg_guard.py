@@ -25,7 +25,7 @@ def test_the_guards_are_found_on_both_units(tmp_path: Path) -> None:
     (tmp_path / "other.service.d").mkdir()
     (tmp_path / "other.service.d" / dpkg_guard.NAME).write_text("")
     assert sorted(p.parent.name for p in dpkg_guard.guards(tmp_path)) == [
-        "ovs-vswitchd.service.d", "ovsdb-server.service.d"]
+        "ovs-record-hostname.service.d", "ovs-vswitchd.service.d", "ovsdb-server.service.d"]
 
 
 def test_a_running_dpkg_is_seen_by_its_command_name(tmp_path: Path) -> None:
