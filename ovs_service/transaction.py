@@ -354,8 +354,13 @@ def _remove_dpkg_guard(result: Recovery) -> None:
     (ovs_service.dpkg_guard), would refuse the restarts below."""
     from ovs_service import dpkg_guard
 
-    for path in dpkg_guard.remove_stale():
+    removed = dpkg_guard.remove_stale()
+    for path in removed:
         result.actions.append(f"removed {path}, left by a dpkg run that did not finish")
+    if not removed and (kept := dpkg_guard.guards()):
+        result.actions.append(f"kept {', '.join(map(str, kept))}: a dpkg run is under way "
+                              "(its hook removes them as it ends); stops of the daemons "
+                              "are refused until then")
 
 
 def _forget(root: Path, record: journal.Record, result: Recovery) -> None:
