@@ -10,11 +10,12 @@ no dpkg runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 GUARD_DIR = Path("/run/systemd/system")
 NAME = "zz-ovs-service-dpkg.conf"
-UNITS = ("ovsdb-server.service", "ovs-vswitchd.service")
+UNITS = ("ovsdb-server.service", "ovs-vswitchd.service", "ovs-record-hostname.service")
 
 
 def guards(directory: Path = GUARD_DIR) -> list[Path]:
@@ -23,12 +24,20 @@ def guards(directory: Path = GUARD_DIR) -> list[Path]:
 
 
 def dpkg_running(proc: Path = Path("/proc")) -> bool:
-    """Whether a dpkg process runs (its own run's hook removes the guard)."""
+    """Whether a dpkg process of this system runs (its own run's hook removes
+    the guard): one of another mount namespace, a container's, does not count."""
+    try:
+        ours = os.readlink(proc / "self" / "ns" / "mnt")
+    except OSError:
+        ours = None
     for entry in proc.iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "dpkg":
-                    return True
+                if (entry / "comm").read_text().strip() != "dpkg":
+                    continue
+                if ours is not None and os.readlink(entry / "ns" / "mnt") != ours:
+                    continue
+                return True
             except OSError:
                 continue  # gone meanwhile
     return False

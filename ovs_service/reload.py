@@ -25,6 +25,7 @@ from ovs_service.transaction import (
     Outcome,
     Run,
     before_stop,
+    dpkg_guarded,
     finish_restore,
     interrupted,
     precheck,
@@ -78,7 +79,7 @@ def force_reload_kmod(
     steps = StepLog(on_step=on_step)
     outcome = KmodOutcome(op=KMOD, steps=steps.steps)
     with store.lock(root, wait, on_wait):
-        precheck(KMOD, interrupted(root))
+        precheck(KMOD, interrupted(root) + dpkg_guarded())
         datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
         has_modules = kmod.module_support()
         if has_modules:

@@ -199,7 +199,7 @@ def restart(
     steps = StepLog(on_step=on_step)
     outcome = Outcome(op=RESTART, steps=steps.steps)
     with store.lock(root, wait, on_wait):
-        precheck(RESTART, interrupted(root))
+        precheck(RESTART, interrupted(root) + dpkg_guarded())
         with Systemd() as sd, Run(root, RESTART, steps) as run:
             with before_stop(run):
                 prepared = save(run, outcome)
@@ -240,6 +240,21 @@ def interrupted(root: Path) -> list[str]:
         return []
     return [f"an interrupted {record.op} (at {record.step or 'its start'}) left its journal: "
             "run ovs-service recover first"]
+
+
+def dpkg_guarded() -> list[str]:
+    """The dpkg hook's guard (ovs_service.dpkg_guard) refuses the stop of
+    ovs-vswitchd: a transaction would fail at its stop, after its save."""
+    from ovs_service import dpkg_guard
+
+    found = dpkg_guard.guards()
+    if not found:
+        return []
+    if dpkg_guard.dpkg_running():
+        return ["a dpkg run that unpacks openvswitch-switch is under way, and the units "
+                "refuse a stop until it ends (ovs-service(8), UPGRADES): try again after it"]
+    return [f"{found[0]} (and the like) was left by a dpkg run that did not finish, and the "
+            "units refuse a stop: run ovs-service recover first"]
 
 
 def precheck(op: str, blockers: list[str]) -> None:
@@ -354,8 +369,13 @@ def _remove_dpkg_guard(result: Recovery) -> None:
     (ovs_service.dpkg_guard), would refuse the restarts below."""
     from ovs_service import dpkg_guard
 
-    for path in dpkg_guard.remove_stale():
+    removed = dpkg_guard.remove_stale()
+    for path in removed:
         result.actions.append(f"removed {path}, left by a dpkg run that did not finish")
+    if not removed and (kept := dpkg_guard.guards()):
+        result.actions.append(f"kept {', '.join(map(str, kept))}: a dpkg run is under way "
+                              "(its hook removes them as it ends); stops of the daemons "
+                              "are refused until then")
 
 
 def _forget(root: Path, record: journal.Record, result: Recovery) -> None:

@@ -66,6 +66,11 @@ def package_version(ns: debroot.RootSystemd, package: str) -> str:
 
 def upgrade(lane: RootLane, tools: NsSwitch) -> UpgradeRun:
     ns = lane.ns
+    # As after a boot: openvswitch-switch.service is enabled (WantedBy=
+    # multi-user.target), so it runs, with ovs-record-hostname.service that it
+    # Requires= (the latter's RequiredBy=); the lane started openvswitch.service.
+    ns.systemctl("start", "openvswitch-switch.service")
+    ns.settle()
     versions_before = versions(ns)
     before = canon.all_states(tools)
     with lane.hosts.prober(PROBE_INTERVAL) as gap:
@@ -110,12 +115,23 @@ def vswitchd_downtime(ns: debroot.RootSystemd) -> Downtime:
             stopping_wall = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
         elif entry.get("MESSAGE_ID") == UNIT_STARTED and stopping:
             started = stamp
-    unpacks = unpacked(ns.run(["cat", "/var/log/dpkg.log"]).stdout)
+    log = ns.run(["cat", "/var/log/dpkg.log"]).stdout
+    # The last unpack, and the configure of openvswitch-switch (its postinst
+    # restarts the switch): at dpkg.log's one-second resolution, a stop from
+    # openvswitch-switch's preinst falls in the same second as the unpack of
+    # openvswitch-common that follows it, not in its configure's.
+    unpacks = unpacked(log) + configured(log, "openvswitch-switch")[-1:]
     # dpkg logs local time: the roots have no /etc/localtime, so UTC.
-    last_unpack = calendar.timegm(time.strptime(unpacks[-1], "%Y-%m-%d %H:%M:%S")) \
-        if unpacks else 0.0
+    last_unpack = max(calendar.timegm(time.strptime(u, "%Y-%m-%d %H:%M:%S"))
+                      for u in unpacks) if unpacks else 0.0
     return Downtime((started - stopping) / 1e6 if started else float("nan"),
                     int(stopping_wall) >= last_unpack)
+
+
+def configured(dpkg_log: str, package: str) -> list[str]:
+    """When (dpkg's "DATE TIME") each configure of `package` began."""
+    return [" ".join(f[:2]) for f in map(str.split, dpkg_log.splitlines())
+            if len(f) > 3 and f[2] == "configure" and f[3].split(":")[0] == package]
 
 
 def unpacked(dpkg_log: str) -> list[str]:

@@ -3,7 +3,7 @@ in place, not counting the "status unpacked" a configure logs as it begins."""
 
 from __future__ import annotations
 
-from tests.harness.upgrade import unpacked
+from tests.harness.upgrade import configured, unpacked
 
 LOG = """\
 2026-12-02 07:27:30 startup archives unpack
@@ -22,3 +22,8 @@ LOG = """\
 
 def test_only_unpacks_count_not_the_configure_that_follows() -> None:
     assert unpacked(LOG) == ["2026-12-02 07:27:33", "2026-12-02 07:27:35"]
+
+
+def test_the_configure_of_the_switch_is_found() -> None:
+    assert configured(LOG, "openvswitch-switch") == ["2026-12-02 07:27:41"]
+    assert configured(LOG, "openvswitch-common") == []
