@@ -17,7 +17,7 @@ def _proc(tmp_path: Path, **comms: str) -> Path:
     return proc
 
 
-def test_the_guards_are_found_on_both_units(tmp_path: Path) -> None:
+def test_the_guards_are_found_on_every_guarded_unit(tmp_path: Path) -> None:
     assert dpkg_guard.guards(tmp_path) == []
     for unit in dpkg_guard.UNITS:
         (tmp_path / f"{unit}.d").mkdir()
