@@ -123,6 +123,12 @@ def test_harness_reports_status_output_and_timeouts(guest: Guest) -> None:
     slow = guest.run(["sleep", "60"], timeout=1, check=False)
     assert slow.timed_out and slow.returncode is None
     pid = guest.spawn(["sh", "-c", "echo started; exec sleep 60"], output="/tmp/spawned.log")
+    # Killed only once it has written its line: a kill right after the spawn
+    # may come before the shell's echo.
+    deadline = time.monotonic() + 30
+    while guest.run(["cat", "/tmp/spawned.log"], check=False).stdout != "started\n":
+        assert time.monotonic() < deadline, "the spawned command never wrote its line"
+        time.sleep(0.1)
     guest.sh(f"test -d /proc/{pid}; kill {pid}")
     assert guest.read_file("/tmp/spawned.log") == b"started\n"
     guest.write_file("/tmp/probe", b"\x00\xffdata", mode=0o600)
