@@ -1,8 +1,9 @@
 """The guard that keeps Open vSwitch forwarding while dpkg unpacks it.
 
 The Debian package's dpkg hook (packaging/dpkg/dpkg-hook) writes a runtime
-drop-in, RefuseManualStop=yes, on ovsdb-server.service and
-ovs-vswitchd.service before a dpkg run that unpacks openvswitch-switch, and
+drop-in, RefuseManualStop=yes, on ovsdb-server.service, ovs-vswitchd.service
+and ovs-record-hostname.service (`UNITS`; the hook and the package's postrm
+name the same three) before a dpkg run that unpacks openvswitch-switch, and
 removes it after the run. A dpkg that was killed leaves it behind, and the
 units then refuse every direct stop and restart: `recover` removes it when
 no dpkg runs.
