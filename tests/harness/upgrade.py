@@ -27,6 +27,8 @@ APT = ["apt-get", "-q", "-y", "--no-download", "-o", "Dpkg::Options::=--force-co
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 UPGRADE = [*APT, "install", "openvswitch-switch/trixie"]
 PROBE_INTERVAL = 0.001
+ONLINE_CONVERSION = "ovs-service: converted the database online"  # packaging/dpkg/dpkg-hook
+OVS_CTL_CONVERSION = "Converting database schema"  # ovs-lib's upgrade_db
 
 
 @dataclass
@@ -45,6 +47,11 @@ class UpgradeRun:
     vswitchd_down: float = 0.0
     stopped_after_unpack: bool = False
     apt_seconds: float = 0.0
+    # Where the database met 3.5's schema: converted online by the dpkg hook
+    # after the unpack (its line in apt's output), or by ovs-ctl inside the
+    # restart (its "Converting database schema" in ovsdb-server's journal).
+    converted_online: bool = False
+    converted_at_restart: bool = False
     flow_restore_wait: str = ""
     traffic: bool = False
     rollback: str = ""
@@ -83,6 +90,9 @@ def upgrade(lane: RootLane, tools: NsSwitch) -> UpgradeRun:
     run = UpgradeRun(versions_before, versions(ns), before, canon.all_states(tools),
                      gap.seconds)
     run.apt_seconds = apt_seconds
+    run.converted_online = ONLINE_CONVERSION in proc.stdout + proc.stderr
+    run.converted_at_restart = OVS_CTL_CONVERSION in ns.run(
+        ["journalctl", "-o", "cat", "-u", "ovsdb-server.service"], check=False).stdout
     down = vswitchd_downtime(ns)
     run.vswitchd_down, run.stopped_after_unpack = down.seconds, down.after_last_unpack
     run.flow_restore_wait = tools.flow_restore_wait()
@@ -160,6 +170,9 @@ def report(title: str, run: UpgradeRun) -> None:
           f"{run.apt_seconds:.1f} s; ovs-vswitchd from Stopping to Started in the journal "
           f"{run.vswitchd_down * 1000:.0f} ms, stopped "
           f"{'after' if run.stopped_after_unpack else 'BEFORE'} dpkg's last unpack)")
+    where = [w for w, done in (("online, after the unpack", run.converted_online),
+                               ("by ovs-ctl, in the restart", run.converted_at_restart)) if done]
+    print(f"  database converted to 3.5's schema: {' and '.join(where) or 'not seen'}")
     if run.restart_gap:
         print(f"  plain `systemctl restart openvswitch` gap, same root: "
               f"{run.restart_gap * 1000:.0f} ms (ratio {run.gap / run.restart_gap:.2f})")

@@ -84,6 +84,15 @@ def test_the_switch_forwards_while_dpkg_unpacks(with_ovs_service: UpgradeRun) ->
     assert run.gap <= run.vswitchd_down + 1.0, (run.gap, run.vswitchd_down)
 
 
+def test_the_database_is_converted_before_the_restart(with_ovs_service: UpgradeRun) -> None:
+    """The running 3.1 ovsdb-server takes 3.5's schema once dpkg has unpacked
+    it (the dpkg hook's post-invoke), so ovs-ctl's start in the restart has
+    nothing to back up, compact or convert."""
+    run = with_ovs_service
+    assert run.converted_online, "the dpkg hook did not convert the database"
+    assert not run.converted_at_restart, "ovs-ctl converted the database inside the restart"
+
+
 def test_rollback_restores_exactly_or_is_refused(with_ovs_service: UpgradeRun) -> None:
     result = with_ovs_service.rollback
     assert result.startswith(("restored exactly", "not restored")), result
@@ -97,3 +106,5 @@ def test_debian_units_alone_lose_the_table(with_debian_units: UpgradeRun) -> Non
     assert " 3.5." in run.versions_after["ovs-vswitchd"], run.versions_after
     # What this lane exists to show: without ovs-service the upgrade loses state.
     assert run.kept < run.total, "Debian's units alone kept everything"
+    # And, the control for the conversion: without the hook ovs-ctl converts.
+    assert run.converted_at_restart and not run.converted_online

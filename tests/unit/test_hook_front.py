@@ -8,12 +8,14 @@ test_systemd_lane.py and test_crash_lane.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,12 +97,43 @@ def test_prestart_sets_flow_restore_wait_only_with_a_snapshot_pending(front: Fro
     assert f"OVS_SERVICE_STATE_DIR={front.state}" in run
 
 
+@contextlib.contextmanager
+def _daemon(front: Front, name: str) -> Iterator[None]:
+    """A process named `name` (a copy of sleep) with its pidfile where the
+    front looks (OVS_RUNDIR)."""
+    exe = front.run_dir.parent / "bin" / name
+    shutil.copy("/bin/sleep", exe)
+    proc = subprocess.Popen([str(exe), "60"])
+    rundir = front.run_dir / "no-switch"
+    rundir.mkdir(parents=True, exist_ok=True)
+    (rundir / f"{name}.pid").write_text(f"{proc.pid}\n")
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+        (rundir / f"{name}.pid").unlink()
+
+
 def test_stoppost_and_idle_poststart_clear_flow_restore_wait(front: Front) -> None:
-    assert front.run("stoppost").returncode == 0
+    with _daemon(front, "ovsdb-server"):
+        assert front.run("stoppost").returncode == 0
     assert [c for c in front.vsctl() if CLEAR in c and "--no-wait" in c]
     # poststart with nothing pending: the daemon runs, so the change waits for it.
     assert front.run("poststart").returncode == 0
     assert [c for c in front.vsctl() if CLEAR in c and "--no-wait" not in c]
+
+
+def test_stoppost_does_not_wait_for_a_stopped_database(front: Front) -> None:
+    """With ovsdb-server down (no pidfile, or a pid that is not it), stoppost
+    does not call ovs-vsctl, which would wait out its timeout; poststart clears."""
+    proc = front.run("stoppost")
+    assert proc.returncode == 0 and "ovsdb-server is down" in proc.stderr
+    assert front.vsctl() == []
+    with _daemon(front, "ovs-vswitchd"):
+        (front.run_dir / "no-switch" / "ovsdb-server.pid").write_text(f"{os.getpid()}\n")
+        assert front.run("stoppost").returncode == 0
+        assert front.vsctl() == []
 
 
 def test_hooks_left_to_a_running_transaction(front: Front) -> None:
@@ -135,7 +168,8 @@ def test_a_dead_transaction_is_ignored(front: Front) -> None:
     front.run_dir.mkdir()
     (front.run_dir / journal.DEFER).write_text(
         f"{proc.pid} 1 {_boot_id()} - stoppost save prestart poststart\n")
-    assert not _deferred(front.run("stoppost"))
+    with _daemon(front, "ovsdb-server"):
+        assert not _deferred(front.run("stoppost"))
     assert front.vsctl()
 
 
@@ -164,7 +198,8 @@ def test_a_live_pid_of_another_process_is_not_a_transaction(front: Front, tmp_pa
         (front.state / journal.DEFER).write_text(f"{pid} - stoppost save prestart poststart\n")
         for stale in (f"{pid} {start + 1} {boot}", f"{pid} {start} {OTHER_BOOT}"):
             defer.write_text(f"{stale} - stoppost save prestart poststart\n")
-            stoppost = front.run("stoppost")
+            with _daemon(front, "ovsdb-server"):
+                stoppost = front.run("stoppost")
             assert not _deferred(stoppost), (stale, stoppost.stderr)
             assert [c for c in front.vsctl() if CLEAR in c], stale
             # save goes on to the Python hook (which finds no switch to save here).
