@@ -54,6 +54,7 @@ class UpgradeRun:
     converted_at_restart: bool = False
     flow_restore_wait: str = ""
     traffic: bool = False
+    refused_downgrade: str = ""  # a downgrade whose data 3.1's schema does not take
     rollback: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -178,17 +179,59 @@ def report(title: str, run: UpgradeRun) -> None:
               f"{run.restart_gap * 1000:.0f} ms (ratio {run.gap / run.restart_gap:.2f})")
     print(f"  flow-restore-wait after: {run.flow_restore_wait or 'absent'}; "
           f"traffic after: {'yes' if run.traffic else 'no'}")
+    if run.refused_downgrade:
+        print(f"  rollback with data 3.1 does not take: {run.refused_downgrade}")
     if run.rollback:
         print(f"  rollback 3.5 -> 3.1: {run.rollback}")
+
+
+# Four prefixes: 3.5's schema allows them, 3.1's three at most.
+PREFIXES = "prefixes=ip_dst,ip_src,ipv6_dst,ipv6_src"
+REFUSAL = "ovs-service: refusing to go on: the database does not convert"  # dpkg-hook
+
+
+def downgrade(version31: str) -> list[str]:
+    return [*APT, "--allow-downgrades", "install", f"openvswitch-switch={version31}",
+            f"openvswitch-common={version31}"]
+
+
+def refused_downgrade(lane: RootLane, tools: NsSwitch, version31: str) -> str:
+    """A downgrade whose data 3.1's schema does not take: the dpkg hook must
+    stop apt after the unpack, before the configure (whose ovs-ctl would
+    start on an empty database), with 3.5's daemons running on, every line
+    kept. Then the data is fixed, for the rollback to go on. Says what came."""
+    ns = lane.ns
+    running = _running_vswitchd(ns)
+    ns.run(["ovs-vsctl", "--", "--id=@ft", "create", "Flow_Table", PREFIXES, "--",
+            "set", "Bridge", "br0", "flow_tables:0=@ft"])
+    before = canon.all_states(tools)
+    proc = ns.run(downgrade(version31), env=APT_ENV, check=False, timeout=900)
+    out = proc.stdout + proc.stderr
+    refusal = next((ln for ln in out.splitlines() if REFUSAL in ln), "")
+    ns.settle()
+    problems = [what for what, bad in (
+        ("apt-get succeeded", proc.returncode == 0),
+        ("no refusal from the hook", not refusal),
+        ("ovs-vswitchd was restarted", _running_vswitchd(ns) != running),
+        ("state changed", canon.all_states(tools) != before)) if bad]
+    ns.run(["ovs-vsctl", "clear", "Bridge", "br0", "flow_tables"])
+    if problems:
+        return f"not refused: {', '.join(problems)}"
+    return f"refused, {running[1]} running on with every line: {refusal.strip()}"
+
+
+def _running_vswitchd(ns: debroot.RootSystemd) -> tuple[str, str]:
+    """The running ovs-vswitchd: its pid and the version it says (not its binary's on disk)."""
+    pid = ns.run(["systemctl", "show", "-p", "MainPID", "--value", "ovs-vswitchd"]).stdout
+    said = ns.run(["ovs-appctl", "-t", "ovs-vswitchd", "version"]).stdout
+    return pid.strip(), said.splitlines()[0].strip()
 
 
 def rollback(lane: RootLane, tools: NsSwitch, version31: str) -> str:
     """Downgrade to bookworm's package; say what the switch holds after."""
     ns = lane.ns
     before = canon.all_states(tools)
-    proc = ns.run([*APT, "--allow-downgrades", "install",
-                   f"openvswitch-switch={version31}", f"openvswitch-common={version31}"],
-                  env=APT_ENV, check=False, timeout=900)
+    proc = ns.run(downgrade(version31), env=APT_ENV, check=False, timeout=900)
     if proc.returncode != 0:
         return f"not run: apt-get refused the downgrade: {proc.stderr.strip().splitlines()[-1:]}"
     ns.settle()
@@ -220,6 +263,7 @@ def with_ovs_service(bookworm: Path, trixie: Path, *, try_rollback: bool = True)
         if not try_rollback:
             run.rollback = ""
         elif run.after == run.before:
+            run.refused_downgrade = refused_downgrade(lane, tools, version31)
             run.rollback = rollback(lane, tools, version31)
         else:
             run.rollback = "not tried: the upgrade itself lost state"

@@ -93,6 +93,17 @@ def test_the_database_is_converted_before_the_restart(with_ovs_service: UpgradeR
     assert not run.converted_at_restart, "ovs-ctl converted the database inside the restart"
 
 
+def test_a_rollback_whose_data_the_old_schema_does_not_take_stops_before_the_configure(
+        with_ovs_service: UpgradeRun) -> None:
+    """Four Flow_Table prefixes (3.5 allows them, 3.1 three): ovs-ctl's
+    conversion at the configure's restart would fail and start on an empty
+    database. The dpkg hook's trial conversion fails the unpack run, apt
+    stops, 3.5's daemons run on with every line."""
+    result = with_ovs_service.refused_downgrade
+    assert result.startswith("refused, "), result
+    assert "set must have 0 to 3 members but 4 are present" in result, result
+
+
 def test_rollback_restores_exactly_or_is_refused(with_ovs_service: UpgradeRun) -> None:
     result = with_ovs_service.rollback
     assert result.startswith(("restored exactly", "not restored")), result

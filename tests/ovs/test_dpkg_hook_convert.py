@@ -56,6 +56,13 @@ def _backups(ovs: OvsBed) -> list[Path]:
     return sorted(ovs.dir.glob("conf.db.backup*"))
 
 
+def _leftovers(ovs: OvsBed) -> list[Path]:
+    """What the hook's work may leave: its folder, a trial, a lock."""
+    return sorted(p for p in ovs.dir.iterdir()
+                  if p.name.startswith(".ovs-service-convert") or "trial" in p.name
+                  or (p.name.startswith(".conf.db.backup") and p.name.endswith("~lock~")))
+
+
 def test_the_running_database_takes_the_unpacked_schema(ovs: OvsBed, tmp_path: Path) -> None:
     ovs.add_bridge("br0")
     ovs.ofctl("add-flow", "br0", "priority=5,ip,actions=drop")
@@ -79,28 +86,47 @@ def test_the_running_database_takes_the_unpacked_schema(ovs: OvsBed, tmp_path: P
     version = subprocess.run(["ovsdb-tool", "db-version", str(backup)], capture_output=True,
                              text=True, check=True).stdout.strip()
     assert version == "8.3.1"
-    assert not list(ovs.dir.glob("*.tmp")) and not list(ovs.dir.glob("*.trial"))
+    assert _leftovers(ovs) == []
 
 
-def test_data_the_new_schema_does_not_take_is_left_alone_with_a_warning(
-        ovs: OvsBed, tmp_path: Path) -> None:
-    """Two prefixes where the unpacked schema allows one: the conversion would
-    fail (ovs-ctl then starts on an empty database; a 3.5 server converting
-    online crashed on the like): tried offline first, the live one untouched."""
+def test_data_the_new_schema_does_not_take_stops_dpkg(ovs: OvsBed, tmp_path: Path) -> None:
+    """Two prefixes where the unpacked schema allows one: ovs-ctl's conversion
+    at the restart would fail and start on an empty database (and a 3.5 server
+    converting online crashed on the like). Tried offline first: the hook
+    fails (dpkg fails, apt stops before the configure), the live database
+    untouched, the backup kept."""
     ovs.add_bridge("br0")
     ovs.vsctl("--no-wait", "--", "--id=@ft", "create", "Flow_Table",
               "prefixes=ip_dst,ip_src", "--", "set", "Bridge", "br0", "flow_tables:0=@ft")
     before = _state(ovs)
     pid = ovs.pid("ovsdb-server")
     proc = _convert(ovs, _schema(tmp_path / "pkgdata", "8.99.0", "one prefix at most"))
-    assert proc.returncode == 0, proc.stderr
-    assert "WARNING: the database does not convert to schema 8.99.0" in proc.stderr
-    assert "replace it with an empty one" in proc.stderr
-    assert "converted" not in proc.stderr.replace("does not convert", "")
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("ovs-service: refusing to go on: the database does not convert "
+                           "to schema 8.99.0 (ovsdb-tool: syntax "), line
+    assert "on an empty one" in line and "dpkg --configure -a" in line
     assert _server_version(ovs) == "8.3.1"
     assert ovs.pid("ovsdb-server") == pid and _state(ovs) == before
-    # The backup stays for the operator; no trial conversion is left beside it.
-    assert len(_backups(ovs)) == 1 and not list(ovs.dir.glob("*.trial"))
+    # The backup, named in the line, stays for the operator; nothing else is left.
+    [backup] = _backups(ovs)
+    assert f"(backup: {backup})" in line
+    assert _leftovers(ovs) == []
+
+
+def test_a_folder_others_may_write_is_left_alone(ovs: OvsBed, tmp_path: Path) -> None:
+    """Where another user may write beside the database, they could plant a
+    link where the backup goes: no backup, no conversion (ovs-ctl's, at the
+    restart, as without the hook)."""
+    ovs.dir.chmod(0o777)
+    try:
+        proc = _convert(ovs, _schema(tmp_path / "pkgdata", "8.99.0", "new column"))
+    finally:
+        ovs.dir.chmod(0o700)
+    assert proc.returncode == 0
+    assert "is not root's alone: the database is left for ovs-ctl" in proc.stderr
+    assert _server_version(ovs) == "8.3.1"
+    assert _backups(ovs) == [] and _leftovers(ovs) == []
 
 
 def test_nothing_happens_when_the_schema_is_the_one_served(ovs: OvsBed,
