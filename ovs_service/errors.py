@@ -47,6 +47,10 @@ class OvsUnreachable(OvsServiceError):
     exit_code = 3
 
 
+class OvsdbRefused(OvsServiceError):
+    template = "ovsdb-server refused {what}: {reason}"
+
+
 class BridgeNotFound(OvsServiceError):
     template = "bridge {bridge!r} does not exist"
 
@@ -162,10 +166,8 @@ class FirewallError(OvsServiceError):
     template = "firewall: {reason}"
 
 
-class PortNameUnsafe(OvsServiceError):
-    template = ("port {port!r} of datapath {datapath!r} cannot be re-created at its number: "
-                "ovs-dpctl add-if would read the {char!r} in its name as an option; "
-                "rename it, or restart instead of reloading the module")
+class DatapathNetlinkError(OvsServiceError):
+    template = "kernel datapath: {request}: {reason}"
 
 
 class SaveIncomplete(OvsServiceError):

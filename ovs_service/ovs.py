@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ovs_service import ovsdb
 from ovs_service.errors import BridgeNotFound, CommandFailed, OvsServiceError, OvsUnreachable
 from ovs_service.run import Completed, run
 
@@ -240,12 +241,15 @@ def _wait_flag() -> list[str]:
     return [] if daemon_running("ovs-vswitchd") else ["--no-wait"]
 
 
+def db_socket() -> Path:
+    """ovsdb-server's socket, where ovs-vsctl finds it by default."""
+    return rundir() / "db.sock"
+
+
 def set_flow_restore_wait(on: bool) -> None:
-    if on:
-        vsctl(*_wait_flag(), "set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
-    else:
-        vsctl(*_wait_flag(), "--if-exists", "remove", "Open_vSwitch", ".", "other_config",
-              "flow-restore-wait")
+    """Straight to ovsdb-server: a restart's outage waits for this write, and
+    ovs-vswitchd acts on the flag as soon as it reads it."""
+    ovsdb.set_other_config(db_socket(), "flow-restore-wait", "true" if on else None)
 
 
 def pin_ofports(wanted: dict[str, int]) -> list[str]:

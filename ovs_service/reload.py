@@ -3,9 +3,9 @@ of the openvswitch kernel module, with the kernel datapaths deleted and made
 again at their port numbers, and the internal interfaces put back.
 
 Checked before the journal is written (a refusal leaves nothing to
-recover): port names `ovs-dpctl add-if` can take, and that the module can
-be unloaded at all. From the stop on, a failure rolls forward as in
-`transaction`.
+recover): that the module can be unloaded at all. Datapaths are deleted
+and made again over netlink, in this process (`dpnetlink`). From the stop
+on, a failure rolls forward as in `transaction`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ovs_service import deadifs, operations, ovs, stages, store
+from ovs_service import deadifs, operations, stages, store
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.stages import datapaths
 from ovs_service.transaction import (
@@ -80,7 +80,6 @@ def force_reload_kmod(
     outcome = KmodOutcome(op=KMOD, steps=steps.steps)
     with store.lock(root, wait, on_wait):
         precheck(KMOD, interrupted(root) + dpkg_guarded())
-        datapaths.check_kernel_port_names()  # before the journal: nothing touched yet
         has_modules = kmod.module_support()
         if has_modules:
             # Before the journal: a refusal leaves nothing to recover.
@@ -113,7 +112,7 @@ def _reload_kmod(root: Path, sd: Systemd, run: Run, outcome: KmodOutcome,
         stop(run, sd)
         with run.step("delete-datapaths") as s:
             run.tx.set_datapaths_deleted()  # from here on, recover re-creates them
-            s.detail = ", ".join(_delete_kernel_datapaths()) or "none"
+            s.detail = ", ".join(datapaths.delete_kernel_datapaths()) or "none"
         with run.step("reload-module") as s:
             if has_modules:
                 s.detail = "reloaded " + ", ".join(kmod.reload_openvswitch())
@@ -134,9 +133,3 @@ def _reload_kmod(root: Path, sd: Systemd, run: Run, outcome: KmodOutcome,
     finish_restore(root, prepared[0].path, outcome.bridges)
     run.tx.finish()
 
-
-def _delete_kernel_datapaths() -> list[str]:
-    names = [line.strip() for line in ovs.dpctl("dump-dps").stdout.splitlines() if line.strip()]
-    for name in names:
-        ovs.dpctl("del-dp", name)
-    return names

@@ -11,26 +11,23 @@ their old numbers before ovs-vswitchd starts (it adopts existing ports);
 OpenFlow port numbers are pinned with `ofport_request` where they would
 move. Afterwards both numberings are compared with the snapshot.
 
-`ovs-dpctl add-if` brings every port it adds up. A port it creates (an
-internal one) then comes up with a random MAC, from which the kernel derives
-an IPv6 link-local address that stays after the interfaces stage puts the old
-MAC back; so each port goes back down unless it was up before, as
-ovs-vswitchd would have created it, and the interfaces stage sets its MAC
-before it brings it up.
+Ports are re-created over netlink, which leaves their link state alone:
+a port the module creates (an internal one) stays down until the
+interfaces stage has set its MAC and brings it up, so the kernel derives
+no IPv6 link-local address from a random MAC first.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from ovs_service import codec, ovs
-from ovs_service.errors import CommandFailed, OvsServiceError, PortNameUnsafe
+from ovs_service import codec, dpnetlink, ovs
+from ovs_service.errors import DatapathNetlinkError, OvsServiceError
 from ovs_service.stages.base import RestoreScope, SaveResult, SaveScope, Stage
 from ovs_service.store import Snapshot, SnapshotWriter
 
@@ -41,10 +38,6 @@ STAGE = "datapaths"
 SECRET_OPTIONS = frozenset({"psk", "peer_cert", "certificate", "private_key", "use_ssl_cert"})
 LOCAL_OFPORT = 65534
 RECREATED_TYPES = frozenset({"", "system", "internal"})
-IFF_UP = 0x1  # if.h
-# `ovs-dpctl add-if DP NAME,key=value,...` has no escaping: in a port name
-# (Linux allows both) these would add options, such as another type.
-ADD_IF_SEPARATORS = (",", "=")
 
 _DP_HEADER = re.compile(r"^(?P<type>[\w-]+)@(?P<name>[^:]+):\s*$")
 _DP_PORT = re.compile(r"^\s+port (?P<no>\d+): (?P<name>\S+)(?: \((?P<desc>.*)\))?\s*$")
@@ -173,48 +166,25 @@ def recreate_kernel_datapaths(snapshot: DatapathsSnapshot) -> Recreated:
     Only what is missing is made: a datapath or port that exists is left as
     it is, so that this can run again after an interrupted run. Problems are
     what could not be done; ovs-vswitchd creates the rest itself, possibly
-    at other numbers (the verification reports it).
+    at other numbers (the verification reports it). One netlink socket for
+    all of it (`dpnetlink`): nothing forwards meanwhile.
     """
     made = Recreated()
     if not snapshot.system_datapaths:
         return made
     try:
-        existing = kernel_datapaths()
-    except CommandFailed as e:
-        return Recreated(problems=[f"cannot list the kernel's datapaths: {e}"])
-    for dp in snapshot.system_datapaths:
-        present = existing.get(dp.name)
-        if present is None and not _add_datapath(dp, made):
-            continue
-        have = {port.name for port in present.ports} if present else set()
-        for port in dp.ports:
-            if port.name not in have and _recreated(port):
-                try:
-                    check_port_names([Datapath(dp.name, dp.type, [port])])
-                except PortNameUnsafe as e:
-                    made.problems.append(str(e))
+        with dpnetlink.Datapaths() as kernel:
+            existing = {name: kernel.ports(name) for name in kernel.names()}
+            for dp in snapshot.system_datapaths:
+                if dp.name not in existing and not _add_datapath(kernel, dp, made):
                     continue
-                _add_port(dp, port, made)
+                have = existing.get(dp.name, {})
+                for port in dp.ports:
+                    if port.name not in have and _recreated(port):
+                        _add_port(kernel, dp, port, made)
+    except (DatapathNetlinkError, OSError) as e:
+        made.problems.append(f"cannot re-create the kernel's datapaths: {e}")
     return made
-
-
-def check_port_names(dps: Sequence[Datapath]) -> None:
-    """Refuse a port that `ovs-dpctl add-if` could not re-create as it is."""
-    for dp in dps:
-        for port in dp.ports:
-            for char in ADD_IF_SEPARATORS:
-                if char in port.name and _recreated(port):
-                    raise PortNameUnsafe(port=port.name, datapath=dp.name, char=char)
-
-
-def check_kernel_port_names() -> None:
-    """Before a module reload touches anything: every kernel datapath port
-    can be re-created at its number (a kernel without datapaths has none)."""
-    try:
-        dps = list(kernel_datapaths().values())
-    except CommandFailed:
-        return
-    check_port_names(dps)
 
 
 def _recreated(port: DatapathPort) -> bool:
@@ -223,61 +193,34 @@ def _recreated(port: DatapathPort) -> bool:
     return port.number != 0 and port.type in RECREATED_TYPES
 
 
-def _add_datapath(dp: Datapath, made: Recreated) -> bool:
+def _add_datapath(kernel: dpnetlink.Datapaths, dp: Datapath, made: Recreated) -> bool:
     """Create the datapath; whether it exists now."""
     try:
-        ovs.dpctl("add-dp", f"system@{dp.name}")
-    except CommandFailed as e:
-        # ovs-dpctl names the errno's text (LC_ALL=C): "... failed (File exists)".
-        if f"({os.strerror(errno.EEXIST)})" not in e.fields["stderr"]:
-            made.problems.append(f"system@{dp.name}: {e}")
+        kernel.create(dp.name)
+    except DatapathNetlinkError as e:
+        if e.fields["errno"] != errno.EEXIST:
+            made.problems.append(str(e))
             return False
     return True
 
 
-def _add_port(dp: Datapath, port: DatapathPort, made: Recreated) -> None:
-    full = f"system@{dp.name}"
-    spec = ",".join([port.name, f"type={port.type or 'system'}", f"port_no={port.number}"])
-    was_up = _up_or_unknown(port.name)
+def _add_port(kernel: dpnetlink.Datapaths, dp: Datapath, port: DatapathPort,
+              made: Recreated) -> None:
     try:
-        ovs.dpctl("add-if", full, spec)
-    except CommandFailed as e:
-        made.problems.append(f"{full} port {port.number} ({port.name}): {e.fields['stderr']}")
+        kernel.add_port(dp.name, port.number, port.name, port.type)
+    except (DatapathNetlinkError, OSError) as e:
+        made.problems.append(f"system@{dp.name} port {port.number} ({port.name}): {e}")
         return
     made.ports.append(f"{dp.name}:{port.number}({port.name})")
-    if not was_up:
-        made.problems += _set_down(port.name)
 
 
-def _up_or_unknown(name: str) -> bool:
-    """Whether the link exists and is administratively up, or netlink cannot
-    tell (then add-if's doing is left alone rather than a live link taken down)."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        with IPRoute() as ipr:
-            indexes = ipr.link_lookup(ifname=name)
-            if not indexes:
-                return False
-            return bool(next(iter(ipr.get_links(indexes[0])))["flags"] & IFF_UP)
-    except (NetlinkError, OSError):
-        return True
-
-
-def _set_down(name: str) -> list[str]:
-    """Take the link down; what went wrong, if anything."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        with IPRoute() as ipr:
-            indexes = ipr.link_lookup(ifname=name)
-            if indexes:
-                ipr.link("set", index=indexes[0], flags=0, change=IFF_UP)
-    except (NetlinkError, OSError) as e:
-        return [f"{name}: could not set it down after ovs-dpctl add-if: {e}"]
-    return []
+def delete_kernel_datapaths() -> list[str]:
+    """Delete every kernel datapath (with its ports); their names."""
+    with dpnetlink.Datapaths() as kernel:
+        names = kernel.names()
+        for name in names:
+            kernel.delete(name)
+    return names
 
 
 def pin_ofports(snapshot: DatapathsSnapshot, bridges: Collection[str] | None = None) -> list[str]:

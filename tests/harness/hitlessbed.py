@@ -216,6 +216,11 @@ class ProbeResult:
     tcp_survived: bool
     tcp_longest_gap_ms: float
     tcp_detail: str
+    holes: list[str] = field(default_factory=list)
+    """Each established probe's silences over 100 ms: probe, UTC start, length."""
+    unreachable: int = 0
+    """ping's "Destination Host Unreachable" lines: ns1's neighbour entry failed
+    (its ARP probes went unanswered), not a datapath flow."""
 
     @property
     def established_lost(self) -> int:
@@ -232,6 +237,15 @@ def _ping(log: str) -> tuple[int, int, list[float]]:
     if not seqs:
         return 0, 0, []
     return (max(seqs) - min(seqs) + 1) - len(seqs), len(seqs), sorted(times)
+
+
+HOLE = 0.1  # seconds without a reply that count as a hole
+
+
+def _holes(name: str, times: list[float]) -> list[str]:
+    pairs = itertools.pairwise(sorted(times))
+    return [f"{name} {time.strftime('%H:%M:%S', time.gmtime(a))}.{int(a % 1 * 1000):03d}Z "
+            f"{1000 * (b - a):.0f} ms" for a, b in pairs if b - a > HOLE]
 
 
 def _longest_gap(times: list[float]) -> float:
@@ -265,6 +279,8 @@ def read_probes(guest: Guest, probes: Probes) -> ProbeResult:
         tcp_survived=survived,
         tcp_longest_gap_ms=round(1000 * _longest_gap([float(t) for t, _ in reads]), 1),
         tcp_detail=error or f"sent {sent} B, received {received} B",
+        holes=_holes("ping-local", local_t) + _holes("ping-tunnel", tunnel_t),
+        unreachable=sum(text(name).count("Unreachable") for name in ("ping-local", "ping-tunnel")),
     )
 
 

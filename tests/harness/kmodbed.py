@@ -46,12 +46,14 @@ systemctl start openvswitch.service
 
 TOPOLOGY = r"""
 # Both numberings get gaps (gap0 comes and goes), so that ports made afresh
-# in creation order would land elsewhere.
+# in creation order would land elsewhere. Every OpenFlow number is asked for:
+# ports added in one transaction are otherwise numbered in an order that
+# changes from one build to the next.
 ovs-vsctl add-br br0 \
   -- add-port br0 p0 -- set interface p0 type=internal ofport_request=10 \
-  -- add-port br0 gap0 -- set interface gap0 type=internal \
-  -- add-port br0 p1 -- set interface p1 type=internal \
-  -- add-port br0 p2 -- set interface p2 type=internal
+  -- add-port br0 gap0 -- set interface gap0 type=internal ofport_request=1 \
+  -- add-port br0 p1 -- set interface p1 type=internal ofport_request=2 \
+  -- add-port br0 p2 -- set interface p2 type=internal ofport_request=3
 for n in 1 2; do
     ip netns add ns$n
     ip link add v$n type veth peer name eth0 netns ns$n
@@ -61,8 +63,9 @@ for n in 1 2; do
     ip -n ns$n link set eth0 up
 done
 ip link add v3 type veth peer name v3peer      # a system port left down
-ovs-vsctl add-port br0 v1 -- add-port br0 v2 -- set interface v2 ofport_request=20 \
-  -- add-port br0 v3
+ovs-vsctl add-port br0 v1 -- set interface v1 ofport_request=4 \
+  -- add-port br0 v2 -- set interface v2 ofport_request=20 \
+  -- add-port br0 v3 -- set interface v3 ofport_request=5
 ovs-vsctl del-port br0 gap0
 
 ip link set p1 address 02:00:5e:00:53:01 mtu 1400

@@ -197,9 +197,13 @@ def without_dp_numbers(lines: tuple[str, ...]) -> list[str]:
 
 
 def test_each_run_starts_from_the_same_state(runs: list[Measured]) -> None:
+    start = without_dp_numbers(runs[0].before)
+    for i, r in enumerate(runs[1:], 1):
+        here = without_dp_numbers(r.before)
+        assert here == start, (f"run {i} ({r.method}) did not start from run 0's switch:\n"
+                               + "\n".join([f"- {x}" for x in start if x not in here]
+                                           + [f"+ {x}" for x in here if x not in start]))
     first = runs[0].before
-    assert all(without_dp_numbers(r.before) == without_dp_numbers(first) for r in runs), (
-        "the switch was not rebuilt identically")
     kinds = {line.split(":")[0] for line in first}
     assert {"flow", "group", "meter", "tlv", "ofport", "dp port"} <= kinds
     assert any("meter:1" in line for line in first if line.startswith("flow:"))
