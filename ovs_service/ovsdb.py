@@ -9,6 +9,7 @@ the database as it changes either way.
 
 from __future__ import annotations
 
+import codecs
 import json
 import socket
 import time
@@ -47,13 +48,15 @@ def transact(db_socket: Path, operations: list[dict[str, Any]], what: str,
 def _reply(sock: socket.socket, deadline: float) -> dict[str, Any]:
     """The answer to request 0 (the server's own requests, such as echo, are skipped)."""
     decoder, buffer = json.JSONDecoder(), ""
+    # A character may be split between two reads.
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         if time.monotonic() > deadline:
             raise TimeoutError("no answer in time")
         chunk = sock.recv(1 << 16)
         if not chunk:
             raise ConnectionResetError("connection closed")
-        buffer += chunk.decode()
+        buffer += text.decode(chunk)
         while buffer.strip():
             try:
                 message, end = decoder.raw_decode(buffer.lstrip())
