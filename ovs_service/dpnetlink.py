@@ -40,6 +40,8 @@ DP_F_UNALIGNED, DP_F_VPORT_PIDS = 1 << 0, 1 << 1
 VPORT_ATTR_PORT_NO, VPORT_ATTR_TYPE, VPORT_ATTR_NAME, VPORT_ATTR_UPCALL_PID = 1, 2, 3, 5
 VPORT_TYPES = {"": 1, "system": 1, "internal": 2}  # OVS_VPORT_TYPE_NETDEV, _INTERNAL
 
+TIMEOUT = 10.0  # seconds for any one answer of the kernel
+
 _NLMSG = struct.Struct("=IHHII")
 _GENL = struct.Struct("=BBH")
 _OVS_HEADER = struct.Struct("=i")
@@ -86,6 +88,7 @@ class Datapaths:
 
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        self._sock.settimeout(TIMEOUT)
         self._sock.bind((0, 0))
         self._seq = 0
         self._families: dict[str, int] = {}
@@ -146,7 +149,8 @@ class Datapaths:
             except DatapathNetlinkError as e:
                 raise DatapathNetlinkError(
                     request=e.fields["request"], errno=e.fields["errno"],
-                    reason=f"{e.fields['reason']} (is the openvswitch module loaded?)") from None
+                    reason=f"{e.fields['reason']} (the openvswitch module is not loaded, "
+                           "and the kernel could not load it)") from None
             found = attributes(reply[_GENL.size:])
             self._families[name] = struct.unpack("=H", found[CTRL_ATTR_FAMILY_ID][:2])[0]
         return self._families[name]
@@ -165,26 +169,27 @@ class Datapaths:
         self._seq += 1
         self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), kind, flags, self._seq, 0) + body)
         replies = []
-        for message in self._receive(self._seq):
-            if message.type == NLMSG_DONE:
-                break
-            if message.type == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", message.payload)[0]
+        for message in self._receive(self._seq, what):
+            if message.type in (NLMSG_DONE, NLMSG_ERROR):
+                # An error, or 0: the acknowledgement, or the end of a dump
+                # (whose own error the kernel puts there).
+                code = -struct.unpack_from("=i", message.payload)[0] if message.payload else 0
                 if code:
                     raise DatapathNetlinkError(request=what, reason=os.strerror(code),
                                                errno=code)
-                break  # the acknowledgement
+                break
             replies.append(message.payload)
         return replies
 
-    def _receive(self, seq: int) -> Iterator[Message]:
+    def _receive(self, seq: int, what: str) -> Iterator[Message]:
         while True:
             data = self._sock.recv(1 << 16)
             offset = 0
             while offset + _NLMSG.size <= len(data):
                 length, kind, _, got_seq, _ = _NLMSG.unpack_from(data, offset)
                 if length < _NLMSG.size:
-                    return
+                    raise DatapathNetlinkError(request=what, reason="a malformed netlink answer",
+                                               errno=0)
                 if got_seq == seq:
                     yield Message(kind, data[offset + _NLMSG.size:offset + length])
                 offset += (length + 3) & ~3

@@ -37,12 +37,21 @@ def transact(db_socket: Path, operations: list[dict[str, Any]], what: str,
         raise OvsUnreachable(what="ovsdb-server", reason=f"{db_socket}: {e.strerror or e}"
                              ) from None
     if reply.get("error") is not None:
-        raise OvsdbRefused(what=what, reason=json.dumps(reply["error"]))
-    results: list[dict[str, Any]] = reply.get("result") or []
+        raise OvsdbRefused(what=what, reason=_line(json.dumps(reply["error"])))
+    results = reply.get("result")
+    if not isinstance(results, list) or len(results) < len(operations) or not all(
+            isinstance(result, dict) for result in results):
+        raise OvsdbRefused(what=what, reason=_line(f"an answer not understood: {reply}"))
     for result in results:
-        if isinstance(result, dict) and "error" in result:
-            raise OvsdbRefused(what=what, reason=f"{result['error']}: {result.get('details', '')}")
+        if "error" in result:
+            raise OvsdbRefused(what=what,
+                               reason=_line(f"{result['error']}: {result.get('details', '')}"))
     return results
+
+
+def _line(text: str) -> str:
+    """The server's words on one line."""
+    return " ".join(str(text).split())
 
 
 def _reply(sock: socket.socket, deadline: float) -> dict[str, Any]:
@@ -53,6 +62,7 @@ def _reply(sock: socket.socket, deadline: float) -> dict[str, Any]:
     while True:
         if time.monotonic() > deadline:
             raise TimeoutError("no answer in time")
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
         chunk = sock.recv(1 << 16)
         if not chunk:
             raise ConnectionResetError("connection closed")

@@ -170,7 +170,8 @@ class Systemd:
         return bytes(unit.Unit.InvocationID).hex()
 
     def wait_stopping(self, job: Job, timeout: float = 300.0) -> None:
-        """Wait until a stop job is past ExecStop=: the daemon agreed to exit."""
+        """Wait until a stop job is past ExecStop=: the daemon agreed to exit
+        (`ovs-appctl exit`), or systemd has sent it SIGTERM."""
         self.wait_sub_state(job, STOPPING, timeout)
 
     def unit(self, name: str) -> UnitState:

@@ -152,7 +152,8 @@ def stop(run: Run, sd: Systemd) -> None:
     openvswitch-switch Requires= ovs-vswitchd and ovsdb-server is PartOf= it,
     so a plain stop takes the database down too, and the rest of the
     transaction with it. The database restarts once ovs-vswitchd has agreed
-    to exit, not before (the stock ovs-ctl's order): a running ovs-vswitchd
+    to exit or been sent SIGTERM (past the unit's ExecStop=), not before (the
+    stock ovs-ctl's order): a running ovs-vswitchd
     whose database goes away stalls while it reconnects, which on the netdev
     datapath stops forwarding for about a second. Nor once it is gone: its
     exit and the unit's ExecStopPost= overlap the database's restart

@@ -204,10 +204,10 @@ def openflow(state: dict[str, str]) -> list[str]:
 def links(text: str, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """`ip -json link`, without the ifindex (a module reload makes new devices).
 
-    A link that is down shows no qdisc either: `ovs-dpctl add-if` brings every
-    port it adds up for a moment (the datapaths stage takes those that were
-    down down again), and a link that has been up once shows the qdisc it got
-    then (noqueue) instead of noop; neither does anything while it is down.
+    A link that is down shows no qdisc either: a link that has been up once
+    shows the qdisc it got then (noqueue) instead of noop (ports used to be
+    re-created with `ovs-dpctl add-if`, which brought each one up for a
+    moment); neither does anything while it is down.
     """
     out = {}
     for link in json.loads(text):

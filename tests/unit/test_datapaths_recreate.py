@@ -67,9 +67,9 @@ class FakeKernel:
 
     def add_port(self, datapath: str, number: int, name: str, kind: str) -> None:
         self.calls.append(("add_port", datapath, str(number), name, kind))
-        if number in self.dps[datapath]:
-            raise DatapathNetlinkError(request=f"add port {number}", reason="File exists",
-                                       errno=errno.EEXIST)
+        if number in self.dps[datapath]:  # the kernel's answer for a number in use
+            raise DatapathNetlinkError(request=f"add port {number}",
+                                       reason="Device or resource busy", errno=errno.EBUSY)
         self.dps[datapath][number] = (name, kind)
 
 
@@ -122,7 +122,7 @@ def test_a_port_that_cannot_be_made_is_a_problem_and_the_others_are_made(
     made = datapaths.recreate_kernel_datapaths(SAVED)
     assert made.ports == ["ovs-system:1(p0)", "ovs-system:6(v2)"]
     (problem,) = made.problems
-    assert "port 3 (br0)" in problem and "File exists" in problem and "\n" not in problem
+    assert "port 3 (br0)" in problem and "busy" in problem and "\n" not in problem
 
 
 # Legal Linux interface names that `ovs-dpctl add-if` would have read as

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ovs_service import journal, store
-from tests.harness.ovsbed import OvsBed
+from tests.harness.ovsbed import OvsBed, pid_alive
 
 FRONT = Path(__file__).resolve().parents[2] / "bin" / "ovs-service-hook"
 SET = "set Open_vSwitch . other_config:flow-restore-wait=true"
@@ -295,3 +295,51 @@ def test_save_runs_when_a_failed_transaction_left_its_files(
     pending = store.pending_snapshot(state)
     assert pending is not None, proc.stderr
     assert json.loads((pending / "manifest.json").read_text())["bridges"] == ["br0"]
+
+
+def _fake_appctl(front: Front, dpif_show: str) -> Path:
+    """ovs-appctl replaced: it answers dpif/show with `dpif_show`, records every call."""
+    calls = front.run_dir.parent / "appctl.calls"
+    tool = Path(front.path.split(":")[0]) / "ovs-appctl"
+    tool.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n"
+                    f"case \"$*\" in *dpif/show*) printf '%s' '{dpif_show}' ;; esac\n")
+    tool.chmod(0o755)
+    return calls
+
+
+def _exits(calls: Path) -> list[str]:
+    return [line for line in calls.read_text().splitlines() if line.endswith("exit")]
+
+
+def test_stop_leaves_a_kernel_datapath_switch_to_sigterm(front: Front) -> None:
+    """`exit` would tear the bridges down while revalidators run; SIGTERM follows instead."""
+    calls = _fake_appctl(front, "system@ovs-system: hit:5 missed:1\n  br0:\n")
+    proc = front.run("stop")
+    assert proc.returncode == 0 and _exits(calls) == []
+    assert any("dpif/show" in line for line in calls.read_text().splitlines())
+
+
+@pytest.mark.parametrize("shown", ["netdev@ovs-netdev: hit:0 missed:0\n",
+                                   "system@ovs-system: hit:5 missed:1\n  br0:\n"
+                                   "netdev@ovs-netdev: hit:0 missed:0\n"])
+def test_stop_has_a_userspace_datapath_exit(front: Front, shown: str) -> None:
+    """Its devices (taps, DPDK ports) go only with exit's teardown."""
+    calls = _fake_appctl(front, shown)
+    assert front.run("stop").returncode == 0
+    assert _exits(calls) == ["-T 10 -t ovs-vswitchd exit"]
+
+
+def test_stop_makes_a_real_userspace_switch_exit(front: Front, ovs: OvsBed) -> None:
+    """The private switch (netdev datapath): the real ovs-appctl, the daemon gone."""
+    ovs.add_bridge("brstop")
+    pid = ovs.pid("ovs-vswitchd")
+    assert pid
+    env = {**os.environ, "OVS_SERVICE_STATE_DIR": str(front.state),
+           "OVS_SERVICE_RUN_DIR": str(front.run_dir), **ovs.env}
+    proc = subprocess.run(["/bin/sh", str(front.front), "stop"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid), "ovs-vswitchd did not exit"

@@ -122,11 +122,11 @@ def _values(path: Path, key: str) -> list[str]:
 )
 def test_vswitchd_saves_before_it_stops(path: Path) -> None:
     stops = [v for v in _values(path, "ExecStop") if v]
-    # Our own unit has systemd stop the daemon with SIGTERM after the save (no
-    # ovs-ctl shell in the outage, and no `ovs-appctl exit`, whose teardown of
-    # the bridges may delete established datapath flows); Debian's keeps ovs-ctl.
+    # Our own unit stops the daemon through the hook after the save (no ovs-ctl
+    # shell in the outage; `ovs-appctl exit` only for a userspace datapath,
+    # else systemd's SIGTERM); Debian's keeps ovs-ctl.
     if path.suffix == ".service":
-        assert stops == ["-+ovs-service-hook save"]
+        assert stops == ["-+ovs-service-hook save", "-+ovs-service-hook stop"]
         assert _values(path, "KillSignal") in ([], ["SIGTERM"])
     else:
         assert stops == ["-+ovs-service-hook save",
