@@ -290,6 +290,7 @@ def test_restart_vswitchd_saves_before_the_daemon_stops(switch: Switch) -> None:
         assert new_db.pid != db.pid
     assert switch.hooks() == [
         Hook("save", vswitchd=old.pid, ovsdb=db.pid, db=True),
+        Hook("stop", vswitchd=old.pid, ovsdb=db.pid, db=True),
         Hook("stoppost", vswitchd=None, ovsdb=db.pid, db=True),
         Hook("prestart", vswitchd=None, ovsdb=new_db.pid, db=True),
         Hook("poststart", vswitchd=new.pid, ovsdb=new_db.pid, db=True),
@@ -320,6 +321,7 @@ def test_restart_ovsdb_server(switch: Switch) -> None:
         assert new.pid != vswitchd.pid
         assert switch.hooks() == [
             Hook("save", vswitchd=vswitchd.pid, ovsdb=old_db.pid, db=True),
+            Hook("stop", vswitchd=vswitchd.pid, ovsdb=old_db.pid, db=True),
             Hook("stoppost", vswitchd=None, ovsdb=old_db.pid, db=True),
             Hook("prestart", vswitchd=None, ovsdb=db.pid, db=True),
             Hook("poststart", vswitchd=new.pid, ovsdb=db.pid, db=True),
@@ -340,6 +342,7 @@ def test_restart_openvswitch_restarts_both_in_order(switch: Switch) -> None:
     # sees the database; it starts last, so prestart sees the new database.
     assert switch.hooks() == [
         Hook("save", vswitchd=old.pid, ovsdb=old_db.pid, db=True),
+        Hook("stop", vswitchd=old.pid, ovsdb=old_db.pid, db=True),
         Hook("stoppost", vswitchd=None, ovsdb=old_db.pid, db=True),
         Hook("prestart", vswitchd=None, ovsdb=db.pid, db=True),
         Hook("poststart", vswitchd=new.pid, ovsdb=db.pid, db=True),
@@ -355,6 +358,7 @@ def test_stop_and_start_openvswitch(switch: Switch) -> None:
     assert switch.active("ovsdb-server") == "inactive"
     assert switch.hooks() == [
         Hook("save", vswitchd=old.pid, ovsdb=db.pid, db=True),
+        Hook("stop", vswitchd=old.pid, ovsdb=db.pid, db=True),
         Hook("stoppost", vswitchd=None, ovsdb=db.pid, db=True),
     ]
     switch.systemctl("start", "openvswitch.service")
@@ -377,7 +381,8 @@ def test_restart_openvswitch_switch(switch: Switch) -> None:
         assert switch.daemon("ovs-vswitchd") == old
         assert switch.hooks() == []
     else:
-        assert [h.hook for h in switch.hooks()] == ["save", "stoppost", "prestart", "poststart"]
+        assert [h.hook for h in switch.hooks()] == [
+            "save", "stop", "stoppost", "prestart", "poststart"]
         assert switch.daemon("ovs-vswitchd").pid != old.pid
 
 
