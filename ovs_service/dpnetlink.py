@@ -92,6 +92,7 @@ class Datapaths:
         self._sock.bind((0, 0))
         self._seq = 0
         self._families: dict[str, int] = {}
+        self._ifindexes: dict[str, int] = {}
 
     def __enter__(self) -> Datapaths:
         return self
@@ -105,13 +106,13 @@ class Datapaths:
     def names(self) -> list[str]:
         """The kernel's datapaths (`ovs-dpctl dump-dps`, without `system@`)."""
         replies = self._request("list datapaths", DATAPATH_FAMILY, CMD_GET, 0, b"", dump=True)
-        return [_text(attributes(body)[DP_ATTR_NAME]) for body in replies
-                if DP_ATTR_NAME in attributes(body)]
+        found = (attributes(body) for body in replies)
+        return [_text(attrs[DP_ATTR_NAME]) for attrs in found if DP_ATTR_NAME in attrs]
 
     def ports(self, datapath: str) -> dict[str, int]:
         """A datapath's ports: name → number (`ovs-dpctl show`'s port lines)."""
         replies = self._request(f"list the ports of {datapath}", VPORT_FAMILY, CMD_GET,
-                                socket.if_nametoindex(datapath), b"", dump=True)
+                                self._ifindex(datapath), b"", dump=True)
         found = {}
         for body in replies:
             attrs = attributes(body)
@@ -123,6 +124,7 @@ class Datapaths:
     def delete(self, name: str) -> None:
         self._request(f"delete datapath {name}", DATAPATH_FAMILY, CMD_DEL, 0,
                       _string(DP_ATTR_NAME, name))
+        self._ifindexes.pop(name, None)  # a new one gets a new local port
 
     def create(self, name: str) -> None:
         """A datapath and its local port 0 (`EEXIST` if there is one)."""
@@ -133,12 +135,18 @@ class Datapaths:
     def add_port(self, datapath: str, number: int, name: str, kind: str) -> None:
         """Port `name` at `number`: a device that exists (`system`), or one the
         module makes (`internal`). Upcalls go nowhere until ovs-vswitchd opens it."""
-        ifindex = socket.if_nametoindex(datapath)
-        self._request(f"add port {number} ({name}) to {datapath}", VPORT_FAMILY, CMD_NEW, ifindex,
+        self._request(f"add port {number} ({name}) to {datapath}", VPORT_FAMILY, CMD_NEW,
+                      self._ifindex(datapath),
                       _u32(VPORT_ATTR_PORT_NO, number) + _u32(VPORT_ATTR_TYPE, VPORT_TYPES[kind])
                       + _string(VPORT_ATTR_NAME, name) + _u32(VPORT_ATTR_UPCALL_PID, 0))
 
     # -- the protocol ------------------------------------------------------------
+
+    def _ifindex(self, datapath: str) -> int:
+        """The datapath's local port's interface index (looked up once per datapath)."""
+        if datapath not in self._ifindexes:
+            self._ifindexes[datapath] = socket.if_nametoindex(datapath)
+        return self._ifindexes[datapath]
 
     def _family(self, name: str) -> int:
         if name not in self._families:

@@ -52,6 +52,7 @@ def client(reads: list[bytes], monkeypatch: pytest.MonkeyPatch) -> Datapaths:
     kernel._sock = Canned(reads)  # type: ignore[assignment]
     kernel._seq = 0
     kernel._families = {dpnetlink.VPORT_FAMILY: VPORT_FAMILY_ID}
+    kernel._ifindexes = {}
     return kernel
 
 
