@@ -248,8 +248,10 @@ def db_socket() -> Path:
 
 def set_flow_restore_wait(on: bool) -> None:
     """Straight to ovsdb-server: a restart's outage waits for this write, and
-    ovs-vswitchd acts on the flag as soon as it reads it."""
-    ovsdb.set_other_config(db_socket(), "flow-restore-wait", "true" if on else None)
+    ovs-vswitchd acts on the flag as soon as it reads it. While it runs, the
+    write returns once it has applied the flag (as ovs-vsctl without --no-wait)."""
+    ovsdb.set_other_config(db_socket(), "flow-restore-wait", "true" if on else None,
+                           applied=daemon_running("ovs-vswitchd"))
 
 
 def pin_ofports(wanted: dict[str, int]) -> list[str]:

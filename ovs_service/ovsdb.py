@@ -1,10 +1,12 @@
-"""One OVSDB transaction over ovsdb-server's unix socket (RFC 7047 JSON-RPC).
+"""OVSDB transactions over ovsdb-server's unix socket (RFC 7047 JSON-RPC).
 
 For the writes that happen while a switch is not forwarding (setting and
 clearing flow-restore-wait): in this process they cost a round trip to
-ovsdb-server, where `ovs-vsctl` costs the start of a process and, while
-ovs-vswitchd runs, a wait for it to apply the change. ovs-vswitchd reads
-the database as it changes either way.
+ovsdb-server, where `ovs-vsctl` costs the start of a process. Like
+`ovs-vsctl` without `--no-wait`, a write can also wait until ovs-vswitchd
+has applied it: the transaction bumps `next_cfg`, and the answer is awaited
+until ovs-vswitchd reports the same `cur_cfg` (through a monitor, no
+polling).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import codecs
 import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +26,100 @@ DATABASE = "Open_vSwitch"
 TIMEOUT = 10.0  # seconds, as ovs-vsctl --timeout=10
 
 
-def transact(db_socket: Path, operations: list[dict[str, Any]], what: str,
-             timeout: float = TIMEOUT) -> list[dict[str, Any]]:
-    """Run `operations` as one transaction; their results. `what` names it in errors."""
-    request = {"method": "transact", "params": [DATABASE, *operations], "id": 0}
+class _Session:
+    """One connection: requests answered in order, the server's updates kept,
+    its echo probes answered, the whole exchange within one deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock, self._deadline = sock, deadline
+        self._decoder, self._buffer = json.JSONDecoder(), ""
+        # A character may be split between two reads.
+        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._next_id = 0
+        self.updates: list[Any] = []
+
+    def call(self, method: str, params: list[Any]) -> dict[str, Any]:
+        """The answer to one request (its `error` member unchecked)."""
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        self._send({"method": method, "params": params, "id": request_id})
+        while True:
+            message = self._message()
+            if message.get("id") == request_id and "method" not in message:
+                return message
+
+    def wait_update(self) -> Any:
+        """The next `update` notification's table updates."""
+        while not self.updates:
+            self._message()
+        return self.updates.pop(0)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._sock.sendall(json.dumps(message).encode())
+
+    def _message(self) -> dict[str, Any]:
+        """The next message; notifications are kept, echo probes answered."""
+        while True:
+            message = self._decoded()
+            if message is None:
+                self._read()
+                continue
+            if not isinstance(message, dict):
+                continue
+            if message.get("method") == "echo":
+                self._send({"result": message.get("params"), "error": None,
+                            "id": message.get("id")})
+            elif message.get("method") == "update":
+                params = message.get("params")
+                self.updates.append(params[1] if isinstance(params, list) and len(params) > 1
+                                    else None)
+            return message
+
+    def _decoded(self) -> Any:
+        """One whole message from the buffer, or None."""
+        text = self._buffer.lstrip()
+        if not text:
+            return None
+        try:
+            message, end = self._decoder.raw_decode(text)
+        except json.JSONDecodeError:
+            return None  # incomplete
+        self._buffer = text[end:]
+        return message
+
+    def _read(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no answer in time")
+        self._sock.settimeout(remaining)
+        chunk = self._sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionResetError("connection closed")
+        self._buffer += self._text.decode(chunk)
+
+
+@contextmanager
+def _session(db_socket: Path, timeout: float) -> Iterator[_Session]:
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(db_socket))
-            sock.sendall(json.dumps(request).encode())
-            reply = _reply(sock, deadline)
+            yield _Session(sock, deadline)
     except OSError as e:
-        raise OvsUnreachable(what="ovsdb-server", reason=f"{db_socket}: {e.strerror or e}"
-                             ) from None
+        reason = e.strerror or str(e) or type(e).__name__
+        raise OvsUnreachable(what="ovsdb-server", reason=f"{db_socket}: {reason}") from None
+
+
+def transact(db_socket: Path, operations: list[dict[str, Any]], what: str,
+             timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+    """Run `operations` as one transaction; their results. `what` names it in errors."""
+    with _session(db_socket, timeout) as session:
+        return _transact(session, operations, what)
+
+
+def _transact(session: _Session, operations: list[dict[str, Any]],
+              what: str) -> list[dict[str, Any]]:
+    reply = session.call("transact", [DATABASE, *operations])
     if reply.get("error") is not None:
         raise OvsdbRefused(what=what, reason=_line(json.dumps(reply["error"])))
     results = reply.get("result")
@@ -54,36 +138,59 @@ def _line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _reply(sock: socket.socket, deadline: float) -> dict[str, Any]:
-    """The answer to request 0 (the server's own requests, such as echo, are skipped)."""
-    decoder, buffer = json.JSONDecoder(), ""
-    # A character may be split between two reads.
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while True:
-        if time.monotonic() > deadline:
-            raise TimeoutError("no answer in time")
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            raise ConnectionResetError("connection closed")
-        buffer += text.decode(chunk)
-        while buffer.strip():
-            try:
-                message, end = decoder.raw_decode(buffer.lstrip())
-            except json.JSONDecodeError:
-                break  # incomplete
-            buffer = buffer.lstrip()[end:]
-            if isinstance(message, dict) and message.get("id") == 0 and "method" not in message:
-                return message
+def set_other_config(db_socket: Path, key: str, value: str | None, *,
+                     applied: bool = False, timeout: float = TIMEOUT) -> None:
+    """Set (or with None remove) one key of the Open_vSwitch row's other_config.
 
-
-def set_other_config(db_socket: Path, key: str, value: str | None) -> None:
-    """Set (or with None remove) one key of the Open_vSwitch row's other_config."""
+    applied: return only once ovs-vswitchd has applied the change (it must be
+    running: without it the wait ends in an error at the timeout).
+    """
     mutations: list[list[Any]] = [["other_config", "delete", ["set", [key]]]]
     if value is not None:
         mutations.append(["other_config", "insert", ["map", [[key, value]]]])
     what = f"other_config:{key}" + ("" if value is None else f"={value}")
-    [result] = transact(db_socket, [{"op": "mutate", "table": DATABASE, "where": [],
-                                     "mutations": mutations}], what)
-    if result.get("count") != 1:
-        raise OvsdbRefused(what=what, reason=f"{result.get('count')} {DATABASE} rows, not 1")
+    operations: list[dict[str, Any]] = [
+        {"op": "mutate", "table": DATABASE, "where": [], "mutations": mutations}]
+    if applied:
+        operations += [
+            {"op": "mutate", "table": DATABASE, "where": [],
+             "mutations": [["next_cfg", "+=", 1]]},
+            {"op": "select", "table": DATABASE, "where": [], "columns": ["next_cfg"]},
+        ]
+    with _session(db_socket, timeout) as session:
+        results = _transact(session, operations, what)
+        if (count := results[0].get("count")) != 1:
+            raise OvsdbRefused(what=what, reason=f"{count} {DATABASE} rows, not 1")
+        if applied:
+            _wait_applied(session, _next_cfg(results[2], what), what)
+
+
+def _next_cfg(result: dict[str, Any], what: str) -> int:
+    rows = result.get("rows")
+    if not isinstance(rows, list) or len(rows) != 1 or not isinstance(
+            rows[0].get("next_cfg"), int):
+        raise OvsdbRefused(what=what, reason=_line(f"next_cfg not understood: {result}"))
+    return int(rows[0]["next_cfg"])
+
+
+def _wait_applied(session: _Session, next_cfg: int, what: str) -> None:
+    """Until ovs-vswitchd's cur_cfg reaches `next_cfg`."""
+    reply = session.call("monitor", [DATABASE, None, {DATABASE: {"columns": ["cur_cfg"]}}])
+    if reply.get("error") is not None:
+        raise OvsdbRefused(what=what, reason=_line(json.dumps(reply["error"])))
+    updates = reply.get("result")
+    try:
+        while _cur_cfg(updates) < next_cfg:
+            updates = session.wait_update()
+    except TimeoutError:
+        raise OvsdbRefused(what=what, reason=(
+            f"ovs-vswitchd has not applied it (next_cfg {next_cfg}) in time: "
+            "is it running?")) from None
+
+
+def _cur_cfg(updates: Any) -> int:
+    """The highest cur_cfg in a monitor's table updates (-1 when none is there)."""
+    rows = updates.get(DATABASE, {}) if isinstance(updates, dict) else {}
+    values = [row.get("new", {}).get("cur_cfg") for row in rows.values()
+              if isinstance(row, dict) and isinstance(row.get("new"), dict)]
+    return max((value for value in values if isinstance(value, int)), default=-1)

@@ -47,3 +47,15 @@ def test_a_refused_operation_is_one_line(ovs: OvsBed) -> None:
                                          "mutations": [["no_such_column", "delete", 1]]}],
                        "a bad mutation")
     assert "a bad mutation" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_applied_returns_once_ovs_vswitchd_has_caught_up(ovs: OvsBed) -> None:
+    """As ovs-vsctl without --no-wait: next_cfg is bumped in the same
+    transaction, and cur_cfg equals it (read with ovs-vsctl) on return."""
+    before = int(ovs.vsctl("get", "Open_vSwitch", ".", "next_cfg"))
+    ovsdb.set_other_config(db_socket(ovs), KEY, "true", applied=True)
+    assert other_config(ovs, KEY) == '"true"'
+    ovsdb.set_other_config(db_socket(ovs), KEY, None, applied=True)
+    assert other_config(ovs, KEY) == ""
+    assert int(ovs.vsctl("get", "Open_vSwitch", ".", "next_cfg")) == before + 2
+    assert int(ovs.vsctl("get", "Open_vSwitch", ".", "cur_cfg")) == before + 2

@@ -1,7 +1,9 @@
-"""Reading ovsdb-server's answer: split anywhere, after requests of its own."""
+"""Reading ovsdb-server's answer: split anywhere, after requests of its own;
+waiting for ovs-vswitchd to apply a change."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -23,8 +25,10 @@ def test_an_answer_split_inside_a_character_and_after_an_echo_is_read_whole() ->
         # The rest only once the first part has been read.
         rest = threading.Timer(0.3, server.sendall, args=(answer[cut:],))
         rest.start()
-        reply = ovsdb._reply(client, time.monotonic() + 5)
+        reply = ovsdb._Session(client, time.monotonic() + 5).call("transact", [])
         rest.join()
+        # The server's echo was answered.
+        assert b'"id": "echo"' in server.recv(1 << 16)
     assert reply["result"] == [{"count": 1, "details": "caf\u00e9"}]
 
 
@@ -57,3 +61,33 @@ def test_an_answer_that_is_no_success_is_refused_in_one_line(tmp_path: Path, ans
         ovsdb.set_other_config(tmp_path / "db.sock", "flow-restore-wait", None)
     thread.join()
     assert "flow-restore-wait" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_wait_for_cur_cfg_reads_the_monitor_and_its_updates() -> None:
+    """cur_cfg 4 in the monitor's first answer, then 5 (an unrelated row's
+    update in between): the wait for next_cfg 5 ends at the second update."""
+    row = "11111111-2222-3333-4444-555555555555"
+    messages = [
+        {"id": 0, "result": {"Open_vSwitch": {row: {"new": {"cur_cfg": 4}}}}, "error": None},
+        {"method": "update", "params": [None, {"Open_vSwitch": {row: {"old": {}}}}], "id": None},
+        {"method": "update", "params": [None, {"Open_vSwitch": {
+            row: {"old": {"cur_cfg": 4}, "new": {"cur_cfg": 5}}}}], "id": None},
+    ]
+    server, client = socket.socketpair()
+    with server, client:
+        server.sendall(b"".join(json.dumps(m).encode() for m in messages))
+        session = ovsdb._Session(client, time.monotonic() + 5)
+        ovsdb._wait_applied(session, 5, "a test")
+        assert session.updates == []
+
+
+def test_a_change_never_applied_is_a_one_line_refusal_at_the_timeout() -> None:
+    row = "11111111-2222-3333-4444-555555555555"
+    first = {"id": 0, "result": {"Open_vSwitch": {row: {"new": {"cur_cfg": 4}}}}, "error": None}
+    server, client = socket.socketpair()
+    with server, client:
+        server.sendall(json.dumps(first).encode())
+        session = ovsdb._Session(client, time.monotonic() + 0.3)
+        with pytest.raises(OvsdbRefused) as e:
+            ovsdb._wait_applied(session, 5, "other_config:flow-restore-wait")
+    assert "has not applied" in str(e.value) and "\n" not in str(e.value)
