@@ -545,6 +545,51 @@ def test_restart_openvswitch_before_it_ever_started(installed_switch: InstalledS
     assert switch.state() == switch.before, journal
 
 
+@pytest.mark.systemd
+@pytest.mark.ovs
+def test_reloads_through_systemd_keep_the_state(installed_switch: InstalledSwitch) -> None:
+    """Every reload systemd offers, with the package installed, read with ovs-ofctl.
+
+    A meter makes the difference: ovs-save (what Debian's ExecReload=,
+    `ovs-ctl restart`, keeps) saves none. `systemctl reload ovs-vswitchd` is
+    refused and touches nothing; a reload of ovsdb-server leaves
+    ovs-vswitchd running; `systemctl reload openvswitch-switch` (Debian's
+    ovs-systemd-reload: ovs-save, then stop and start through systemctl)
+    restarts it with everything kept.
+    """
+    switch, ns = installed_switch, installed_switch.ns
+    of13 = ["ovs-ofctl", "-O", "OpenFlow13"]
+    ns.run([*of13, "add-meter", "br0", "meter=5,pktps,bands=type=drop,rate=100"])
+    ns.run([*of13, "add-flow", "br0", "table=3,priority=60,udp,actions=meter:5,output:LOCAL"])
+
+    def state() -> list[str]:
+        meters = ns.run([*of13, "dump-meters", "br0"]).stdout.splitlines()
+        return switch.state() + sorted(m.strip() for m in meters if " reply (" not in m)
+
+    before = state()
+    assert any("meter=5" in line for line in before), before
+    vswitchd = ns.main_pid("ovs-vswitchd.service")
+
+    refused = ns.systemctl("reload", "ovs-vswitchd.service", check=False)
+    ns.settle()
+    assert refused.returncode != 0 and "not applicable" in refused.stderr, refused.stderr
+    assert ns.main_pid("ovs-vswitchd.service") == vswitchd
+    assert state() == before
+
+    ns.systemctl("reload", "ovsdb-server.service")
+    ns.settle()
+    assert ns.main_pid("ovs-vswitchd.service") == vswitchd, ns.journal("ovs-vswitchd.service")
+    assert state() == before
+
+    ns.systemctl("reload", "openvswitch-switch.service")
+    ns.settle()
+    journal = ns.journal("ovs-vswitchd.service")
+    assert ns.main_pid("ovs-vswitchd.service") not in (0, vswitchd), journal
+    assert state() == before, journal
+    other_config = ns.run(["ovs-vsctl", "get", "Open_vSwitch", ".", "other_config"]).stdout
+    assert 'flow-restore-wait="true"' not in other_config
+
+
 # What ovs-ctl prints when it starts or stops ovs-vswitchd (in the unit's journal).
 OVS_CTL_START = re.compile(r"ovs-ctl\[\d+\]: Starting ovs-vswitchd")
 OVS_CTL_STOP = re.compile(r"ovs-ctl\[\d+\]: Exiting ovs-vswitchd")
