@@ -38,7 +38,12 @@ DP_ATTR_NAME, DP_ATTR_UPCALL_PID, DP_ATTR_USER_FEATURES = 1, 2, 5
 # What `ovs-dpctl add-dp` asks for; ovs-vswitchd sets its own when it opens the datapath.
 DP_F_UNALIGNED, DP_F_VPORT_PIDS = 1 << 0, 1 << 1
 VPORT_ATTR_PORT_NO, VPORT_ATTR_TYPE, VPORT_ATTR_NAME, VPORT_ATTR_UPCALL_PID = 1, 2, 3, 5
-VPORT_TYPES = {"": 1, "system": 1, "internal": 2}  # OVS_VPORT_TYPE_NETDEV, _INTERNAL
+VPORT_TYPE_NETDEV, VPORT_TYPE_INTERNAL = 1, 2
+VPORT_TYPES = {"": VPORT_TYPE_NETDEV, "system": VPORT_TYPE_NETDEV,
+               "internal": VPORT_TYPE_INTERNAL}
+# The vport types that the openvswitch module provides itself (the others,
+# compat tunnel vports, come from vport-* modules).
+OWN_VPORT_TYPES = frozenset({VPORT_TYPE_NETDEV, VPORT_TYPE_INTERNAL})
 
 TIMEOUT = 10.0  # seconds for any one answer of the kernel
 
@@ -111,14 +116,26 @@ class Datapaths:
 
     def ports(self, datapath: str) -> dict[str, int]:
         """A datapath's ports: name → number (`ovs-dpctl show`'s port lines)."""
+        return {name: number for name, (number, _) in self.vports(datapath).items()}
+
+    def vports(self, datapath: str) -> dict[str, tuple[int, int]]:
+        """A datapath's ports: name → (number, the kernel's vport type).
+
+        The kernel's type, not ovs-dpctl's: a tunnel device that ovs-vswitchd
+        made with rtnetlink (vxlan_sys_4789 on any recent kernel) is a
+        netdev vport (OVS_VPORT_TYPE_NETDEV) of the openvswitch module,
+        although ovs-dpctl shows it as `vxlan`.
+        """
         replies = self._request(f"list the ports of {datapath}", VPORT_FAMILY, CMD_GET,
                                 self._ifindex(datapath), b"", dump=True)
         found = {}
         for body in replies:
             attrs = attributes(body)
             if VPORT_ATTR_NAME in attrs and VPORT_ATTR_PORT_NO in attrs:
-                found[_text(attrs[VPORT_ATTR_NAME])] = struct.unpack(
-                    "=I", attrs[VPORT_ATTR_PORT_NO][:4])[0]
+                kind = (struct.unpack("=I", attrs[VPORT_ATTR_TYPE][:4])[0]
+                        if VPORT_ATTR_TYPE in attrs else 0)
+                found[_text(attrs[VPORT_ATTR_NAME])] = (
+                    struct.unpack("=I", attrs[VPORT_ATTR_PORT_NO][:4])[0], kind)
         return found
 
     def delete(self, name: str) -> None:

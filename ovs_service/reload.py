@@ -94,9 +94,9 @@ def force_reload_kmod(
 
 
 def _own_kernel_ports() -> int:
-    """Kernel datapath ports of the types the openvswitch module provides itself."""
-    return sum(port.type in datapaths.RECREATED_TYPES
-               for dp in datapaths.kernel_datapaths().values() for port in dp.ports)
+    """Kernel datapath ports of the types the openvswitch module provides itself
+    (each holds a reference to it), tunnel devices made with rtnetlink included."""
+    return datapaths.own_kernel_ports()
 
 
 def _reload_kmod(root: Path, sd: Systemd, run: Run, outcome: KmodOutcome,

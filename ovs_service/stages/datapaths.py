@@ -214,6 +214,17 @@ def _add_port(kernel: dpnetlink.Datapaths, dp: Datapath, port: DatapathPort,
     made.ports.append(f"{dp.name}:{port.number}({port.name})")
 
 
+def own_kernel_ports() -> int:
+    """Ports of every kernel datapath whose vport type the openvswitch module
+    provides (netdev and internal: the local ports, system ports, and tunnel
+    devices that ovs-vswitchd made with rtnetlink), each holding a reference
+    to the module. Compat tunnel vports hold their vport module instead."""
+    with dpnetlink.Datapaths() as kernel:
+        return sum(kind in dpnetlink.OWN_VPORT_TYPES
+                   for name in kernel.names()
+                   for _, kind in kernel.vports(name).values())
+
+
 def delete_kernel_datapaths() -> list[str]:
     """Delete every kernel datapath (with its ports); their names."""
     with dpnetlink.Datapaths() as kernel:

@@ -5,9 +5,9 @@ guest boots systemd and runs ovs-service's own units from /run/systemd/system;
 `build_switch` gives it br0 with internal ports (addresses, routes in two
 tables, one port with its own MAC and MTU, one left down), two network
 namespaces whose veth ends are ports of br0 and talk only through explicit
-flows, groups, a meter and a TLV mapping, firewall rules in iptables,
-ip6tables and nftables, and a kernel GRE tunnel that is none of Open
-vSwitch's business. `switch_state` reads all of it back in one round trip
+flows, groups, a meter and a TLV mapping, an Open vSwitch VXLAN port,
+firewall rules in iptables, ip6tables and nftables, and a kernel GRE tunnel
+that is none of Open vSwitch's business. `switch_state` reads all of it back in one round trip
 with the kernel's and Open vSwitch's own tools (ovs-dpctl, ovs-ofctl,
 ovs-vsctl, ip -json, iptables-save, nft), never with ovs-service.
 """
@@ -62,10 +62,23 @@ for n in 1 2; do
     ip -n ns$n address add 192.0.2.1$n/24 dev eth0
     ip -n ns$n link set eth0 up
 done
+# Static neighbours: ns1 and ns2 know each other's MAC for good. A dynamic
+# entry goes stale within a minute and its refresh (unicast ARP) needs an
+# upcall, which nothing answers while ovs-vswitchd is down or waiting for its
+# flows: a refresh that falls in a restart or a reload stretches the pings'
+# gap by seconds under emulation, for either method measured. The pings then
+# measure the datapath, not the neighbour cache (the ARP flows stay in the table).
+mac() { ip -n $1 -br link show eth0 | awk '{print $3}'; }
+ip -n ns1 neigh replace 192.0.2.12 lladdr "$(mac ns2)" dev eth0 nud permanent
+ip -n ns2 neigh replace 192.0.2.11 lladdr "$(mac ns1)" dev eth0 nud permanent
 ip link add v3 type veth peer name v3peer      # a system port left down
+# vx0: an Open vSwitch VXLAN port, whose datapath port is the shared vport
+# vxlan_sys_4789 that ovs-vswitchd makes, numbered after gap0's.
 ovs-vsctl add-port br0 v1 -- set interface v1 ofport_request=4 \
   -- add-port br0 v2 -- set interface v2 ofport_request=20 \
   -- add-port br0 v3 -- set interface v3 ofport_request=5
+ovs-vsctl add-port br0 vx0 -- set interface vx0 type=vxlan ofport_request=6 \
+    options:remote_ip=203.0.113.9 options:key=77
 ovs-vsctl del-port br0 gap0
 
 ip link set p1 address 02:00:5e:00:53:01 mtu 1400
@@ -150,6 +163,13 @@ def sections(text: str) -> dict[str, str]:
         else:
             current.append(line)
     return {name: "\n".join(lines) + "\n" for name, lines in found.items()}
+
+
+# The datapath ports that back Open vSwitch's tunnel ports (vxlan_sys_4789,
+# genev_sys_6081, gre_sys...): ovs-vswitchd names and numbers them itself, and
+# before 3.2 it deletes and makes them again at each start, at the lowest free
+# number. `SwitchState.dp_ports` leaves them out; `tunnel_backers` has them.
+TUNNEL_BACKER = re.compile(r"^[a-z]+_sys(_\d+)?$")
 
 
 def dp_ports(text: str) -> dict[str, int]:
@@ -290,7 +310,14 @@ class SwitchState:
 
     @property
     def dp_ports(self) -> dict[str, int]:
-        return dp_ports(self.raw["dpctl"])
+        """Every datapath port but tunnel backers (see TUNNEL_BACKER)."""
+        return {name: number for name, number in dp_ports(self.raw["dpctl"]).items()
+                if not TUNNEL_BACKER.match(name)}
+
+    @property
+    def tunnel_backers(self) -> dict[str, int]:
+        return {name: number for name, number in dp_ports(self.raw["dpctl"]).items()
+                if TUNNEL_BACKER.match(name)}
 
     @property
     def ofports(self) -> dict[str, int]:

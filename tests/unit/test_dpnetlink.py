@@ -21,10 +21,11 @@ def message(kind: int, seq: int, payload: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
-def vport(number: int, name: str) -> bytes:
-    """A vport's answer: genl header, ovs_header, port number and name."""
+def vport(number: int, name: str, kind: int | None = None) -> bytes:
+    """A vport's answer: genl header, ovs_header, port number, type and name."""
     return (struct.pack("=BBHi", dpnetlink.CMD_NEW, 1, 0, 7)
             + dpnetlink._u32(dpnetlink.VPORT_ATTR_PORT_NO, number)
+            + (b"" if kind is None else dpnetlink._u32(dpnetlink.VPORT_ATTR_TYPE, kind))
             + dpnetlink._string(dpnetlink.VPORT_ATTR_NAME, name))
 
 
@@ -64,6 +65,19 @@ def test_a_dump_over_several_reads_with_another_requests_answer_between(
              message(VPORT_FAMILY_ID, 1, vport(9, odd)),
              message(NLMSG_DONE, 1, struct.pack("=i", 0))]
     assert client(reads, monkeypatch).ports("ovs-system") == {"p0": 1, odd: 9}
+
+
+def test_vports_give_the_kernels_type_of_each_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rtnetlink's vxlan_sys_4789 is a netdev vport of the module (type 1), a
+    compat vxlan vport is type 4, which the module does not provide."""
+    reads = [message(VPORT_FAMILY_ID, 1, vport(0, "ovs-system", 2))
+             + message(VPORT_FAMILY_ID, 1, vport(3, "vxlan_sys_4789", 1))
+             + message(VPORT_FAMILY_ID, 1, vport(4, "vxlan_sys_4790", 4)),
+             message(NLMSG_DONE, 1, struct.pack("=i", 0))]
+    found = client(reads, monkeypatch).vports("ovs-system")
+    assert found == {"ovs-system": (0, 2), "vxlan_sys_4789": (3, 1), "vxlan_sys_4790": (4, 4)}
+    assert [name for name, (_, kind) in found.items()
+            if kind in dpnetlink.OWN_VPORT_TYPES] == ["ovs-system", "vxlan_sys_4789"]
 
 
 def test_an_error_at_the_end_of_a_dump_is_an_error_not_an_empty_answer(
