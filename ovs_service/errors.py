@@ -51,6 +51,12 @@ class OvsdbRefused(OvsServiceError):
     template = "ovsdb-server refused {what}: {reason}"
 
 
+class NotApplied(OvsServiceError):
+    """A database write that was made, but that ovs-vswitchd has not acted on."""
+
+    template = "{what} written, but ovs-vswitchd has not applied it: {reason}"
+
+
 class BridgeNotFound(OvsServiceError):
     template = "bridge {bridge!r} does not exist"
 

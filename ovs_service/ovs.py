@@ -8,6 +8,7 @@ inherit from our environment, so a private instance works as a system one does.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,8 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from ovs_service import ovsdb
-from ovs_service.errors import BridgeNotFound, CommandFailed, OvsServiceError, OvsUnreachable
+from ovs_service.errors import (
+    BridgeNotFound,
+    CommandFailed,
+    NotApplied,
+    OvsServiceError,
+    OvsUnreachable,
+)
 from ovs_service.run import Completed, run
+
+log = logging.getLogger(__name__)
 
 VSCTL_TIMEOUT = "--timeout=10"
 
@@ -200,8 +209,15 @@ def bridges(names: Sequence[str] = ()) -> list[Bridge]:
     return [found[n] for n in names]
 
 
+def db_rows(table: str, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of an OVSDB table as dicts, as `vsctl_list` gives them, read in
+    this process (no ovs-vsctl to start: for what a restart's outage reads)."""
+    rows = ovsdb.select(db_socket(), table, list(columns), f"the {table} table")
+    return [{column: _ovsdb_value(row.get(column)) for column in columns} for row in rows]
+
+
 def interfaces() -> list[Interface]:
-    rows = vsctl_list("Interface", ["name", "type", "ofport", "ofport_request"])
+    rows = db_rows("Interface", ["name", "type", "ofport", "ofport_request"])
     return [
         Interface(
             name=r["name"],
@@ -248,10 +264,23 @@ def db_socket() -> Path:
 
 def set_flow_restore_wait(on: bool) -> None:
     """Straight to ovsdb-server: a restart's outage waits for this write, and
-    ovs-vswitchd acts on the flag as soon as it reads it. While it runs, the
-    write returns once it has applied the flag (as ovs-vsctl without --no-wait)."""
-    ovsdb.set_other_config(db_socket(), "flow-restore-wait", "true" if on else None,
-                           applied=daemon_running("ovs-vswitchd"))
+    ovs-vswitchd acts on the flag as soon as it reads it.
+
+    A clear, while ovs-vswitchd runs, returns once it has applied it (as
+    ovs-vsctl without --no-wait): the switch runs its flows again. If it has
+    not by the timeout (or stops meanwhile), that is a warning: the write is
+    made, and the daemon acts on it when it reads it. A set does not wait:
+    it is made before ovs-vswitchd starts.
+    """
+    def running() -> bool:
+        return daemon_running("ovs-vswitchd")
+
+    try:
+        ovsdb.set_other_config(db_socket(), "flow-restore-wait", "true" if on else None,
+                               applied=not on and running(), alive=running,
+                               timeout=ovsdb.TIMEOUT)
+    except NotApplied as e:
+        log.warning("%s", e)
 
 
 def pin_ofports(wanted: dict[str, int]) -> list[str]:

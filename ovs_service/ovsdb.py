@@ -15,15 +15,16 @@ import codecs
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ovs_service.errors import OvsdbRefused, OvsUnreachable
+from ovs_service.errors import NotApplied, OvsdbRefused, OvsUnreachable
 
 DATABASE = "Open_vSwitch"
 TIMEOUT = 10.0  # seconds, as ovs-vsctl --timeout=10
+ALIVE_INTERVAL = 0.2  # seconds between two looks at whether ovs-vswitchd still runs
 
 
 class _Session:
@@ -43,25 +44,31 @@ class _Session:
         request_id, self._next_id = self._next_id, self._next_id + 1
         self._send({"method": method, "params": params, "id": request_id})
         while True:
-            message = self._message()
-            if message.get("id") == request_id and "method" not in message:
+            message = self._message(self._deadline)
+            if message is not None and message.get("id") == request_id and (
+                    "method" not in message):
                 return message
 
-    def wait_update(self) -> Any:
-        """The next `update` notification's table updates."""
+    def wait_update(self, within: float) -> Any:
+        """The next `update` notification's table updates; None if none came
+        within `within` seconds (TimeoutError at the session's deadline)."""
+        until = min(self._deadline, time.monotonic() + within)
         while not self.updates:
-            self._message()
+            if self._message(until) is None:
+                return None
         return self.updates.pop(0)
 
     def _send(self, message: dict[str, Any]) -> None:
         self._sock.sendall(json.dumps(message).encode())
 
-    def _message(self) -> dict[str, Any]:
-        """The next message; notifications are kept, echo probes answered."""
+    def _message(self, until: float) -> dict[str, Any] | None:
+        """The next message (None if none came by `until`); notifications are
+        kept, echo probes answered."""
         while True:
             message = self._decoded()
             if message is None:
-                self._read()
+                if not self._read(until):
+                    return None
                 continue
             if not isinstance(message, dict):
                 continue
@@ -86,15 +93,23 @@ class _Session:
         self._buffer = text[end:]
         return message
 
-    def _read(self) -> None:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no answer in time")
-        self._sock.settimeout(remaining)
-        chunk = self._sock.recv(1 << 16)
+    def _read(self, until: float) -> bool:
+        """Read what came by `until`: whether anything did. At the session's
+        deadline, TimeoutError instead."""
+        remaining = until - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError("no answer in time")
+            self._sock.settimeout(remaining)
+            chunk = self._sock.recv(1 << 16)
+        except TimeoutError:
+            if until >= self._deadline:
+                raise
+            return False
         if not chunk:
             raise ConnectionResetError("connection closed")
         self._buffer += self._text.decode(chunk)
+        return True
 
 
 @contextmanager
@@ -133,17 +148,30 @@ def _transact(session: _Session, operations: list[dict[str, Any]],
     return results
 
 
+def select(db_socket: Path, table: str, columns: list[str], what: str,
+           timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+    """Every row of `table`, with `columns` only, in OVSDB's JSON encoding."""
+    [result] = transact(db_socket, [{"op": "select", "table": table, "where": [],
+                                     "columns": columns}], what, timeout)
+    rows = result.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise OvsdbRefused(what=what, reason=_line(f"rows not understood: {result}"))
+    return rows
+
+
 def _line(text: str) -> str:
     """The server's words on one line."""
     return " ".join(str(text).split())
 
 
 def set_other_config(db_socket: Path, key: str, value: str | None, *,
-                     applied: bool = False, timeout: float = TIMEOUT) -> None:
+                     applied: bool = False, alive: Callable[[], bool] | None = None,
+                     timeout: float = TIMEOUT) -> None:
     """Set (or with None remove) one key of the Open_vSwitch row's other_config.
 
-    applied: return only once ovs-vswitchd has applied the change (it must be
-    running: without it the wait ends in an error at the timeout).
+    applied: return only once ovs-vswitchd has applied the change; NotApplied
+    (the write made all the same) if it has not by the timeout, or as soon as
+    `alive()` says it no longer runs (asked every ALIVE_INTERVAL seconds).
     """
     mutations: list[list[Any]] = [["other_config", "delete", ["set", [key]]]]
     if value is not None:
@@ -162,7 +190,7 @@ def set_other_config(db_socket: Path, key: str, value: str | None, *,
         if (count := results[0].get("count")) != 1:
             raise OvsdbRefused(what=what, reason=f"{count} {DATABASE} rows, not 1")
         if applied:
-            _wait_applied(session, _next_cfg(results[2], what), what)
+            _wait_applied(session, _next_cfg(results[2], what), what, alive, timeout)
 
 
 def _next_cfg(result: dict[str, Any], what: str) -> int:
@@ -173,19 +201,23 @@ def _next_cfg(result: dict[str, Any], what: str) -> int:
     return int(rows[0]["next_cfg"])
 
 
-def _wait_applied(session: _Session, next_cfg: int, what: str) -> None:
-    """Until ovs-vswitchd's cur_cfg reaches `next_cfg`."""
+def _wait_applied(session: _Session, next_cfg: int, what: str,
+                  alive: Callable[[], bool] | None = None, timeout: float = TIMEOUT) -> None:
+    """Until ovs-vswitchd's cur_cfg reaches `next_cfg` (NotApplied otherwise)."""
     reply = session.call("monitor", [DATABASE, None, {DATABASE: {"columns": ["cur_cfg"]}}])
     if reply.get("error") is not None:
-        raise OvsdbRefused(what=what, reason=_line(json.dumps(reply["error"])))
+        raise NotApplied(what=what, reason=_line(json.dumps(reply["error"])))
     updates = reply.get("result")
     try:
         while _cur_cfg(updates) < next_cfg:
-            updates = session.wait_update()
+            update = session.wait_update(ALIVE_INTERVAL)
+            if update is not None:
+                updates = update
+            elif alive is not None and not alive():
+                raise NotApplied(what=what, reason="it is not running")
     except TimeoutError:
-        raise OvsdbRefused(what=what, reason=(
-            f"ovs-vswitchd has not applied it (next_cfg {next_cfg}) in time: "
-            "is it running?")) from None
+        raise NotApplied(what=what, reason=f"not in {timeout:g} s (next_cfg {next_cfg})"
+                         ) from None
 
 
 def _cur_cfg(updates: Any) -> int:

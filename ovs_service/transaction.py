@@ -442,7 +442,9 @@ def _start_units(root: Path, tx: journal.Journal, result: Recovery) -> None:
     # The hooks leave everything to a running transaction, this one too.
     with tx.step("start-units"), Systemd() as sd:
         sd.job("start", OVSDB_UNIT)
-        if store.pending_snapshot(root):
+        # Only for an ovs-vswitchd this start begins: on a running one the
+        # flag would stop new flows and disconnect controllers until cleared.
+        if store.pending_snapshot(root) and not ovs.daemon_running("ovs-vswitchd"):
             ovs.set_flow_restore_wait(True)
         sd.job("start", VSWITCHD_UNIT)
     result.actions.append(f"started {OVSDB_UNIT} and {VSWITCHD_UNIT}")

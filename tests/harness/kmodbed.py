@@ -169,7 +169,7 @@ def sections(text: str) -> dict[str, str]:
 # genev_sys_6081, gre_sys...): ovs-vswitchd names and numbers them itself, and
 # before 3.2 it deletes and makes them again at each start, at the lowest free
 # number. `SwitchState.dp_ports` leaves them out; `tunnel_backers` has them.
-TUNNEL_BACKER = re.compile(r"^[a-z]+_sys(_\d+)?$")
+TUNNEL_BACKER = re.compile(r"^[a-z0-9]+_sys(_\d+)?$")  # ip6gre_sys too
 
 
 def dp_ports(text: str) -> dict[str, int]:

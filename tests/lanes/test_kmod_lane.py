@@ -246,6 +246,10 @@ def test_the_tunnel_vport_is_back_and_a_moved_number_is_reported(bed: Bed,
     moved = [m for m in reload.result["port_mismatches"] if m["interface"] == "vx0"]
     old, new = before["vxlan_sys_4789"], after["vxlan_sys_4789"]
     print(f"\nvxlan_sys_4789: datapath port {old} before, {new} after")
+    version = bed.guest.run(["ovs-vswitchd", "--version"]).stdout.split("\n")[0].split()[-1]
+    if tuple(int(n) for n in version.split(".")[:2]) < (3, 2):
+        # The premise: this version does make it again, in the gap.
+        assert new != old, f"ovs-vswitchd {version} kept vxlan_sys_4789 at {old}"
     expected = [] if old == new else [
         {"interface": "vx0", "what": "dp_port", "saved": old, "now": new}]
     assert moved == expected
@@ -394,6 +398,7 @@ def test_with_debians_units_and_the_drop_ins(bed: Bed, reload: Reload) -> None:
     after = switch_state(guest)
     assert module_mark(guest).inits == mark.inits + 1
     assert after.dp_ports == before.dp_ports
+    assert after.tunnel_backers.keys() == before.tunnel_backers.keys()
     assert after.ofports == before.ofports
     assert after.openflow == before.openflow
     assert after.addresses() == before.addresses()

@@ -552,7 +552,8 @@ def test_reloads_through_systemd_keep_the_state(installed_switch: InstalledSwitc
 
     A meter makes the difference: ovs-save (what Debian's ExecReload=,
     `ovs-ctl restart`, keeps) saves none. `systemctl reload ovs-vswitchd` is
-    refused and touches nothing; a reload of ovsdb-server leaves
+    refused and touches nothing (reload-or-restart restarts it, keeping the
+    state); a reload of ovsdb-server restarts the database alone and leaves
     ovs-vswitchd running; `systemctl reload openvswitch-switch` (Debian's
     ovs-systemd-reload: ovs-save, then stop and start through systemctl)
     restarts it with everything kept.
@@ -576,10 +577,20 @@ def test_reloads_through_systemd_keep_the_state(installed_switch: InstalledSwitc
     assert ns.main_pid("ovs-vswitchd.service") == vswitchd
     assert state() == before
 
+    ovsdb = ns.main_pid("ovsdb-server.service")
     ns.systemctl("reload", "ovsdb-server.service")
     ns.settle()
+    assert ns.main_pid("ovsdb-server.service") not in (0, ovsdb), ns.journal("ovsdb-server.service")
     assert ns.main_pid("ovs-vswitchd.service") == vswitchd, ns.journal("ovs-vswitchd.service")
     assert state() == before
+
+    # What the refusal points to: a restart, through the hooks.
+    ns.systemctl("reload-or-restart", "ovs-vswitchd.service")
+    ns.settle()
+    restarted = ns.main_pid("ovs-vswitchd.service")
+    assert restarted not in (0, vswitchd), ns.journal("ovs-vswitchd.service")
+    assert state() == before
+    vswitchd = restarted
 
     ns.systemctl("reload", "openvswitch-switch.service")
     ns.settle()

@@ -3,10 +3,16 @@ read back with ovs-vsctl, and a failure is one line."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from ovs_service import ovs as ovs_tools
 from ovs_service import ovsdb
 from ovs_service.errors import OvsdbRefused, OvsUnreachable
 from tests.harness.ovsbed import OvsBed
@@ -59,3 +65,51 @@ def test_applied_returns_once_ovs_vswitchd_has_caught_up(ovs: OvsBed) -> None:
     assert other_config(ovs, KEY) == ""
     assert int(ovs.vsctl("get", "Open_vSwitch", ".", "next_cfg")) == before + 2
     assert int(ovs.vsctl("get", "Open_vSwitch", ".", "cur_cfg")) == before + 2
+
+
+def test_interfaces_read_in_process_are_what_ovs_vsctl_lists(
+        ovs: OvsBed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ovs.interfaces() (an OVSDB select, no ovs-vsctl) against ovs-vsctl's own
+    list: names, types, OpenFlow numbers, requested numbers (set or not)."""
+    for key, value in ovs.env.items():
+        monkeypatch.setenv(key, value)
+    ovs.add_bridge("brq")
+    ovs.vsctl("add-port", "brq", "q1", "--", "set", "Interface", "q1", "type=internal",
+              "ofport_request=7", "--", "add-port", "brq", "q2", "--", "set", "Interface", "q2",
+              "type=internal")
+    listed = ovs.vsctl("--format=json", "--data=json", "--columns=name,type,ofport,ofport_request",
+                       "list", "Interface")
+    expected = {}
+    for name, kind, ofport, request in json.loads(listed)["data"]:
+        number = ofport if isinstance(ofport, int) else None
+        requested = request if isinstance(request, int) else None
+        expected[name] = (kind, number, requested)
+    got = {i.name: (i.type, i.ofport, i.ofport_request) for i in ovs_tools.interfaces()}
+    assert got == expected
+    assert got["q1"] == ("internal", 7, 7) and got["q2"][2] is None
+
+
+def test_flow_restore_wait_on_a_switch_that_does_not_apply_it(
+        ovs: OvsBed, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """ovs-vswitchd paused (SIGSTOP: busy for longer than the timeout): a set
+    does not wait for it; a clear waits up to the timeout, then is a warning,
+    not an error. Either way the database holds what was written (read with
+    ovs-vsctl), and a failure path that clears the flag in a `finally` never
+    leaves it set."""
+    for key, value in ovs.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(ovsdb, "TIMEOUT", 1.0)
+    pid = ovs.pid("ovs-vswitchd")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        ovs_tools.set_flow_restore_wait(True)
+        assert time.monotonic() - began < 0.5
+        assert other_config(ovs, KEY) == '"true"'
+        with caplog.at_level(logging.WARNING):
+            ovs_tools.set_flow_restore_wait(False)
+        assert other_config(ovs, KEY) == ""
+        assert "flow-restore-wait written, but ovs-vswitchd has not applied it" in caplog.text
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ovs_service import ovsdb
-from ovs_service.errors import OvsdbRefused
+from ovs_service.errors import NotApplied, OvsdbRefused
 
 
 def test_an_answer_split_inside_a_character_and_after_an_echo_is_read_whole() -> None:
@@ -88,6 +88,21 @@ def test_a_change_never_applied_is_a_one_line_refusal_at_the_timeout() -> None:
     with server, client:
         server.sendall(json.dumps(first).encode())
         session = ovsdb._Session(client, time.monotonic() + 0.3)
-        with pytest.raises(OvsdbRefused) as e:
-            ovsdb._wait_applied(session, 5, "other_config:flow-restore-wait")
-    assert "has not applied" in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(NotApplied) as e:
+            ovsdb._wait_applied(session, 5, "other_config:flow-restore-wait", timeout=0.3)
+    assert str(e.value) == ("other_config:flow-restore-wait written, but ovs-vswitchd has not "
+                            "applied it: not in 0.3 s (next_cfg 5)")
+
+
+def test_the_wait_ends_as_soon_as_ovs_vswitchd_is_gone() -> None:
+    row = "11111111-2222-3333-4444-555555555555"
+    first = {"id": 0, "result": {"Open_vSwitch": {row: {"new": {"cur_cfg": 4}}}}, "error": None}
+    server, client = socket.socketpair()
+    with server, client:
+        server.sendall(json.dumps(first).encode())
+        session = ovsdb._Session(client, time.monotonic() + 10)
+        began = time.monotonic()
+        with pytest.raises(NotApplied) as e:
+            ovsdb._wait_applied(session, 5, "a test", alive=lambda: False)
+    assert time.monotonic() - began < 2
+    assert str(e.value).endswith("has not applied it: it is not running")
