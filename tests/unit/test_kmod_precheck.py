@@ -99,3 +99,44 @@ def test_the_machines_own_sys_and_proc() -> None:
         assert found == ["openvswitch is not loaded"]
     elif not (here / "initstate").exists():
         assert found == ["openvswitch is built into the kernel, not a module"]
+
+
+class _Kernel:
+    """The kernel's datapaths as the netlink client lists them: name → port → (number, type)."""
+
+    def __init__(self, datapaths: dict[str, dict[str, tuple[int, int]]]) -> None:
+        self.datapaths = datapaths
+
+    def __call__(self) -> _Kernel:
+        return self
+
+    def __enter__(self) -> _Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        return list(self.datapaths)
+
+    def vports(self, name: str) -> dict[str, tuple[int, int]]:
+        return self.datapaths[name]
+
+
+def test_own_ports_count_the_modules_own_vport_types_over_every_datapath(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local and system ports (internal 2, netdev 1) and rtnetlink's tunnel
+    device (netdev 1) hold openvswitch; a compat vxlan vport (4) and a compat
+    geneve one (5) hold their vport modules instead; a datapath with no port
+    but its own local port counts 1."""
+    from ovs_service import dpnetlink
+    from ovs_service.stages import datapaths
+
+    kernel = _Kernel({
+        "ovs-system": {"ovs-system": (0, 2), "br0": (1, 2), "v1": (2, 1),
+                       "vxlan_sys_4789": (3, 1), "vxlan_sys_4790": (4, 4)},
+        "dp2": {"dp2": (0, 2), "genev_sys_6081": (1, 5)},
+        "dp3": {"dp3": (0, 2)},
+    })
+    monkeypatch.setattr(dpnetlink, "Datapaths", kernel)
+    assert datapaths.own_kernel_ports() == 4 + 1 + 1
