@@ -40,9 +40,11 @@ all: test
 test:
 	@$(MAKE) --no-print-directory -j2 --keep-going --output-sync=target test-half-vm test-half-host
 
-# The hitless lanes (make test-hitless, two guests one after the other, about
-# 8 minutes alone) run at the end of the VM half: beside another guest each
-# would take three times as long (qemu's emulation wants both cores).
+# The hitless lanes (make test-hitless, three guests one after the other:
+# Debian 12's restarts, force-reload-kmod against the stock script, and
+# Debian 13's restarts; about 18 minutes alone) run at the end of the VM half:
+# beside another guest each would take three times as long (qemu's emulation
+# wants both cores).
 test-half-vm:
 	$(PYTEST) -m "vm and not hitless" $(PYTEST_ARGS); status=$$?; \
 		$(MAKE) --no-print-directory test-hitless || status=1; exit $$status

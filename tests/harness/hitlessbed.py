@@ -33,6 +33,12 @@ after it): ns1 pings ns2 (same bridge) and ns3 (through the tunnel) every
 10 ms, streams TCP to ns3, and opens a fresh UDP "connection" to ns2 every
 10 ms. Everything is read back with the kernel's and Open vSwitch's own
 tools (ping, ip -json, ovs-dpctl, ovs-ofctl), never with ovs-service.
+
+Shared by the hitless lanes (Debian 12's Open vSwitch 3.1 in
+`test_hitless_lane.py`, Debian 13's 3.5 in `test_hitless_trixie_lane.py`):
+one restart under the probes (`run_method`), what the lanes assert of it
+(`assert_bridge_hitless`, `assert_tunnel_hitless`) and the figures they
+write for `tests.lanes.hitless_summary` (`write_results`).
 """
 
 from __future__ import annotations
@@ -42,12 +48,22 @@ import json
 import re
 import shlex
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.harness.kmodbed import dp_ports, openflow, sections, settle
 from tests.harness.vm.build import REPO
 from tests.harness.vm.guest import Guest
+
+# ovs-service's own restart paths, as each lane runs them (the figures' names).
+OVS_SERVICE_RESTART = "ovs-service restart"
+SYSTEMCTL_RESTART = "systemctl restart openvswitch"
+PROJECT_RESTARTS = {
+    OVS_SERVICE_RESTART: ["ovs-service", "restart"],
+    SYSTEMCTL_RESTART: ["systemctl", "restart", "openvswitch"],
+}
 
 BRIDGES = ("brA", "brB")
 TUNNEL_VPORT = "vxlan_sys_4789"
@@ -322,6 +338,9 @@ class MethodRun:
     openflow_lines_kept: int
     openflow_lines_total: int
     changes: list[str]
+    ifindex_before: dict[str, int] = field(default_factory=dict)
+    ifindex_after: dict[str, int] = field(default_factory=dict)
+    """The datapath's and the tunnel vport's interface index, before and after."""
 
     @property
     def state_whole(self) -> bool:
@@ -340,7 +359,9 @@ class MethodRun:
                 f"{p.ping_tunnel_replies})  new-conn gap {p.new_conn_longest_gap_ms:.0f} ms  "
                 f"tcp {'survived' if p.tcp_survived else 'BROKEN'} "
                 f"(gap {p.tcp_longest_gap_ms:.0f} ms)  vport "
-                f"{'same' if self.tunnel_vport_untouched else 'NEW'}  dp "
+                f"{'same' if self.tunnel_vport_untouched else 'NEW'} (ifindex "
+                f"{self.ifindex_before.get(TUNNEL_VPORT, 0)}->"
+                f"{self.ifindex_after.get(TUNNEL_VPORT, 0)})  dp "
                 f"{'same' if self.datapath_untouched and self.dp_ports_kept else 'CHANGED'}  "
                 f"openflow {self.openflow_lines_kept}/{self.openflow_lines_total}"
                 + ("" if self.vswitchd_restarted else "  (ovs-vswitchd NOT restarted)"))
@@ -372,4 +393,76 @@ def run_method(guest: Guest, method: str, argv: list[str], tag: str,
         openflow_lines_kept=kept,
         openflow_lines_total=len(before.openflow),
         changes=changes,
+        ifindex_before=before.ifindex,
+        ifindex_after=after.ifindex,
     )
+
+
+# -- what the lanes assert, report and write ------------------------------------------
+
+
+def assert_bridge_hitless(run: MethodRun) -> None:
+    """The goal on the bridge itself: nothing established lost, nothing changed."""
+    p = run.probes
+    assert run.vswitchd_restarted, f"{run.method}: ovs-vswitchd was not restarted"
+    assert p.ping_local_lost == 0, run.line()
+    assert run.datapath_untouched and run.dp_ports_kept, (
+        f"{run.method}: the datapath or its port numbers changed")
+    assert run.state_whole, f"{run.method}: OpenFlow state changed:\n" + "\n".join(run.changes)
+    # New connections need ovs-vswitchd: they pass again once it runs.
+    assert p.new_conn_answers > 0
+
+
+def assert_tunnel_hitless(run: MethodRun) -> None:
+    """The goal across the tunnel: the same vport, nothing established lost, the stream alive."""
+    assert run.tunnel_vport_untouched, (
+        f"{run.method}: the tunnel vport was re-created (ifindex "
+        f"{run.ifindex_before.get(TUNNEL_VPORT)} -> {run.ifindex_after.get(TUNNEL_VPORT)})")
+    assert run.probes.ping_tunnel_lost == 0, run.line()
+    assert run.probes.tcp_survived, f"{run.method}: {run.probes.tcp_detail}"
+
+
+def diagnose(guest: Guest, run: MethodRun) -> str:
+    """What the guest logged around a run that lost traffic (times in UTC)."""
+    if run.probes.established_lost == 0:
+        return ""
+    holes = "\n".join(run.probes.holes)
+    journal = guest.run(["env", "TZ=UTC", "journalctl", "-b", "--no-pager", "-o",
+                         "short-precise", "-n", "120",
+                         "-u", "ovs-vswitchd", "-u", "ovsdb-server", "-u", "ovs-service-restore",
+                         "-u", "openvswitch", "-u", "openvswitch-switch"], check=False).stdout
+    log = guest.run(["tail", "-n", "60", "/var/log/openvswitch/ovs-vswitchd.log"],
+                    check=False).stdout
+    return (f"--- holes (unreachable lines: {run.probes.unreachable})\n{holes}\n"
+            f"--- journal\n{journal}\n--- ovs-vswitchd.log\n{log}")
+
+
+def write_results(path: Path, runs: list[MethodRun], lane_seconds: float, *, repeat: int,
+                  project_methods: Collection[str],
+                  extra: Mapping[str, Any] | None = None) -> None:
+    """A lane's figures, every try's and per method, as `tests.lanes.hitless_summary` reads
+    them; `extra`: more top-level keys (what the guest ran, say)."""
+    methods: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        entry = methods.setdefault(run.method, {"project": run.method in project_methods,
+                                                "runs": []})
+        entry["runs"].append(run.to_doc())
+    for entry in methods.values():
+        docs = entry["runs"]
+        entry.update(
+            tries=len(docs),
+            established_lost=sum(d["established_lost"] for d in docs),
+            established_lost_bridge=sum(d["probes"]["ping_local_lost"] for d in docs),
+            established_lost_tunnel=sum(d["probes"]["ping_tunnel_lost"] for d in docs),
+            new_conn_longest_gap_ms=max(d["probes"]["new_conn_longest_gap_ms"] for d in docs),
+            tcp_survived=all(d["probes"]["tcp_survived"] for d in docs),
+            tunnel_vport_untouched=all(d["tunnel_vport_untouched"] for d in docs),
+            datapath_untouched=all(d["datapath_untouched"] and d["dp_ports_kept"]
+                                   for d in docs),
+            openflow_lines_kept=min(d["openflow_lines_kept"] for d in docs),
+            openflow_lines_total=max(d["openflow_lines_total"] for d in docs),
+            state_whole=all(d["state_whole"] for d in docs),
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"lane_seconds": round(lane_seconds, 1), "repeat": repeat,
+                                **(extra or {}), "methods": methods}, indent=2) + "\n")

@@ -2,12 +2,15 @@
 
 Reads what the lanes wrote under .cache/hitless:
 - restart.json (test_hitless_lane.py): per restart method, every try's figures;
+- restart-trixie.json (test_hitless_trixie_lane.py): the same for ovs-service's
+  own restarts on Debian 13's Open vSwitch (with "ovs_version");
 - force-reload-kmod.json (the force-reload-kmod comparison with the stock
   script): {"ovs_service_gap_ms", "stock_gap_ms", "ratio",
   "ovs_service_lines_kept", "stock_lines_kept", "lines_total"}.
 A file that is missing is said "not run". The last line sums up: established
-packets lost per method, and the force-reload-kmod gap ratio to the stock
-script.
+packets lost per method (on the bridge and across the tunnel), the
+force-reload-kmod gap ratio to the stock script, and the Debian 13 lane's
+established packets lost per method.
 
     python3 -m tests.lanes.hitless_summary [DIR]
 """
@@ -23,6 +26,7 @@ from tests.harness.vm.build import REPO
 
 DEFAULT_DIR = REPO / ".cache" / "hitless"
 RESTART = "restart.json"
+TRIXIE = "restart-trixie.json"
 KMOD = "force-reload-kmod.json"
 KMOD_KEYS = ("ovs_service_gap_ms", "stock_gap_ms", "ratio", "ovs_service_lines_kept",
              "stock_lines_kept", "lines_total")
@@ -44,11 +48,12 @@ def _yes(flag: object) -> str:
     return "yes" if flag else "NO"
 
 
-def restart_lines(doc: dict[str, Any] | None) -> tuple[list[str], str]:
+def restart_lines(doc: dict[str, Any] | None, title: str = "restart methods",
+                  tag: str = "restarts") -> tuple[list[str], str]:
     """The table of restart methods, and the last line's part for them."""
     if doc is None:
-        return ["restart methods: not run"], "restarts: not run"
-    rows = [f"restart methods ({doc.get('lane_seconds', '?')} s lane; established = pings "
+        return [f"{title}: not run"], f"{tag}: not run"
+    rows = [f"{title} ({doc.get('lane_seconds', '?')} s lane; established = pings "
             "every 10 ms, same bridge + tunnel):",
             f"  {'method':<46}{'tries':>6}{'est. lost':>10}{'new-conn gap':>14}"
             f"{'tcp alive':>10}{'vport+dp same':>14}{'openflow kept':>15}"]
@@ -65,6 +70,15 @@ def restart_lines(doc: dict[str, Any] | None) -> tuple[list[str], str]:
                      f"{m['established_lost_tunnel']} across the tunnel)")
         parts.append(f"{name} {m['established_lost']}{split}")
     return rows, "established packets lost: " + ", ".join(parts)
+
+
+def trixie_lines(doc: dict[str, Any] | None) -> tuple[list[str], str]:
+    """restart_lines for the Debian 13 lane, named with its Open vSwitch version."""
+    name = "Debian 13"
+    if doc is not None and doc.get("ovs_version"):
+        name += f" (Open vSwitch {doc['ovs_version']})"
+    rows, part = restart_lines(doc, f"{name} restart methods", name)
+    return rows, part if doc is None else f"{name}: {part}"
 
 
 def kmod_lines(doc: dict[str, Any] | None) -> tuple[list[str], str]:
@@ -84,7 +98,9 @@ def kmod_lines(doc: dict[str, Any] | None) -> tuple[list[str], str]:
 def summary(directory: Path) -> list[str]:
     restart_rows, restart_part = restart_lines(_load(directory / RESTART))
     kmod_rows, kmod_part = kmod_lines(_load(directory / KMOD))
-    return [*restart_rows, *kmod_rows, f"hitless: {restart_part}; {kmod_part}"]
+    trixie_rows, trixie_part = trixie_lines(_load(directory / TRIXIE))
+    return [*restart_rows, *kmod_rows, *trixie_rows,
+            f"hitless: {restart_part}; {kmod_part}; {trixie_part}"]
 
 
 def main(argv: list[str] | None = None) -> int:

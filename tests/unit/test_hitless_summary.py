@@ -20,7 +20,8 @@ def _method(lost: int, tries: int = 3) -> dict[str, object]:
 
 def test_neither_file_says_not_run(tmp_path: Path) -> None:
     lines = hitless_summary.summary(tmp_path)
-    assert lines[-1] == ("hitless: restarts: not run; force-reload-kmod gap ratio: not run")
+    assert lines[-1] == ("hitless: restarts: not run; force-reload-kmod gap ratio: not run; "
+                         "Debian 13: not run")
 
 
 def test_last_line_sums_up_both_files(tmp_path: Path) -> None:
@@ -33,8 +34,24 @@ def test_last_line_sums_up_both_files(tmp_path: Path) -> None:
     assert lines[-1] == ("hitless: established packets lost: ovs-service restart 0 (0 on the "
                          "bridge + 0 across the tunnel), ovs-ctl restart (stock) 37 (0 on the "
                          "bridge + 37 across the tunnel); force-reload-kmod gap ratio to stock "
-                         "0.40 (2100/5250 ms)")
+                         "0.40 (2100/5250 ms); Debian 13: not run")
     assert any("ovs-ctl restart (stock)" in line and "37" in line for line in lines[:-1])
+
+
+def test_last_line_ends_with_the_debian_13_lane(tmp_path: Path) -> None:
+    (tmp_path / "restart-trixie.json").write_text(json.dumps({
+        "lane_seconds": 301.0, "ovs_version": "3.5.0", "methods": {
+            "ovs-service restart": _method(0, 2),
+            "systemctl restart openvswitch": {**_method(3, 2), "established_lost_bridge": 1,
+                                              "established_lost_tunnel": 2}}}))
+    lines = hitless_summary.summary(tmp_path)
+    assert lines[-1].endswith(
+        "; Debian 13 (Open vSwitch 3.5.0): established packets lost: ovs-service restart 0 "
+        "(0 on the bridge + 0 across the tunnel), systemctl restart openvswitch 3 (1 on the "
+        "bridge + 2 across the tunnel)")
+    assert lines[-1].startswith("hitless: restarts: not run; ")
+    assert any(line.startswith("Debian 13 (Open vSwitch 3.5.0) restart methods (301.0 s lane")
+               for line in lines[:-1])
 
 
 def test_a_missing_key_is_one_clear_line(tmp_path: Path) -> None:

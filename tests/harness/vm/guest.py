@@ -14,6 +14,11 @@ vSwitch folders start empty.  Commands go to an agent in the guest
 `Guest(mode="systemd")` boots systemd as PID 1 instead (minimal target:
 journald, D-Bus, the agent) and waits until it reports the system running.
 
+`Guest(root=PATH)` boots another Debian root of the host (a folder, e.g. the
+Debian 13 root of `tests.harness.debroot`) under the overlay instead of the
+host's root: its own systemd, Python and Open vSwitch run, with the
+checkout's code and the downloaded kernel's modules from the host.
+
 qemu is a child process, stopped by its pid when the guest is left, and
 killed by the kernel if the test process dies first.
 """
@@ -110,6 +115,7 @@ class Guest:
         command_timeout: float = 120.0,
         kernel_args: Sequence[str] = (),
         own_code: bool = True,
+        root: Path | None = None,
     ) -> None:
         self.mode = mode
         self.memory_mb = memory_mb
@@ -120,6 +126,8 @@ class Guest:
         self.kernel_args = tuple(kernel_args)
         # The checkout's ovs-service first on PATH and on the units' PYTHONPATH.
         self.own_code = own_code
+        # Another root of the host below the overlay (ovsvm.lower=), or the host's own.
+        self.root = root
         self.boot_seconds: float | None = None
         """From starting qemu to the agent answering (systemd: to the system running)."""
         self.system_state: str | None = None
@@ -170,6 +178,14 @@ class Guest:
         repo = str(build.REPO)
         if any(c.isspace() for c in repo + str(artifacts.modules)):
             raise GuestError(f"the checkout's path must not contain blanks: {repo!r}")
+        lower: list[str] = []
+        if self.root is not None:
+            root = self.root.resolve()
+            if any(c.isspace() for c in str(root)):
+                raise GuestError(f"the root's path must not contain blanks: {str(root)!r}")
+            if not (root / GUEST_PYTHON.lstrip("/")).exists():
+                raise GuestError(f"{root}: no {GUEST_PYTHON} (not a Debian root?)")
+            lower = [f"ovsvm.lower={root}"]
         # A short path: unix socket names are limited to 108 bytes.
         self._workdir = Path(tempfile.mkdtemp(prefix="ovsvm-"))
         agent_socket = self._workdir / "agent.sock"
@@ -183,6 +199,7 @@ class Guest:
             f"ovsvm.modules={artifacts.modules}",
             f"ovsvm.python={GUEST_PYTHON}",
             f"ovsvm.owncode={int(self.own_code)}",
+            *lower,
             *self.kernel_args,
         ]
         argv = [
@@ -206,7 +223,8 @@ class Guest:
             "-chardev", f"socket,id=agent,path={agent_socket},server=on,wait=off",
             "-device", "virtserialport,chardev=agent,name=ovsvm.agent",
         ]  # fmt: skip
-        log.info("boot guest (%s): %s", self.mode, shlex.join(argv))
+        log.info("boot guest (%s%s): %s", self.mode, f", root {self.root}" if self.root else "",
+                 shlex.join(argv))
         start = time.monotonic()
         self._qemu_log = open(self._workdir / "qemu.log", "wb")  # noqa: SIM115 (closed in stop)
         try:
