@@ -268,8 +268,8 @@ def set_flow_restore_wait(on: bool) -> None:
 
     A clear, while ovs-vswitchd runs, returns once it has applied it (as
     ovs-vsctl without --no-wait): the switch runs its flows again. If it has
-    not by the timeout (or stops meanwhile), that is a warning: the write is
-    made, and the daemon acts on it when it reads it. A set does not wait:
+    not by the timeout, that is a warning (the write is made, and the daemon
+    acts on it when it reads it); if it stopped meanwhile, nothing to say. A set does not wait:
     it is made before ovs-vswitchd starts.
     """
     def running() -> bool:
@@ -280,7 +280,8 @@ def set_flow_restore_wait(on: bool) -> None:
                                applied=not on and running(), alive=running,
                                timeout=ovsdb.TIMEOUT)
     except NotApplied as e:
-        log.warning("%s", e)
+        # Gone meanwhile: its next start reads the database as it is now.
+        log.log(logging.DEBUG if not running() else logging.WARNING, "%s", e)
 
 
 def pin_ofports(wanted: dict[str, int]) -> list[str]:

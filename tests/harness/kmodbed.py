@@ -276,9 +276,14 @@ def addresses(text: str, names: tuple[str, ...], link_local: bool) -> dict[str, 
 
 def routes(text: str, link_local: bool) -> list[str]:
     """`ip -json route show table all`, sorted; the local routes of IPv6
-    link-local addresses alone (`link_local`) or all but those."""
+    link-local addresses alone (`link_local`) or all but those. Without the
+    routes of tunnel backers (TUNNEL_BACKER): ovs-vswitchd's own devices,
+    which 3.1 makes again at each start, with a new MAC and so a new
+    link-local address."""
     out = []
     for route in json.loads(text):
+        if TUNNEL_BACKER.match(str(route.get("dev", ""))):
+            continue
         route.pop("expires", None)
         is_ll = route.get("type") == "local" and str(route.get("dst", "")).startswith("fe80:")
         if is_ll == link_local:
