@@ -54,7 +54,9 @@ from tests.harness.kmodbed import OUR_UNITS, STATE_DIR
 from tests.harness.vm.build import REPO
 from tests.harness.vm.guest import Guest
 
-pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow, pytest.mark.hitless]
+# Out of make test (CI's share of the hitless lanes): make test-hitless runs it.
+pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow, pytest.mark.hitless,
+              pytest.mark.exhaustive]
 
 # Each of ovs-service's restart paths this many times (OVS_SERVICE_HITLESS_REPEAT).
 # Under emulation a try costs 1 to 4 minutes (without the probes a restart

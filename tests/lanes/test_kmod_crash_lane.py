@@ -11,6 +11,11 @@ flow-restore-wait absent and no transaction or pending snapshot behind, and
 the namespaces must talk through the flows again. Also: the operator starts
 the units instead of running recover, a kill inside the module reload that
 leaves the module unloaded, and recover itself killed.
+
+`make test` (CI) runs a kill with the daemon down, one with no datapath and
+one inside the restore, and the kill with the module unloaded; the rest are
+marked `exhaustive`, which only `make test-kmod-crash` runs (each kill costs
+one to three minutes under emulation: all of them take 30 to 55).
 """
 
 from __future__ import annotations
@@ -44,8 +49,17 @@ KILL_POINTS = [p for step in KMOD_STEPS for p in (step, f"{step}:after")]
 # Killed at these, the guest has no kernel datapath: recover must make them again.
 NO_DATAPATH = ("delete-datapaths:after", "reload-module", "reload-module:after",
                "restore-datapaths")
+# One kill point per phase of the transaction, for make test.
+REPRESENTATIVE = ("stop-ovs-vswitchd:after", "reload-module:after", "restore")
 JOURNAL = f"{STATE_DIR}/transaction.json"
 TRAFFIC_TIMEOUT = 60.0
+
+
+def sampled(values: list[str], kept: tuple[str, ...]) -> list[Any]:
+    """`values` as parameters, those not in `kept` marked exhaustive."""
+    assert set(kept) <= set(values), f"not among the values: {set(kept) - set(values)}"
+    return [value if value in kept else pytest.param(value, marks=pytest.mark.exhaustive)
+            for value in values]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +121,7 @@ def assert_whole(guest: Guest, before: SwitchState, what: str) -> None:
         assert time.monotonic() < deadline, f"no traffic between the namespaces after {what}"
 
 
-@pytest.mark.parametrize("point", KILL_POINTS)
+@pytest.mark.parametrize("point", sampled(KILL_POINTS, REPRESENTATIVE))
 def test_killed_at_every_step_then_recover(
     guest: Guest, reference: SwitchState, point: str
 ) -> None:
@@ -130,13 +144,14 @@ def test_killed_at_every_step_then_recover(
           f"recover: {'; '.join(recovered['actions'])}")
 
 
+@pytest.mark.exhaustive
 def test_recover_again_changes_nothing(guest: Guest, reference: SwitchState) -> None:
     assert recover(guest, "nothing")["actions"] == ["nothing to recover"]
     assert_whole(guest, reference, "a recover with nothing to recover")
 
 
-@pytest.mark.parametrize("point", ["restart-ovsdb-server:after", "delete-datapaths:after",
-                                   "reload-module:after", "restore-datapaths:after"])
+@pytest.mark.parametrize("point", sampled(["restart-ovsdb-server:after", "delete-datapaths:after",
+                                           "reload-module:after", "restore-datapaths:after"], ()))
 def test_killed_then_unit_start(guest: Guest, reference: SwitchState, point: str) -> None:
     """No recover at first: the operator just starts the switch again. The
     prestart hook re-creates kernel datapaths the reload had deleted, at
@@ -166,6 +181,7 @@ def test_killed_with_the_module_unloaded(guest: Guest, reference: SwitchState) -
     assert_whole(guest, reference, "SIGKILL with the module unloaded, and recover")
 
 
+@pytest.mark.exhaustive
 def test_recover_killed_too_then_recover_again(guest: Guest, reference: SwitchState) -> None:
     """recover itself killed twice: once with the datapaths made again and the
     units still down, once before the interfaces. The third run finishes, and
@@ -187,7 +203,8 @@ def test_recover_killed_too_then_recover_again(guest: Guest, reference: SwitchSt
 
 # After the stop, what can fail (rmmod refused, a failed ovsdb-server job, a
 # full disk) is injected here: OVS_SERVICE_FAULT=fail:STEP makes STEP raise.
-@pytest.mark.parametrize("step", ["restart-ovsdb-server", "reload-module", "restore"])
+@pytest.mark.parametrize("step", sampled(["restart-ovsdb-server", "reload-module", "restore"],
+                                         ()))
 def test_a_failure_after_the_stop_rolls_forward(
     guest: Guest, reference: SwitchState, step: str
 ) -> None:
