@@ -61,6 +61,12 @@ pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow, pytest.mark.hi
 # pairs is what fits the lane's budget; it shows a loss that happens in most
 # tries, not a rare one (see the report in restart.json for every try).
 REPEAT = int(os.environ.get("OVS_SERVICE_HITLESS_REPEAT", "3"))
+# Steps 2 and 3, under Debian's units (OVS_SERVICE_HITLESS_DEBIAN_UNITS=0 leaves
+# them out: CI's share, where the reinstall alone took 10 minutes under
+# emulation; the package install lane reinstalls there too, without probes).
+DEBIAN_UNITS = os.environ.get("OVS_SERVICE_HITLESS_DEBIAN_UNITS", "1") != "0"
+LEFT_OUT = ("Debian's units left out (OVS_SERVICE_HITLESS_DEBIAN_UNITS=0): "
+            "make test-hitless runs them")
 CACHE = REPO / ".cache" / "hitless"
 RESULTS = CACHE / "restart.json"
 
@@ -83,7 +89,7 @@ systemctl start openvswitch-switch.service openvswitch.service
 """
 
 # Debian's units as they are: the drop-ins go; the daemons keep running.
-DEBIAN_UNITS = """
+DEBIAN_UNITS_ALONE = """
 rm -r /run/systemd/system/ovsdb-server.service.d /run/systemd/system/ovs-vswitchd.service.d
 systemctl daemon-reload
 """
@@ -126,7 +132,7 @@ def installed_deb() -> Path:
 
 @pytest.fixture(scope="module")
 def runs() -> Iterator[dict[str, list[MethodRun]]]:
-    deb = installed_deb()
+    deb = installed_deb() if DEBIAN_UNITS else None
     start = time.monotonic()
     done: list[MethodRun] = []
 
@@ -148,21 +154,24 @@ def runs() -> Iterator[dict[str, list[MethodRun]]]:
         for i in range(REPEAT):
             for method, tag in ((OVS_SERVICE_RESTART, "osr"), (SYSTEMCTL_RESTART, "sys")):
                 record(run_method(guest, method, PROJECT_RESTARTS[method], f"{tag}{i}"), guest)
-        guest.sh(PACKAGED_UNITS.format(repo=REPO), timeout=300)
-        settle(guest)
-        phase("Debian's units with ovs-service's drop-ins")
-        record(run_method(guest, REINSTALL, ["dpkg", "--no-triggers", "-i", str(deb)],
-                          "deb0"), guest)
-        guest.sh(DEBIAN_UNITS, timeout=120)
-        phase("Debian's units alone")
-        record(run_method(guest, STOCK_DEBIAN, ["systemctl", "restart", "openvswitch-switch"],
-                          "stockdeb"), guest)
-        guest.sh(STOCK_DAEMONS, timeout=300)
-        settle(guest)
-        hitlessbed.reset_flows(guest)
-        record(run_method(guest, STOCK_OVS_CTL,
-                          [OVS_CTL, "restart", "--system-id=random", "--no-record-hostname"],
-                          "stockctl"), guest)
+        if deb is not None:
+            guest.sh(PACKAGED_UNITS.format(repo=REPO), timeout=300)
+            settle(guest)
+            phase("Debian's units with ovs-service's drop-ins")
+            record(run_method(guest, REINSTALL, ["dpkg", "--no-triggers", "-i", str(deb)],
+                              "deb0"), guest)
+            guest.sh(DEBIAN_UNITS_ALONE, timeout=120)
+            phase("Debian's units alone")
+            record(run_method(guest, STOCK_DEBIAN,
+                              ["systemctl", "restart", "openvswitch-switch"], "stockdeb"), guest)
+            guest.sh(STOCK_DAEMONS, timeout=300)
+            settle(guest)
+            hitlessbed.reset_flows(guest)
+            record(run_method(guest, STOCK_OVS_CTL,
+                              [OVS_CTL, "restart", "--system-id=random", "--no-record-hostname"],
+                              "stockctl"), guest)
+        else:
+            phase(LEFT_OUT)
     hitlessbed.write_results(RESULTS, done, time.monotonic() - start, repeat=REPEAT,
                              project_methods=PROJECT_METHODS)
     by_method: dict[str, list[MethodRun]] = {}
@@ -187,6 +196,8 @@ def test_systemctl_restart_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
 
 
 def test_package_reinstall_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
+    if not DEBIAN_UNITS:
+        pytest.skip(LEFT_OUT)
     _assert_hitless(runs[REINSTALL])
 
 
@@ -204,12 +215,14 @@ def test_package_reinstall_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
                    "(fixed in 3.2.0; asserted on 3.5 by test_hitless_trixie_lane.py)")
 def test_project_methods_keep_the_tunnel(runs: dict[str, list[MethodRun]]) -> None:
     for method in PROJECT_METHODS:
-        for run in runs[method]:
+        for run in runs.get(method, []):
             assert_tunnel_hitless(run)
 
 
 def test_stock_methods_were_measured(runs: dict[str, list[MethodRun]]) -> None:
     """Reported, not asserted: only that both ran under the probes."""
+    if not DEBIAN_UNITS:
+        pytest.skip(LEFT_OUT)
     for method in (STOCK_DEBIAN, STOCK_OVS_CTL):
         [run] = runs[method]
         assert run.vswitchd_restarted, f"{method}: ovs-vswitchd was not restarted"
