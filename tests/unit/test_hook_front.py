@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -319,27 +320,78 @@ def test_stop_leaves_a_kernel_datapath_switch_to_sigterm(front: Front) -> None:
     assert any("dpif/show" in line for line in calls.read_text().splitlines())
 
 
-@pytest.mark.parametrize("shown", ["netdev@ovs-netdev: hit:0 missed:0\n",
-                                   "system@ovs-system: hit:5 missed:1\n  br0:\n"
-                                   "netdev@ovs-netdev: hit:0 missed:0\n"])
-def test_stop_has_a_userspace_datapath_exit(front: Front, shown: str) -> None:
-    """Its devices (taps, DPDK ports) go only with exit's teardown."""
+NETDEV = "netdev@ovs-netdev: hit:0 missed:0\n  br0:\n    br0 65534/1: (tap)\n"
+
+
+@pytest.mark.parametrize("shown", [NETDEV, "system@ovs-system: hit:5 missed:1\n  br0:\n" + NETDEV])
+def test_stop_leaves_a_userspace_datapath_switch_to_sigterm(front: Front, shown: str) -> None:
+    """Its flows die with the process and its taps stay either way: no teardown."""
     calls = _fake_appctl(front, shown)
+    assert front.run("stop").returncode == 0
+    assert _exits(calls) == []
+
+
+@pytest.mark.parametrize("port", ["dpdk0 1/2: (dpdk: configured_rx_queues=1)",
+                                  "vhu0 2/3: (dpdkvhostuserclient: configured_rx_queues=1)",
+                                  "eth1 3/4: (afxdp: n_rxq=1)"])
+def test_stop_has_dpdk_and_afxdp_ports_exit(front: Front, port: str) -> None:
+    """Their ports are stopped only by exit's teardown."""
+    calls = _fake_appctl(front, f"{NETDEV}    {port}\n")
     assert front.run("stop").returncode == 0
     assert _exits(calls) == ["-T 10 -t ovs-vswitchd exit"]
 
 
-def test_stop_makes_a_real_userspace_switch_exit(front: Front, ovs: OvsBed) -> None:
-    """The private switch (netdev datapath): the real ovs-appctl, the daemon gone."""
+def test_stop_leaves_a_real_userspace_switch_and_its_tap_to_sigterm(front: Front,
+                                                                     ovs: OvsBed) -> None:
+    """The private switch (netdev datapath): the real ovs-appctl; the daemon
+    still runs after the hook, and SIGTERM (systemd's, here the test's) ends
+    it; the bridge's tap device stays for the next daemon, which takes it over."""
     ovs.add_bridge("brstop")
     pid = ovs.pid("ovs-vswitchd")
     assert pid
+    before = _link(ovs, "brstop")
     env = {**os.environ, "OVS_SERVICE_STATE_DIR": str(front.state),
            "OVS_SERVICE_RUN_DIR": str(front.run_dir), **ovs.env}
     proc = subprocess.run(["/bin/sh", str(front.front), "stop"], env=env, capture_output=True,
                           text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
+    assert pid_alive(pid), "the stop hook made ovs-vswitchd exit"
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not pid_alive(pid), "ovs-vswitchd did not exit"
+    assert not pid_alive(pid), "ovs-vswitchd did not exit on SIGTERM"
+    assert _link(ovs, "brstop") == before
+    ovs.restart_vswitchd()
+    assert _link(ovs, "brstop") == before
+
+
+def _link(ovs: OvsBed, name: str) -> int:
+    (link,) = json.loads(subprocess.run(["ip", "-n", ovs.netns, "-json", "link", "show", "dev",
+                                         name], check=True, capture_output=True,
+                                        text=True).stdout)
+    return int(link["ifindex"])
+
+
+def test_poststart_waits_for_the_background_restore_without_forking(front: Front) -> None:
+    """poststart waits until the restorer (its MainPID, from systemctl) exits,
+    with one waiting process, not a `sleep` forked every 10 ms."""
+    # Not a child of this process (a zombie would look alive): reaped by init.
+    restorer = int(subprocess.run(["sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!"],
+                                  check=True, capture_output=True, text=True).stdout)
+    try:
+        tool = Path(front.path.split(":")[0]) / "systemctl"
+        tool.write_text(f"#!/bin/sh\necho {restorer}\n")
+        (front.state / "restoring").write_text("20261125T000000Z-1\n")
+        forks = Path(front.path.split(":")[0]) / "sleep"  # a sleep on PATH counts its runs
+        forks.write_text(f"#!/bin/sh\necho x >> {front.state}/sleeps\nexec /bin/sleep \"$@\"\n")
+        forks.chmod(0o755)
+        started = time.monotonic()
+        proc = front.run("poststart")
+        waited = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(restorer, 9)
+    assert proc.returncode == 0 and "20261125T000000Z-1 restored" in proc.stderr, proc.stderr
+    assert waited >= 0.8, f"poststart returned after {waited:.2f} s, before the restorer ended"
+    assert not (front.state / "sleeps").exists(), "poststart polled with sleep"
