@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -197,15 +197,19 @@ OFPP_LOCAL = (0xFFFE, 0xFFFFFFFE)
 
 def restore_pinned(snapshot: store.Snapshot, records: Sequence[flows.BridgeRecord],
                    bundles: dict[str, PreparedBundle] | None = None,
-                   wait: float = 0.0) -> list[flows.BridgeRestore]:
+                   wait: float = 0.0,
+                   served: Callable[[], None] | None = None) -> list[flows.BridgeRestore]:
     """Put interfaces back at their saved OpenFlow port numbers, then restore
     the bridges (with the bundles prepared for them, if any).
 
     With `wait`, first wait up to that long for ovs-vswitchd to serve each
     bridge: one that it still does not serve then is reported failed (and
     transient if ovs-vswitchd is no longer running), the others are restored.
+    `served` is called once the wait is over, before anything is restored.
     """
     unserved = _unserved_bridges([r.name for r in records], wait) if wait else {}
+    if served is not None:
+        served()
     present = [r for r in records if r.name not in unserved]
     if (refused := _refused_by_switch(snapshot, present)) is not None:
         # Nothing was touched: every bridge failed, with the same reason.

@@ -3,7 +3,6 @@ are in the sh front, bin/ovs-service-hook)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -154,12 +153,20 @@ def _poststart(root: Path, wait: float = 0.0) -> int:
 
 def _full_priority() -> None:
     """The background restorer prepares at Nice=10, beside ovs-vswitchd's own
-    start; from the wait for the daemon on, the restore is what the switch
-    waits for: at the default priority (and the restore's threads, started
-    after this, with it). On a busy host a niced restore took minutes."""
-    with contextlib.suppress(OSError):
-        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    start. Once the daemon serves its bridges the restore is what the switch
+    waits for: every thread of this process (a nice value is a thread's own
+    on Linux) back to the default priority, and the restore's threads,
+    started after this, with them. A negative nice value stays."""
+    for task in Path("/proc/self/task").iterdir():
+        tid = int(task.name)
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) > 0:
+                os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile
+        except OSError as e:
+            log.warning("the restore stays at a lower priority: %s", e)
+            return
 
 
 def _restore_pending(root: Path, wait: float = 0.0, recorded: metrics.Recorder | None = None
@@ -174,8 +181,8 @@ def _restore_pending(root: Path, wait: float = 0.0, recorded: metrics.Recorder |
     try:
         snapshot, records = operations.prepare_pinned(pending)
         bundles = operations.prepare_bundles(snapshot, records)
-        _full_priority()
-        results = operations.restore_pinned(snapshot, records, bundles, wait)
+        results = operations.restore_pinned(snapshot, records, bundles, wait,
+                                            served=_full_priority)
     except OvsServiceError as e:
         log.error("restore of %s refused: %s", pending, e)
         store.mark_failed(root, pending)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
 import time
@@ -71,6 +72,9 @@ DATAPATH = "ovs-system"
 NS_ADDRESSES = {"ns1": "10.66.0.1", "ns2": "10.66.0.2", "ns3": "10.66.0.3"}
 UDP_PORT, TCP_PORT = 9999, 5201
 PROBE = f"{REPO}/tests/harness/vm/probe.py"
+# Where the lanes write their figures (OVS_SERVICE_HITLESS_RESULTS, relative
+# to the checkout): make test's share apart from a full make test-hitless.
+RESULTS_DIR = REPO / os.environ.get("OVS_SERVICE_HITLESS_RESULTS", ".cache/hitless")
 LOGS = "/tmp/hitless"
 OF = "OpenFlow15"
 

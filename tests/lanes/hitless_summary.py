@@ -6,7 +6,7 @@ Reads what the lanes wrote under .cache/hitless:
   own restarts on Debian 13's Open vSwitch (with "ovs_version");
 - force-reload-kmod.json (the force-reload-kmod comparison with the stock
   script): {"ovs_service_gap_ms", "stock_gap_ms", "ratio",
-  "ovs_service_lines_kept", "stock_lines_kept", "lines_total"}.
+  "ovs_service_lines_kept", "stock_lines_kept", "lines_total", "pairs"}.
 A file that is missing is said "not run". The last line sums up: established
 packets lost per method (on the bridge and across the tunnel), the
 force-reload-kmod gap ratio to the stock script, and the Debian 13 lane's
@@ -57,6 +57,9 @@ def restart_lines(doc: dict[str, Any] | None, title: str = "restart methods",
             "every 10 ms, same bridge + tunnel):",
             f"  {'method':<46}{'tries':>6}{'est. lost':>10}{'new-conn gap':>14}"
             f"{'tcp alive':>10}{'vport+dp same':>14}{'openflow kept':>15}"]
+    if doc.get("debian_units") is False:
+        rows.append("  (Debian's units left out: no reinstall, no stock restart; "
+                    "make test-hitless runs them)")
     parts = []
     for name, m in doc.get("methods", {}).items():
         kept = f"{m['openflow_lines_kept']}/{m['openflow_lines_total']}"
@@ -87,12 +90,16 @@ def kmod_lines(doc: dict[str, Any] | None) -> tuple[list[str], str]:
     missing = [k for k in KMOD_KEYS if k not in doc]
     if missing:
         raise SystemExit(f"{KMOD}: missing {', '.join(missing)}")
-    rows = [f"force-reload-kmod vs stock: gap {doc['ovs_service_gap_ms']:.0f} ms vs "
+    pairs = doc.get("pairs")
+    count = "" if pairs is None else ("1 pair" if pairs == 1 else f"medians of {pairs} pairs")
+    title = f"force-reload-kmod vs stock ({count})" if count else "force-reload-kmod vs stock"
+    rows = [f"{title}: gap {doc['ovs_service_gap_ms']:.0f} ms vs "
             f"{doc['stock_gap_ms']:.0f} ms (ratio {doc['ratio']:.2f}); lines kept "
             f"{doc['ovs_service_lines_kept']} vs {doc['stock_lines_kept']} of "
             f"{doc['lines_total']}"]
     return rows, (f"force-reload-kmod gap ratio to stock {doc['ratio']:.2f} "
-                  f"({doc['ovs_service_gap_ms']:.0f}/{doc['stock_gap_ms']:.0f} ms)")
+                  f"({doc['ovs_service_gap_ms']:.0f}/{doc['stock_gap_ms']:.0f} ms"
+                  f"{f', {count}' if count else ''})")
 
 
 def summary(directory: Path) -> list[str]:

@@ -25,7 +25,8 @@ pings and the TCP stream through it) the goal is a strict xfail: ovs-vswitchd
 3.1 re-creates the tunnel vport whenever it starts (fixed in 3.2.0). The same
 bed on Debian 13's Open vSwitch 3.5, where the goal is asserted across the
 tunnel too, is `test_hitless_trixie_lane.py`. The
-figures of every run go to .cache/hitless/restart.json, which
+figures of every run go to restart.json (in .cache/hitless, or
+OVS_SERVICE_HITLESS_RESULTS), which
 `python3 -m tests.lanes.hitless_summary` sums up (`make test-hitless`).
 """
 
@@ -68,7 +69,7 @@ DEBIAN_UNITS = os.environ.get("OVS_SERVICE_HITLESS_DEBIAN_UNITS", "1") != "0"
 LEFT_OUT = ("Debian's units left out (OVS_SERVICE_HITLESS_DEBIAN_UNITS=0): "
             "make test-hitless runs them")
 CACHE = REPO / ".cache" / "hitless"
-RESULTS = CACHE / "restart.json"
+RESULTS = hitlessbed.RESULTS_DIR / "restart.json"
 
 REINSTALL = "reinstall openvswitch-switch (drop-ins)"
 STOCK_DEBIAN = "systemctl restart openvswitch-switch (stock)"
@@ -173,7 +174,8 @@ def runs() -> Iterator[dict[str, list[MethodRun]]]:
         else:
             phase(LEFT_OUT)
     hitlessbed.write_results(RESULTS, done, time.monotonic() - start, repeat=REPEAT,
-                             project_methods=PROJECT_METHODS)
+                             project_methods=PROJECT_METHODS,
+                             extra={"debian_units": DEBIAN_UNITS})
     by_method: dict[str, list[MethodRun]] = {}
     for run in done:
         by_method.setdefault(run.method, []).append(run)

@@ -63,7 +63,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow, pytest.mark.hi
 # takes 40 s; they keep both emulated CPUs busy), the boot and the bed 1.5:
 # the lane takes about 10 minutes with 2.
 REPEAT = int(os.environ.get("OVS_SERVICE_HITLESS_REPEAT", "2"))
-RESULTS = REPO / ".cache" / "hitless" / "restart-trixie.json"
+RESULTS = hitlessbed.RESULTS_DIR / "restart-trixie.json"
 FIXED_IN = (3, 2)  # b5313a8ce: the tunnel's backing vport kept across restarts
 
 # In one round trip: what the guest runs (one line each), then every module

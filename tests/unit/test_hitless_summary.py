@@ -58,3 +58,17 @@ def test_a_missing_key_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "force-reload-kmod.json").write_text(json.dumps({"ratio": 0.4}))
     with pytest.raises(SystemExit, match=r"force-reload-kmod\.json: missing ovs_service_gap_ms"):
         hitless_summary.summary(tmp_path)
+
+
+def test_make_tests_share_says_what_it_left_out(tmp_path: Path) -> None:
+    """One pair, and no Debian units: said, so that it never reads as a full run."""
+    (tmp_path / "restart.json").write_text(json.dumps({
+        "lane_seconds": 600.0, "repeat": 1, "debian_units": False,
+        "methods": {"ovs-service restart": _method(0, 1)}}))
+    (tmp_path / "force-reload-kmod.json").write_text(json.dumps({
+        "ovs_service_gap_ms": 2100.0, "stock_gap_ms": 5250.0, "ratio": 0.4,
+        "ovs_service_lines_kept": 20, "stock_lines_kept": 9, "lines_total": 20, "pairs": 1}))
+    lines = hitless_summary.summary(tmp_path)
+    assert any("Debian's units left out" in line for line in lines[:-1]), lines
+    assert "0.40 (2100/5250 ms, 1 pair)" in lines[-1]
+    assert "force-reload-kmod vs stock (1 pair)" in "\n".join(lines[:-1])

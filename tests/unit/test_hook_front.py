@@ -333,10 +333,13 @@ def test_stop_leaves_a_userspace_datapath_switch_to_sigterm(front: Front, shown:
 
 @pytest.mark.parametrize("port", ["dpdk0 1/2: (dpdk: configured_rx_queues=1)",
                                   "vhu0 2/3: (dpdkvhostuserclient: configured_rx_queues=1)",
-                                  "eth1 3/4: (afxdp: n_rxq=1)"])
-def test_stop_has_dpdk_and_afxdp_ports_exit(front: Front, port: str) -> None:
-    """Their ports are stopped only by exit's teardown."""
-    calls = _fake_appctl(front, f"{NETDEV}    {port}\n")
+                                  "vhu1 4/5: (dpdkvhostuser: configured_rx_queues=1)",
+                                  "eth1 3/4: (afxdp: n_rxq=1)",
+                                  "eth2 5/6: (afxdp-nonpmd: n_rxq=1)"])
+@pytest.mark.parametrize("kernel", ["", "system@ovs-system: hit:5 missed:1\n  brk:\n"])
+def test_stop_has_dpdk_and_afxdp_ports_exit(front: Front, port: str, kernel: str) -> None:
+    """Their ports are stopped only by exit's teardown (beside kernel bridges too)."""
+    calls = _fake_appctl(front, f"{kernel}{NETDEV}    {port}\n")
     assert front.run("stop").returncode == 0
     assert _exits(calls) == ["-T 10 -t ovs-vswitchd exit"]
 

@@ -123,7 +123,7 @@ def _values(path: Path, key: str) -> list[str]:
 def test_vswitchd_saves_before_it_stops(path: Path) -> None:
     stops = [v for v in _values(path, "ExecStop") if v]
     # Our own unit stops the daemon through the hook after the save (no ovs-ctl
-    # shell in the outage; `ovs-appctl exit` only for a userspace datapath,
+    # shell in the outage; `ovs-appctl exit` only with DPDK or AF_XDP ports,
     # else systemd's SIGTERM); Debian's keeps ovs-ctl.
     if path.suffix == ".service":
         assert stops == ["-+ovs-service-hook save", "-+ovs-service-hook stop"]
