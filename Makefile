@@ -41,9 +41,8 @@ test:
 	@$(MAKE) --no-print-directory -j2 --keep-going --output-sync=target test-half-vm test-half-host
 
 # The VM half of make test: the harness, force-reload-kmod, the package
-# install lane and four of the kernel-module crash lane's kills (with no
-# datapath, with the restore pending, with the module unloaded, and one the
-# units' hooks restore after); then CI's
+# install lane and two of the kernel-module crash lane's kills (one with the
+# restore pending, then recover; one the units' hooks restore after); then CI's
 # share of the hitless lanes, summary last: on Debian 12, one try each of
 # ovs-service restart and systemctl restart openvswitch (ovs-service's
 # units), and one force-reload-kmod pair against the stock script. The rest
