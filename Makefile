@@ -59,8 +59,8 @@ test-vm-lanes:
 # CI's share of the hitless lanes, its figures and summary apart from a full
 # run's (.cache/hitless-ci).
 test-hitless-ci:
-	@OVS_SERVICE_HITLESS_DEBIAN_UNITS=0 $(MAKE) --no-print-directory test-hitless \
-		HITLESS_REPEAT=1 HITLESS_PAIRS=1 HITLESS_SELECT="hitless and not exhaustive" \
+	@$(MAKE) --no-print-directory test-hitless HITLESS_REPEAT=1 HITLESS_PAIRS=1 \
+		HITLESS_DEBIAN_UNITS=0 HITLESS_SELECT="hitless and not exhaustive" \
 		HITLESS_RESULTS=.cache/hitless-ci
 
 test-half-host:
@@ -101,16 +101,18 @@ test-fleet:
 # The kernel-datapath hitless lanes (one VM each); the summary is the last line,
 # also when a lane fails (its exit status is kept). Each restart path
 # HITLESS_REPEAT times and HITLESS_PAIRS force-reload-kmod pairs (empty: each
-# lane's own default), the lanes HITLESS_SELECT picks (pytest -m), figures in
-# HITLESS_RESULTS.
+# lane's own default), Debian's units left out with HITLESS_DEBIAN_UNITS=0,
+# the lanes HITLESS_SELECT picks (pytest -m), figures in HITLESS_RESULTS.
 HITLESS_REPEAT ?=
 HITLESS_PAIRS ?=
+HITLESS_DEBIAN_UNITS ?=
 HITLESS_SELECT ?= hitless
 HITLESS_RESULTS ?= .cache/hitless
 test-hitless:
 	rm -f $(HITLESS_RESULTS)/*.json
 	$(if $(HITLESS_REPEAT),OVS_SERVICE_HITLESS_REPEAT=$(HITLESS_REPEAT)) \
 	$(if $(HITLESS_PAIRS),OVS_SERVICE_HITLESS_PAIRS=$(HITLESS_PAIRS)) \
+	$(if $(HITLESS_DEBIAN_UNITS),OVS_SERVICE_HITLESS_DEBIAN_UNITS=$(HITLESS_DEBIAN_UNITS)) \
 	OVS_SERVICE_HITLESS_RESULTS=$(HITLESS_RESULTS) \
 		$(PYTEST) -m "$(HITLESS_SELECT)" -s $(PYTEST_ARGS); status=$$?; \
 		$(PYTHON) -m tests.lanes.hitless_summary $(HITLESS_RESULTS); exit $$status

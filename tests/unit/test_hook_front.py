@@ -352,7 +352,7 @@ def test_stop_leaves_a_real_userspace_switch_and_its_tap_to_sigterm(front: Front
     ovs.add_bridge("brstop")
     pid = ovs.pid("ovs-vswitchd")
     assert pid
-    before = _link(ovs, "brstop")
+    before = _ifindex(ovs, "brstop")
     env = {**os.environ, "OVS_SERVICE_STATE_DIR": str(front.state),
            "OVS_SERVICE_RUN_DIR": str(front.run_dir), **ovs.env}
     proc = subprocess.run(["/bin/sh", str(front.front), "stop"], env=env, capture_output=True,
@@ -364,12 +364,12 @@ def test_stop_leaves_a_real_userspace_switch_and_its_tap_to_sigterm(front: Front
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(pid), "ovs-vswitchd did not exit on SIGTERM"
-    assert _link(ovs, "brstop") == before
+    assert _ifindex(ovs, "brstop") == before
     ovs.restart_vswitchd()
-    assert _link(ovs, "brstop") == before
+    assert _ifindex(ovs, "brstop") == before
 
 
-def _link(ovs: OvsBed, name: str) -> int:
+def _ifindex(ovs: OvsBed, name: str) -> int:
     (link,) = json.loads(subprocess.run(["ip", "-n", ovs.netns, "-json", "link", "show", "dev",
                                          name], check=True, capture_output=True,
                                         text=True).stdout)
