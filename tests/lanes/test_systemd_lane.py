@@ -111,6 +111,68 @@ def test_restart_reports_steps_as_json(lane: tuple[SystemdNamespace, NsSwitch, H
     assert got["ovs_service_flow_restore_wait"].value() == 0
 
 
+def _restart(ns: SystemdNamespace, *options: str) -> tuple[str, int, int]:
+    """`ovs-service restart`: what it said of ovsdb-server, and the main PIDs
+    of ovsdb-server and ovs-vswitchd after it, as systemd reports them."""
+    vswitchd = ns.main_pid("ovs-vswitchd")
+    result = json.loads(ns.run(["ovs-service", "restart", "--json", *options]).stdout)
+    detail = next(s["detail"] for s in result["steps"] if s["name"] == "restart-ovsdb-server")
+    assert ns.main_pid("ovs-vswitchd") != vswitchd, "ovs-vswitchd was not restarted"
+    return detail, ns.main_pid("ovsdb-server"), ns.main_pid("ovs-vswitchd")
+
+
+def _cmdline(ns: SystemdNamespace, pid: int) -> list[str]:
+    return ns.run(["cat", f"/proc/{pid}/cmdline"]).stdout.split("\0")
+
+
+OPTIONS_DROPIN = "/run/systemd/system/ovsdb-server.service.d/50-test-options.conf"
+BINARY_COPY = "/tmp/ovsdb-server.copy"
+
+
+def test_database_restarted_only_when_changed(
+    lane: tuple[SystemdNamespace, NsSwitch, Hosts],
+) -> None:
+    """ovs-service restart leaves ovsdb-server running while its binary, schema
+    and options are those it started with, and restarts it when one changed
+    (options from a drop-in, a binary replaced under it) or when asked to."""
+    ns, switch, hosts = lane
+    before = canon.all_states(switch)
+    db = ns.main_pid("ovsdb-server")
+    try:
+        detail, now, _ = _restart(ns)
+        assert now == db and detail.startswith("kept running"), detail
+
+        detail, now, _ = _restart(ns, "--restart-database")
+        assert now != db and "--restart-database" in detail, detail
+        db = now
+
+        ns.write_file(OPTIONS_DROPIN,
+                      '[Service]\nEnvironment="OVS_CTL_OPTS=--no-self-confinement"\n')
+        ns.systemctl("daemon-reload")
+        detail, now, _ = _restart(ns)
+        assert now != db and "options changed" in detail, detail
+        assert "--no-self-confinement" in _cmdline(ns, now), "the new options were not applied"
+        db = now
+        # The options systemd passes now are those the key recorded.
+        detail, now, _ = _restart(ns)
+        assert now == db and detail.startswith("kept running"), detail
+
+        # An upgrade's new binary, without the upgrade: another inode at the path.
+        ns.run(["cp", "/usr/sbin/ovsdb-server", BINARY_COPY])
+        ns.run(["mount", "--bind", BINARY_COPY, "/usr/sbin/ovsdb-server"])
+        detail, now, _ = _restart(ns)
+        assert now != db and "replaced" in detail, detail
+        db = now
+    finally:
+        ns.run(["umount", "/usr/sbin/ovsdb-server"], check=False)
+        ns.run(["rm", "-f", OPTIONS_DROPIN, BINARY_COPY])
+        ns.systemctl("daemon-reload")
+    detail, now, _ = _restart(ns)
+    assert now != db and detail.startswith("restarted"), detail
+    assert "--no-self-confinement" not in _cmdline(ns, now)
+    _check(switch, hosts, before, "ovs-service restart, the database kept or restarted")
+
+
 def _break_snapshot(ns: SystemdNamespace, snapshot: str, bridge: str) -> None:
     """Edit a snapshot the way an operator could by mistake: drop a bridge's groups
     (its flows still use them) and fix up the checksums, so it passes verification."""
