@@ -310,7 +310,8 @@ def _progress(as_json: bool) -> Any:
 DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Print the plan and change nothing.")
 RESTART_DATABASE_OPT = typer.Option(
     False, "--restart-database", help="Restart ovsdb-server too, even when its binary, "
-    "schema and options are those it started with (default: only when one changed).")
+    "libraries, schema, unit and options are those it started with (default: only when "
+    "one changed).")
 
 
 def _plan(op: str, as_json: bool) -> None:
@@ -331,9 +332,9 @@ def restart(
 ) -> None:
     """Restart Open vSwitch through systemd and keep every flow.
 
-    Saves, stops ovs-vswitchd, restarts ovsdb-server if its binary, schema or
-    options changed, starts ovs-vswitchd with flow-restore-wait, restores
-    every bridge, clears flow-restore-wait.
+    Saves, stops ovs-vswitchd, restarts ovsdb-server if what it starts from
+    changed, starts ovs-vswitchd with flow-restore-wait, restores every
+    bridge, clears flow-restore-wait.
     Example: ovs-service restart --dry-run
     """
     from ovs_service import transaction

@@ -49,9 +49,9 @@ VSWITCHD_UNIT = "ovs-vswitchd.service"
 
 DATABASE_STEP = (
     "restart-ovsdb-server",
-    f"restart {OVSDB_UNIT} alone while ovs-vswitchd exits, if its binary, schema or "
-    "options changed since it started (always with --restart-database); otherwise "
-    "wait for the exit")
+    f"restart {OVSDB_UNIT} alone while ovs-vswitchd exits, if its binary or a library, "
+    "the schema, its unit or options changed since it started (always with "
+    "--restart-database); otherwise wait for the exit")
 
 RESTART_PLAN: list[tuple[str, str]] = [
     ("save", "save every bridge's OpenFlow state to a new snapshot and verify it"),
@@ -161,6 +161,8 @@ def database_decision(sd: Systemd, forced: bool) -> database.Decision:
         return database.decide(sd.service_start(OVSDB_UNIT))
     except SystemdError as e:
         return database.Decision(True, f"restarted: cannot read its unit ({e})")
+    except Exception as e:  # a decision that fails must not stop the restart: restart it
+        return database.Decision(True, f"restarted: cannot tell whether it changed ({e!r})")
 
 
 def stop(run: Run, sd: Systemd, db: database.Decision) -> None:

@@ -126,15 +126,26 @@ def _cmdline(ns: SystemdNamespace, pid: int) -> list[str]:
 
 
 OPTIONS_DROPIN = "/run/systemd/system/ovsdb-server.service.d/50-test-options.conf"
+OPTIONS_FILE = "/run/ovs-service-test/ovsdb-options.env"
+# ovs-ctl's own documented form: quotes inside the value, which systemd
+# removes as it splits $OVS_CTL_OPTS.
+QUOTED_OPTIONS = ("OVS_CTL_OPTS=\"--no-self-confinement "
+                  "--ovsdb-server-options='-vconsole:info -vsyslog:info'\"\n")
 BINARY_COPY = "/tmp/ovsdb-server.copy"
+
+
+def _open_files_limit(ns: SystemdNamespace, pid: int) -> str:
+    limits = ns.run(["cat", f"/proc/{pid}/limits"]).stdout
+    return next(ln.split()[3] for ln in limits.splitlines() if ln.startswith("Max open files"))
 
 
 def test_database_restarted_only_when_changed(
     lane: tuple[SystemdNamespace, NsSwitch, Hosts],
 ) -> None:
-    """ovs-service restart leaves ovsdb-server running while its binary, schema
-    and options are those it started with, and restarts it when one changed
-    (options from a drop-in, a binary replaced under it) or when asked to."""
+    """ovs-service restart leaves ovsdb-server running while what it starts
+    from is unchanged, and restarts it when asked to or when its options (an
+    environment file's, quoted), its unit (a drop-in's LimitNOFILE=) or its
+    binary changed; each change is seen applied in the new daemon."""
     ns, switch, hosts = lane
     before = canon.all_states(switch)
     db = ns.main_pid("ovsdb-server")
@@ -146,16 +157,26 @@ def test_database_restarted_only_when_changed(
         assert now != db and "--restart-database" in detail, detail
         db = now
 
-        ns.write_file(OPTIONS_DROPIN,
-                      '[Service]\nEnvironment="OVS_CTL_OPTS=--no-self-confinement"\n')
+        ns.write_file(OPTIONS_FILE, QUOTED_OPTIONS)
+        ns.write_file(OPTIONS_DROPIN, f"[Service]\nEnvironmentFile=-{OPTIONS_FILE}\n")
         ns.systemctl("daemon-reload")
         detail, now, _ = _restart(ns)
-        assert now != db and "options changed" in detail, detail
-        assert "--no-self-confinement" in _cmdline(ns, now), "the new options were not applied"
+        assert now != db and "changed since it started" in detail, detail
+        argv = _cmdline(ns, now)
+        assert "--no-self-confinement" in argv and "-vsyslog:info" in argv, argv
         db = now
-        # The options systemd passes now are those the key recorded.
+        # What systemd passes now is what the hook recorded: the same key.
         detail, now, _ = _restart(ns)
         assert now == db and detail.startswith("kept running"), detail
+
+        limit = _open_files_limit(ns, db)
+        ns.write_file(OPTIONS_DROPIN, f"[Service]\nEnvironmentFile=-{OPTIONS_FILE}\n"
+                                      "LimitNOFILE=4096\n")
+        ns.systemctl("daemon-reload")
+        detail, now, _ = _restart(ns)
+        assert now != db and "unit files" in detail, detail
+        assert _open_files_limit(ns, now) == "4096" != limit
+        db = now
 
         # An upgrade's new binary, without the upgrade: another inode at the path.
         ns.run(["cp", "/usr/sbin/ovsdb-server", BINARY_COPY])
@@ -165,7 +186,7 @@ def test_database_restarted_only_when_changed(
         db = now
     finally:
         ns.run(["umount", "/usr/sbin/ovsdb-server"], check=False)
-        ns.run(["rm", "-f", OPTIONS_DROPIN, BINARY_COPY])
+        ns.run(["rm", "-f", OPTIONS_DROPIN, OPTIONS_FILE, BINARY_COPY])
         ns.systemctl("daemon-reload")
     detail, now, _ = _restart(ns)
     assert now != db and detail.startswith("restarted"), detail

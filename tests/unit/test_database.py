@@ -1,13 +1,15 @@
 """Whether a transaction restarts ovsdb-server (`ovs_service.database`): the
-decision on a made-up /proc and runtime directory, the key against the one
-ovs-service-hook's own shell computes, and systemd's expansion of the
-options. Under a real systemd: test_systemd_lane.py
+decision on a made-up /proc and runtime directory (with a real database
+made by ovsdb-tool), the key against the one ovs-service-hook's own shell
+computes, and the expansion of the options. Against systemd's own
+expansion, under a real systemd: test_systemd_lane.py
 (test_database_restarted_only_when_changed)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import replace
@@ -19,6 +21,9 @@ from ovs_service import database
 from ovs_service.systemd import ServiceStart
 
 HOOK = Path(__file__).resolve().parents[2] / "bin" / "ovs-service-hook"
+SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+pytestmark = pytest.mark.skipif(not SCHEMA.exists() or not shutil.which("ovsdb-tool"),
+                                reason="Open vSwitch is not installed")
 UNIT_ARGV = ("/bin/sh", "-c", "exec ovs-service-hook ovsdb-start \"$$@\"", "ovsdb-start",
              "$OVS_CTL_OPTS")
 PID = 4242
@@ -34,23 +39,32 @@ class Bed:
             d.mkdir(parents=True)
         self.binary = tmp / "ovsdb-server"
         self.binary.write_bytes(b"\x7fELF binary")
-        (self.share / "vswitch.ovsschema").write_text('{"version": "8.3.1"}')
+        self.schema = self.share / "vswitch.ovsschema"
+        shutil.copy(SCHEMA, self.schema)
+        self.db = tmp / "conf.db"
+        subprocess.run(["ovsdb-tool", "create", str(self.db), str(self.schema)], check=True)
         self.env_file = tmp / "openvswitch-switch"
         self.env_file.write_text("# OVS_CTL_OPTS=\n")
+        self.unit_file = tmp / "ovsdb-server.service"
+        self.unit_file.write_text("[Service]\n")
         self.cmdline = b"ovsdb-server\0/etc/openvswitch/conf.db\0--detach\0"
         process = self.proc / str(PID)
         (process / "comm").write_text("ovsdb-server\n")
         (process / "exe").symlink_to(self.binary)
         (process / "cmdline").write_bytes(self.cmdline)
+        (process / "maps").write_text(
+            f"55d0-55d1 r-xp 00000000 fd:01 42 {self.binary}\n"
+            "7f00-7f01 r-xp 00000000 fd:01 43 /usr/lib/x86_64-linux-gnu/libssl.so.3\n"
+            "7f02-7f03 rw-s 00000000 00:01 44 /memfd:scratch (deleted)\n")
         self.unit = ServiceStart(
             active=True, main_pid=PID, exec_start=(UNIT_ARGV,),
-            environment=(f"OVS_PKGDATADIR={self.share}",),
-            environment_files=((str(self.env_file), True),))
+            environment=(f"OVS_PKGDATADIR={self.share}", f"OVS_DBDIR={tmp}"),
+            environment_files=((str(self.env_file), True),),
+            unit_files=(str(self.unit_file),))
 
     def record_start(self) -> None:
         """What ovsdb-start leaves after starting the daemon through ovs-ctl."""
-        key = database.key_now(self.unit, self.binary)
-        assert key is not None
+        key = database.key_now(self.unit, database.environment(self.unit), self.binary)
         (self.run_dir / database.KEY_FILE).write_text(key + "\n")
         (self.run_dir / database.ARGV_FILE).write_bytes(self.cmdline + database.REMOTE)
 
@@ -80,7 +94,33 @@ def test_kept_after_a_direct_start(bed: Bed) -> None:
 def test_restarted_when_the_options_changed(bed: Bed) -> None:
     bed.env_file.write_text('OVS_CTL_OPTS="--no-self-confinement"\n')
     decision = bed.decide()
-    assert decision.restart and "options changed" in decision.why
+    assert decision.restart and "changed since it started" in decision.why, decision.why
+
+
+def test_restarted_when_the_managers_environment_changed(bed: Bed) -> None:
+    # systemctl set-environment OVS_CTL_OPTS=...: every unit's commands get it.
+    decision = bed.decide(replace(bed.unit, manager_environment=("OVS_CTL_OPTS=--x",)))
+    assert decision.restart and "changed since it started" in decision.why, decision.why
+
+
+def test_restarted_when_a_unit_file_changed(bed: Bed) -> None:
+    # A drop-in's LimitNOFILE=, Nice=...: nothing in the options, all in the files.
+    bed.unit_file.write_text("[Service]\nLimitNOFILE=4096\n")
+    decision = bed.decide()
+    assert decision.restart and "unit files" in decision.why, decision.why
+
+
+def test_restarted_when_a_library_was_replaced(bed: Bed) -> None:
+    maps = bed.proc / str(PID) / "maps"
+    maps.write_text(maps.read_text().replace("libssl.so.3\n", "libssl.so.3 (deleted)\n"))
+    decision = bed.decide()
+    assert decision.restart and "libssl.so.3 was replaced" in decision.why, decision.why
+
+
+def test_restarted_when_the_database_is_missing(bed: Bed) -> None:
+    bed.db.unlink()
+    decision = bed.decide()
+    assert decision.restart and "conf.db is missing" in decision.why, decision.why
 
 
 def test_restarted_when_the_binary_was_replaced(bed: Bed) -> None:
@@ -104,7 +144,8 @@ def test_restarted_when_the_schema_changed(bed: Bed) -> None:
 
 
 @pytest.mark.parametrize("change", ["inactive", "no key", "other command line", "not ovsdb",
-                                    "no hook in ExecStart", "unreadable environment file"])
+                                    "no hook in ExecStart", "missing environment file",
+                                    "wildcard environment file", "PassEnvironment="])
 def test_restarted_when_it_cannot_tell(bed: Bed, change: str) -> None:
     unit = bed.unit
     if change == "inactive":
@@ -117,43 +158,69 @@ def test_restarted_when_it_cannot_tell(bed: Bed, change: str) -> None:
         (bed.proc / str(PID) / "comm").write_text("bash\n")  # a reused PID
     elif change == "no hook in ExecStart":
         unit = replace(unit, exec_start=(("/usr/share/openvswitch/scripts/ovs-ctl", "start"),))
-    elif change == "unreadable environment file":
+    elif change == "missing environment file":
         unit = replace(unit, environment_files=((str(bed.env_file) + ".gone", False),))
+    elif change == "wildcard environment file":
+        unit = replace(unit, environment_files=((str(bed.env_file.parent / "*.env"), True),))
+    elif change == "PassEnvironment=":
+        unit = replace(unit, pass_environment=("OVS_CTL_OPTS",))
     decision = bed.decide(unit)
     assert decision.restart, change
-    assert decision.why.startswith("restarted: ")
+    assert decision.why.startswith("restarted: "), decision.why
+
+
+def test_kept_with_odd_bytes_and_lines_in_the_environment_file(bed: Bed) -> None:
+    # systemd reads these without complaint: so must the decision.
+    bed.env_file.write_bytes(b"# ge\xe4ndert\nexport FOO=1\nnot an assignment\n"
+                             b"OVS_CTL_OPTS=--no-self-confinement\n")
+    bed.record_start()
+    assert not bed.decide().restart
 
 
 def test_key_is_the_hooks(bed: Bed) -> None:
-    """key_now computes what the hook's own `key=` line does, in sh, with the
-    same options: the decision compares the two."""
+    """key_now computes what the hook's own `key=` statement does, in sh, given
+    the same arguments: the decision compares the two. (Which arguments
+    systemd passes is the lane's to check.)"""
     binary = Path("/usr/sbin/ovsdb-server")
     if not binary.exists():
         pytest.skip("Open vSwitch is not installed")
-    line = next(m.group(0) for m in re.finditer(r"^\s*key=.*$", HOOK.read_text(), re.M))
-    assert "/usr/sbin/ovsdb-server" in line, "the hook keys another binary than database.BINARY"
-    options = "--no-self-confinement   --ovsdb-server-options=--x"
-    bed.env_file.write_text(f"OVS_CTL_OPTS='{options}'\n")
-    script = f'schema={bed.share}/vswitch.ovsschema\n{line.strip()}\nprintf %s "$key"'
-    shell = subprocess.run(["sh", "-c", script, "sh", *options.split()],
+    text = HOOK.read_text()
+    statement = re.search(r'^\s*key="\$\(stat.*?\|\$\*"$', text, re.M | re.S)
+    assert statement, "no key= statement in the hook"
+    assert "/usr/sbin/ovsdb-server" in statement.group(0), "the hook keys another binary"
+    bed.env_file.write_text("OVS_CTL_OPTS='--no-self-confinement   --x=\"a b\"'\n")
+    args = ["--no-self-confinement", "--x=a b"]  # what systemd passes for $OVS_CTL_OPTS
+    files = sorted([str(bed.unit_file), str(bed.env_file), str(bed.env_file) + ".missing"])
+    unit = replace(bed.unit, environment_files=(*bed.unit.environment_files,
+                                                (files[-1], True)))
+    script = (f"unit_files() {{ printf '%s\\n' {' '.join(map(shlex.quote, files))}; }}\n"
+              f"schema={shlex.quote(str(bed.schema))}\n{statement.group(0).strip()}\n"
+              'printf %s "$key"')
+    shell = subprocess.run(["sh", "-c", script, "sh", *args],
                            capture_output=True, text=True, check=True).stdout
-    assert database.key_now(bed.unit, binary) == shell
+    assert database.key_now(unit, database.environment(unit), binary) == shell
 
 
 def test_expansion_is_systemds() -> None:
-    env = {"OPTS": "  --a   --b=c ", "ONE": "x y", "EMPTY": ""}
+    env = {"OPTS": "  --a   --b=c ", "ONE": "x y", "EMPTY": "",
+           "QUOTED": "--ovsdb-server-options='-vconsole:info -vsyslog:info'"}
     assert database.expand(("$OPTS", "${ONE}", "pre${ONE}post", "$EMPTY", "$UNSET", "$$OPTS",
-                            "lit"), env) == [
-        "--a", "--b=c", "x y", "prex ypost", "$OPTS", "lit"]
+                            "lit", "$QUOTED"), env) == [
+        "--a", "--b=c", "x y", "prex ypost", "$OPTS", "lit",
+        "--ovsdb-server-options=-vconsole:info -vsyslog:info"]
 
 
 def test_environment_file_parsing() -> None:
     text = ("# a comment\n; another\n\n  OVS_CTL_OPTS = \"--a  --b\"  \n"
-            "SINGLE='it''s'\nCONT=one \\\ntwo\nEMPTY=\n")
+            "SINGLE='it''s'\nCONT=one \\\ntwo\nEMPTY=\nexport SKIPPED=1\nnot one\n")
     assert database.parse_env_file(text) == {
         "OVS_CTL_OPTS": "--a  --b", "SINGLE": "its", "CONT": "one two", "EMPTY": ""}
-    assert database.parse_env_file("not an assignment\n") is None
-    assert database.parse_env_file("X='unterminated\n") is None
+
+
+def test_restarted_with_an_unbalanced_quote(bed: Bed) -> None:
+    bed.env_file.write_text("OVS_CTL_OPTS='--no-self-confinement\n")
+    decision = bed.decide()
+    assert decision.restart and "unbalanced quote in OVS_CTL_OPTS" in decision.why, decision.why
 
 
 def test_environment_files_override_environment(tmp_path: Path) -> None:
