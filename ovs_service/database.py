@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovs_service import journal
+from ovs_service.dpkg_guard import NAME as DPKG_GUARD  # a drop-in there only while dpkg runs
 from ovs_service.errors import CommandFailed
 from ovs_service.run import run
 from ovs_service.systemd import ServiceStart
@@ -96,10 +97,16 @@ def _changed(unit: ServiceStart, process: Path, run_dir: Path, binary: Path) -> 
     if _read(run_dir / ARGV_FILE) not in (cmdline := _read(process / "cmdline"),
                                            cmdline + REMOTE):
         return "it was not started by ovs-service-hook ovsdb-start with its recorded command line"
+    if unit.needs_reload:
+        return "its unit's files changed and are not loaded (systemctl daemon-reload)"
     env = environment(unit)
     recorded = _read(run_dir / KEY_FILE).decode(errors="replace").removesuffix("\n")
-    if key_now(unit, env, binary) != recorded:
-        return "its binary, schema, unit files or options changed since it started"
+    files, _, options = key_now(unit, env, binary).partition("|")
+    had_files, _, had_options = recorded.partition("|")
+    if files != had_files:
+        return "its binary, schema, unit files or environment files changed since it started"
+    if options != had_options:
+        return "its options changed since it started"
     return _database_unready(env)
 
 
@@ -122,10 +129,12 @@ def key_now(unit: ServiceStart, env: dict[str, str], binary: Path = BINARY) -> s
     """The key ovs-service-hook's ovsdb-start would record if the unit started
     now (see the hook): `stat -L -c %d:%i:%s:%Y` of the binary, the schema,
     and the unit's files and environment files (sorted, those that exist),
-    each followed by a comma, then `|` and the options."""
+    each followed by a comma (not dpkg-hook's guard drop-in), then `|` and
+    the options."""
     schema = Path(env.get("OVS_PKGDATADIR") or DEFAULT_PKGDATADIR) / "vswitch.ovsschema"
     files = [_stat(binary), _stat(schema)]
-    for path in sorted({*unit.unit_files, *(p for p, _ in unit.environment_files)}):
+    for path in sorted({*unit.unit_files, *(p for p, _ in unit.environment_files)}
+                       - {p for p in unit.unit_files if p.endswith(f"/{DPKG_GUARD}")}):
         try:
             files.append(os.stat(path))
         except OSError:

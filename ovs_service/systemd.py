@@ -51,6 +51,7 @@ class ServiceStart:
     environment: tuple[str, ...]  # Environment=, as NAME=value
     environment_files: tuple[tuple[str, bool], ...]  # EnvironmentFile=: path, "-" prefix
     unit_files: tuple[str, ...] = ()  # the unit's file and its drop-ins
+    needs_reload: bool = False  # its files changed on disk since systemd loaded them
     pass_environment: tuple[str, ...] = ()  # PassEnvironment=
     manager_environment: tuple[str, ...] = ()  # the manager's (set-environment, defaults)
 
@@ -221,6 +222,7 @@ class Systemd:
                                         for path, optional in service.EnvironmentFiles),
                 unit_files=tuple(_text(path) for path in (unit.Unit.FragmentPath,
                                                           *unit.Unit.DropInPaths) if path),
+                needs_reload=bool(unit.Unit.NeedDaemonReload),
                 pass_environment=tuple(_text(name) for name in service.PassEnvironment),
                 manager_environment=tuple(_text(item)
                                           for item in self._manager.Manager.Environment),

@@ -91,16 +91,17 @@ def test_kept_after_a_direct_start(bed: Bed) -> None:
     assert not bed.decide().restart
 
 
-def test_restarted_when_the_options_changed(bed: Bed) -> None:
+def test_restarted_when_the_environment_file_changed(bed: Bed) -> None:
     bed.env_file.write_text('OVS_CTL_OPTS="--no-self-confinement"\n')
     decision = bed.decide()
-    assert decision.restart and "changed since it started" in decision.why, decision.why
+    assert decision.restart and "environment files changed" in decision.why, decision.why
 
 
 def test_restarted_when_the_managers_environment_changed(bed: Bed) -> None:
-    # systemctl set-environment OVS_CTL_OPTS=...: every unit's commands get it.
+    # systemctl set-environment OVS_CTL_OPTS=...: every unit's commands get
+    # it, and no file changed.
     decision = bed.decide(replace(bed.unit, manager_environment=("OVS_CTL_OPTS=--x",)))
-    assert decision.restart and "changed since it started" in decision.why, decision.why
+    assert decision.restart and "its options changed" in decision.why, decision.why
 
 
 def test_restarted_when_a_unit_file_changed(bed: Bed) -> None:
@@ -108,6 +109,21 @@ def test_restarted_when_a_unit_file_changed(bed: Bed) -> None:
     bed.unit_file.write_text("[Service]\nLimitNOFILE=4096\n")
     decision = bed.decide()
     assert decision.restart and "unit files" in decision.why, decision.why
+
+
+def test_restarted_when_the_unit_is_not_loaded_as_it_is_on_disk(bed: Bed) -> None:
+    decision = bed.decide(replace(bed.unit, needs_reload=True))
+    assert decision.restart and "daemon-reload" in decision.why, decision.why
+
+
+def test_dpkgs_guard_drop_in_is_not_part_of_the_key(bed: Bed) -> None:
+    # The guard is there while dpkg restarts the database, gone by the next
+    # transaction: no restart for that alone.
+    guard = bed.unit_file.with_name("zz-ovs-service-dpkg.conf")
+    guard.write_text("[Service]\n")
+    with_guard = replace(bed.unit, unit_files=(*bed.unit.unit_files, str(guard)))
+    assert database.key_now(with_guard, {}, bed.binary) == database.key_now(bed.unit, {},
+                                                                            bed.binary)
 
 
 def test_restarted_when_a_library_was_replaced(bed: Bed) -> None:
@@ -193,7 +209,7 @@ def test_key_is_the_hooks(bed: Bed) -> None:
     files = sorted([str(bed.unit_file), str(bed.env_file), str(bed.env_file) + ".missing"])
     unit = replace(bed.unit, environment_files=(*bed.unit.environment_files,
                                                 (files[-1], True)))
-    script = (f"unit_files() {{ printf '%s\\n' {' '.join(map(shlex.quote, files))}; }}\n"
+    script = (f"units={shlex.quote(chr(10).join(files))}\n"
               f"schema={shlex.quote(str(bed.schema))}\n{statement.group(0).strip()}\n"
               'printf %s "$key"')
     shell = subprocess.run(["sh", "-c", script, "sh", *args],
@@ -231,3 +247,33 @@ def test_environment_files_override_environment(tmp_path: Path) -> None:
                         environment_files=((str(env_file), False),
                                            (str(tmp_path / "missing"), True)))
     assert database.environment(unit) == {"A": "from-file", "B": "kept"}
+
+
+def test_hooks_unit_files_reads_systemctl_show(tmp_path: Path) -> None:
+    """The hook's unit_files(): the paths of `systemctl show` (here a stand-in
+    printing what systemd 252 prints), sorted, without dpkg-hook's guard, and
+    the marker last when the unit is not loaded as it is on disk."""
+    function = re.search(r"^unit_files\(\) \{.*?^\}$", HOOK.read_text(), re.M | re.S)
+    assert function, "no unit_files() in the hook"
+    show = ("NeedDaemonReload={reload}\n"
+            "FragmentPath=/lib/systemd/system/ovsdb-server.service\n"
+            "DropInPaths=/lib/systemd/system/ovsdb-server.service.d/ovs-service.conf "
+            "/run/systemd/system/ovsdb-server.service.d/zz-ovs-service-dpkg.conf "
+            "/etc/systemd/system/ovsdb-server.service.d/a.conf\n"
+            "EnvironmentFiles=/etc/default/openvswitch-switch (ignore_errors=yes)\n")
+    stub = tmp_path / "systemctl"
+
+    def listed(reload: str) -> list[str]:
+        stub.write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(show.format(reload=reload))}\n")
+        stub.chmod(0o755)
+        out = subprocess.run(["sh", "-c", f"{function.group(0)}\nunit_files"],
+                             env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                             capture_output=True, text=True, check=True).stdout
+        return out.splitlines()
+
+    paths = ["/etc/default/openvswitch-switch",
+             "/etc/systemd/system/ovsdb-server.service.d/a.conf",
+             "/lib/systemd/system/ovsdb-server.service",
+             "/lib/systemd/system/ovsdb-server.service.d/ovs-service.conf"]
+    assert listed("no") == paths
+    assert listed("yes") == [*paths, "needs-daemon-reload"]
