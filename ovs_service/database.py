@@ -60,7 +60,7 @@ class Decision:
     why: str
 
 
-FORCED = Decision(True, "restarted: asked to (--restart-database)")
+FORCED = Decision(True, "restarted through ovs-ctl's start: asked to (--restart-database)")
 
 
 class _CannotTell(Exception):
@@ -108,6 +108,13 @@ def _changed(unit: ServiceStart, process: Path, run_dir: Path, binary: Path) -> 
     if options != had_options:
         return "its options changed since it started"
     return _database_unready(env)
+
+
+def forget_start(run_dir: Path | None = None) -> None:
+    """Drop what ovsdb-start recorded: its next start is ovs-ctl's, in full
+    (what the environment gives ovs-ctl beyond the options, such as
+    OVS_LOGDIR, is in no key)."""
+    (run_dir or journal.run_dir()).joinpath(KEY_FILE).unlink(missing_ok=True)
 
 
 def replaced_mappings(maps: str) -> list[str]:

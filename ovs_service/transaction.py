@@ -184,6 +184,8 @@ def stop(run: Run, sd: Systemd, db: database.Decision) -> None:
         sd.wait_stopping(stop)
     with run.step("restart-ovsdb-server") as step:
         step.detail = db.why
+        if db is database.FORCED:
+            database.forget_start()
         restart = sd.submit("restart", OVSDB_UNIT, "ignore-dependencies") if db.restart else None
         sd.wait(stop)
         if restart is not None:

@@ -12,6 +12,7 @@ steer it. Everything is checked with ovs-ofctl/ovs-vsctl and ping.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -125,7 +126,15 @@ def _cmdline(ns: SystemdNamespace, pid: int) -> list[str]:
     return ns.run(["cat", f"/proc/{pid}/cmdline"]).stdout.split("\0")
 
 
+# ovs-ctl's line as it starts the database (systemd's says "Starting ovsdb-server.service").
+OVS_CTL_DB_START = re.compile(r"\]: Starting ovsdb-server\.$", re.MULTILINE)
 OPTIONS_DROPIN = "/run/systemd/system/ovsdb-server.service.d/50-test-options.conf"
+
+
+def _journal_cursor(ns: SystemdNamespace) -> str | None:
+    out = ns.run(["journalctl", "-n", "0", "--show-cursor", "--quiet"], check=False).stdout
+    return out.strip().removeprefix("-- cursor: ") or None
+
 OPTIONS_FILE = "/run/ovs-service-test/ovsdb-options.env"
 # ovs-ctl's own documented form: quotes inside the value, which systemd
 # removes as it splits $OVS_CTL_OPTS.
@@ -153,8 +162,11 @@ def test_database_restarted_only_when_changed(
         detail, now, _ = _restart(ns)
         assert now == db and detail.startswith("kept running"), detail
 
+        journal = _journal_cursor(ns)
         detail, now, _ = _restart(ns, "--restart-database")
         assert now != db and "--restart-database" in detail, detail
+        # In full: ovs-ctl's start, not the daemon alone with a recorded command line.
+        assert OVS_CTL_DB_START.search(ns.journal(None, since_cursor=journal)), detail
         db = now
 
         ns.write_file(OPTIONS_FILE, QUOTED_OPTIONS)
