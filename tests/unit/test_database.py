@@ -185,8 +185,9 @@ def test_restarted_when_it_cannot_tell(bed: Bed, change: str) -> None:
     assert decision.why.startswith("restarted: "), decision.why
 
 
-def test_kept_with_odd_bytes_and_lines_in_the_environment_file(bed: Bed) -> None:
-    # systemd reads these without complaint: so must the decision.
+def test_odd_bytes_and_lines_in_the_environment_file_do_not_stop_the_decision(bed: Bed) -> None:
+    # systemd reads these without complaint: so must the decision (which
+    # then compares what it reads with what it read before).
     bed.env_file.write_bytes(b"# ge\xe4ndert\nexport FOO=1\nnot an assignment\n"
                              b"OVS_CTL_OPTS=--no-self-confinement\n")
     bed.record_start()
