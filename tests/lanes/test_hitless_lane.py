@@ -99,10 +99,12 @@ systemctl daemon-reload
 # install links it to /var/lib/openvswitch, and the postinst would otherwise
 # move the live file across file systems under the running ovsdb-server.
 # The host's policy-rc.d (a container's, exit 101) would have the postinst's
-# deb-systemd-invoke skip the restart: the guest's overlay drops it.
+# deb-systemd-invoke skip the restart: the guest's overlay drops it. man-db's
+# trigger (mandb -pq, run while /var/lib/man-db/auto-update exists) would
+# rebuild its index for minutes under emulation after the reinstall.
 GUEST_SETUP = """
 touch /var/lib/openvswitch/conf.db
-rm -f /usr/sbin/policy-rc.d
+rm -f /usr/sbin/policy-rc.d /var/lib/man-db/auto-update
 """
 
 # The stock `ovs-ctl restart` on daemons that `ovs-ctl start` started, as an
