@@ -63,6 +63,9 @@ test-hitless-ci:
 		HITLESS_DEBIAN_UNITS=0 HITLESS_SELECT="hitless and not exhaustive" \
 		HITLESS_RESULTS=.cache/hitless-ci
 
+# The other half: everything without a VM. (The venv lane runs after both
+# halves: run beside the VM half, its build of pystemd starved the guest's
+# reinstall of openvswitch-switch past its 15-minute limit.)
 test-half-host:
 	$(PYTEST) -p no:cacheprovider -m "not vm and not hitless" $(PYTEST_ARGS)
 

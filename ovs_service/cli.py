@@ -299,14 +299,19 @@ def _unit_states() -> Optional[List[dict[str, Any]]]:
 def _progress(as_json: bool) -> Any:
     """Each step with its time, on a terminal; the journal gets the log lines."""
     def show(step: Any) -> None:
-        log.debug("step %s: %.1f ms %s", step.name, step.seconds * 1000, step.ok)
+        log.debug("step %s: %.1f ms %s %s", step.name, step.seconds * 1000, step.ok, step.detail)
         if not as_json and sys.stderr.isatty():
             mark = "ok" if step.ok else "FAILED"
-            typer.echo(f"  {step.name:<26} {step.seconds * 1000:8.1f} ms  {mark}", err=True)
+            detail = f"  ({step.detail})" if step.detail else ""
+            typer.echo(f"  {step.name:<26} {step.seconds * 1000:8.1f} ms  {mark}{detail}", err=True)
     return show
 
 
 DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Print the plan and change nothing.")
+RESTART_DATABASE_OPT = typer.Option(
+    False, "--restart-database", help="Restart ovsdb-server too, even when its binary, "
+    "libraries, schema, unit and options are those it started with (default: only when "
+    "one changed).")
 
 
 def _plan(op: str, as_json: bool) -> None:
@@ -322,12 +327,14 @@ def _plan(op: str, as_json: bool) -> None:
 def restart(
     dry_run: bool = DRY_RUN_OPT,
     wait: float = WAIT_OPT,
+    restart_database: bool = RESTART_DATABASE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Restart Open vSwitch through systemd and keep every flow.
 
-    Saves, restarts ovsdb-server, stops ovs-vswitchd, starts it with
-    flow-restore-wait, restores every bridge, clears flow-restore-wait.
+    Saves, stops ovs-vswitchd, restarts ovsdb-server if what it starts from
+    changed, starts ovs-vswitchd with flow-restore-wait, restores every
+    bridge, clears flow-restore-wait.
     Example: ovs-service restart --dry-run
     """
     from ovs_service import transaction
@@ -337,13 +344,13 @@ def restart(
         return
     with metrics.operation("restart", restores=True) as recorded:
         outcome = transaction.restart(on_step=recorded.on_step(_progress(as_json)), wait=wait,
-                                      on_wait=_on_wait)
+                                      on_wait=_on_wait, restart_database=restart_database)
         recorded.restore(outcome.bridges)
     total = sum(s.seconds for s in outcome.steps)
     _emit(as_json, {"op": "restart", "ok": outcome.ok, "snapshot": outcome.snapshot,
                     "seconds": total,
-                    "steps": [{"name": s.name, "seconds": s.seconds, "ok": s.ok}
-                              for s in outcome.steps],
+                    "steps": [{"name": s.name, "seconds": s.seconds, "ok": s.ok,
+                               "detail": s.detail} for s in outcome.steps],
                     "bridges": [b.__dict__ for b in outcome.bridges]},
           f"restarted in {total:.3f}s; {len(outcome.bridges)} bridges restored "
           f"from {outcome.snapshot}")
@@ -353,6 +360,7 @@ def restart(
 def force_reload_kmod(
     dry_run: bool = DRY_RUN_OPT,
     wait: float = WAIT_OPT,
+    restart_database: bool = RESTART_DATABASE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Reload the openvswitch kernel module and put everything back.
@@ -369,7 +377,8 @@ def force_reload_kmod(
         return
     with metrics.operation("force-reload-kmod", restores=True) as recorded:
         outcome = reload.force_reload_kmod(on_step=recorded.on_step(_progress(as_json)),
-                                           wait=wait, on_wait=_on_wait)
+                                           wait=wait, on_wait=_on_wait,
+                                           restart_database=restart_database)
         recorded.restore(outcome.bridges)
         recorded.ok = outcome.ok
     total = sum(s.seconds for s in outcome.steps)

@@ -19,12 +19,13 @@ from ovs_service import deadifs, operations, stages, store
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.stages import datapaths
 from ovs_service.transaction import (
+    DATABASE_STEP,
     KMOD,
-    OVSDB_UNIT,
     VSWITCHD_UNIT,
     Outcome,
     Run,
     before_stop,
+    database_decision,
     dpkg_guarded,
     finish_restore,
     interrupted,
@@ -44,7 +45,7 @@ KMOD_PLAN: list[tuple[str, str]] = [
     ("save", "find internal interfaces; save flows, datapaths, interfaces and firewall "
              "to a new snapshot and verify it (before anything stops)"),
     ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT} alone (job mode ignore-dependencies)"),
-    ("restart-ovsdb-server", f"restart {OVSDB_UNIT} alone, while ovs-vswitchd is down"),
+    DATABASE_STEP,
     ("delete-datapaths", "delete the kernel datapaths"),
     ("reload-module", "unload openvswitch and its vport modules (not their dependencies), "
                       "load openvswitch again"),
@@ -71,6 +72,7 @@ def force_reload_kmod(
     on_step: Callable[[StepRecord], None] | None = None,
     wait: float = 0.0,
     on_wait: Callable[[], None] | None = None,
+    restart_database: bool = False,
 ) -> KmodOutcome:
     from ovs_service import kmod
     from ovs_service.systemd import Systemd
@@ -88,7 +90,7 @@ def force_reload_kmod(
             outcome.notes.append("this kernel has no loadable module support: "
                                  "module steps skipped, the rest done")
         with Systemd() as sd, Run(root, KMOD, steps) as run:
-            _reload_kmod(root, sd, run, outcome, has_modules)
+            _reload_kmod(root, sd, run, outcome, has_modules, restart_database)
     outcome.ok = bool(outcome.interfaces and outcome.interfaces.get("ok"))
     return outcome
 
@@ -100,16 +102,17 @@ def _own_kernel_ports() -> int:
 
 
 def _reload_kmod(root: Path, sd: Systemd, run: Run, outcome: KmodOutcome,
-                 has_modules: bool) -> None:
+                 has_modules: bool, restart_database: bool) -> None:
     from ovs_service import kmod
 
     with before_stop(run):
         prepared = save(run, outcome, stages.save_names())
         saved_dps = datapaths.load(prepared[0])
+        db = database_decision(sd, restart_database)
         precheck(run.op, room_for_journal(root))
         store.mark_pending(root, prepared[0].path)
     with rolling_forward(run, sd):
-        stop(run, sd)
+        stop(run, sd, db)
         with run.step("delete-datapaths") as s:
             run.tx.set_datapaths_deleted()  # from here on, recover re-creates them
             s.detail = ", ".join(datapaths.delete_kernel_datapaths()) or "none"

@@ -3,8 +3,9 @@ it shares with `force-reload-kmod` (`ovs_service.reload`), and `recover`,
 which finishes either.
 
 restart: save → stop ovs-vswitchd → restart ovsdb-server (as ovs-vswitchd
-exits) → start ovs-vswitchd with flow-restore-wait → restore (as soon as it
-runs) → clear flow-restore-wait. Each step is written to the journal before
+exits; only if something it starts from changed, see `ovs_service.database`)
+→ start ovs-vswitchd with flow-restore-wait → restore (as soon as it runs) →
+clear flow-restore-wait. Each step is written to the journal before
 and after it runs; flow-restore-wait is cleared on every way out once it has
 been set.
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ovs_service import journal, metrics, operations, ovs, store
+from ovs_service import database, journal, metrics, operations, ovs, store
 from ovs_service.errors import (
     Busy,
     OvsServiceError,
@@ -31,6 +32,7 @@ from ovs_service.errors import (
     RestoreFailed,
     RolledForward,
     SnapshotInvalid,
+    SystemdError,
 )
 from ovs_service.log import StepLog, StepRecord
 from ovs_service.openflow.messages import PreparedBundle
@@ -45,10 +47,16 @@ KMOD = "force-reload-kmod"
 OVSDB_UNIT = "ovsdb-server.service"
 VSWITCHD_UNIT = "ovs-vswitchd.service"
 
+DATABASE_STEP = (
+    "restart-ovsdb-server",
+    f"restart {OVSDB_UNIT} alone while ovs-vswitchd exits, if its binary or a library, "
+    "the schema, its unit or options changed since it started (always with "
+    "--restart-database); otherwise wait for the exit")
+
 RESTART_PLAN: list[tuple[str, str]] = [
     ("save", "save every bridge's OpenFlow state to a new snapshot and verify it"),
     ("stop-ovs-vswitchd", f"stop {VSWITCHD_UNIT} alone (job mode ignore-dependencies)"),
-    ("restart-ovsdb-server", f"restart {OVSDB_UNIT} alone, while ovs-vswitchd is down"),
+    DATABASE_STEP,
     ("start-ovs-vswitchd", f"start {VSWITCHD_UNIT} with other_config:flow-restore-wait=true"),
     ("restore", "pin moved OpenFlow port numbers; restore every bridge, in parallel"),
     ("clear-flow-restore-wait", "clear flow-restore-wait: the switch runs its flows again"),
@@ -145,8 +153,20 @@ def never_stopped(record: journal.Record) -> bool:
             and (record.step is None or record.step in BEFORE_STOP))
 
 
-def stop(run: Run, sd: Systemd) -> None:
-    """Stop ovs-vswitchd, and restart ovsdb-server while it exits.
+def database_decision(sd: Systemd, forced: bool) -> database.Decision:
+    """Whether the transaction restarts ovsdb-server, decided before the stop."""
+    if forced:
+        return database.FORCED
+    try:
+        return database.decide(sd.service_start(OVSDB_UNIT))
+    except SystemdError as e:
+        return database.Decision(True, f"restarted: cannot read its unit ({e})")
+    except Exception as e:  # a decision that fails must not stop the restart: restart it
+        return database.Decision(True, f"restarted: cannot tell whether it changed ({e!r})")
+
+
+def stop(run: Run, sd: Systemd, db: database.Decision) -> None:
+    """Stop ovs-vswitchd, and restart ovsdb-server while it exits if `db` says so.
 
     Both alone (job mode ignore-dependencies): with Debian's units,
     openvswitch-switch Requires= ovs-vswitchd and ovsdb-server is PartOf= it,
@@ -162,10 +182,14 @@ def stop(run: Run, sd: Systemd) -> None:
     with run.step("stop-ovs-vswitchd"):
         stop = sd.submit("stop", VSWITCHD_UNIT, "ignore-dependencies")
         sd.wait_stopping(stop)
-    with run.step("restart-ovsdb-server"):
-        restart = sd.submit("restart", OVSDB_UNIT, "ignore-dependencies")
+    with run.step("restart-ovsdb-server") as step:
+        step.detail = db.why
+        if db is database.FORCED:
+            database.forget_start()
+        restart = sd.submit("restart", OVSDB_UNIT, "ignore-dependencies") if db.restart else None
         sd.wait(stop)
-        sd.wait(restart)
+        if restart is not None:
+            sd.wait(restart)
 
 
 def start_and_restore(run: Run, sd: Systemd, outcome: Outcome, prepared: Prepared) -> None:
@@ -193,6 +217,7 @@ def restart(
     on_step: Callable[[StepRecord], None] | None = None,
     wait: float = 0.0,
     on_wait: Callable[[], None] | None = None,
+    restart_database: bool = False,
 ) -> Outcome:
     from ovs_service.systemd import Systemd
 
@@ -204,10 +229,11 @@ def restart(
         with Systemd() as sd, Run(root, RESTART, steps) as run:
             with before_stop(run):
                 prepared = save(run, outcome)
+                db = database_decision(sd, restart_database)
                 precheck(run.op, room_for_journal(root))
                 store.mark_pending(root, prepared[0].path)
             with rolling_forward(run, sd):
-                stop(run, sd)
+                stop(run, sd, db)
                 start_and_restore(run, sd, outcome, prepared)
             finish_restore(root, prepared[0].path, outcome.bridges)
             run.tx.finish()

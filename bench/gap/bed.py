@@ -245,6 +245,14 @@ class Bed:
             self.ns.systemctl("stop", "openvswitch.service")
         self.ns.systemctl("start", self._umbrella(units))
         self.ns.settle()
+        if units in ("ours", "package"):
+            # The database still runs as the other units started it: the
+            # next `ovs-service restart` would restart it (its unit changed,
+            # ovs_service.database), which a machine that runs these units
+            # does not see. Restarted alone, it starts as these units start it.
+            self.ns.systemctl("restart", "--job-mode=ignore-dependencies",
+                              "ovsdb-server.service")
+            self.ns.settle()
 
     def _stop_units(self) -> None:
         self.ns.systemctl("stop", self._umbrella(self.units), "ovs-vswitchd.service",

@@ -91,9 +91,10 @@ def run_method(bed: Bed, method: Method, flows: int, bridges: int, rnd: int,
               proc.returncode, sum(before.values()), sum(after.values()),
               sum(max(before[n] - after[n], 0) for n in before),
               bed.vswitchd_pid() != pid, bed.flow_restore_wait(), load=os.getloadavg()[0])
-    if method.key == "ovs-service" and proc.returncode == 0:
+    if method.argv[-2:] == ("restart", "--json") and proc.returncode == 0:
         with contextlib.suppress(ValueError, KeyError):
             run.steps = json.loads(proc.stdout)["steps"]
+    if method.key == "ovs-service" and proc.returncode == 0:
         rss = bed.ns.run(["cat", RSS_FILE], check=False).stdout.split()
         run.peak_rss_mib = int(rss[-1]) / 1024 if rss and rss[-1].isdigit() else None
     if bed.damaged() or run.flow_restore_wait_left:

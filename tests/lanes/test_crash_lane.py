@@ -28,6 +28,9 @@ RESTART_STEPS = ["save", "stop-ovs-vswitchd", "restart-ovsdb-server", "start-ovs
                  "restore", "clear-flow-restore-wait"]
 STORE = "/var/lib/ovs-service"
 KILL_POINTS = [p for step in RESTART_STEPS for p in (step, f"{step}:after")]
+# A restart keeps an unchanged ovsdb-server running: the database's own
+# restart is killed and failed with --restart-database.
+DATABASE_RESTARTED = "--restart-database"
 
 
 # SIGKILL, as the caller sees it through nsenter: nsenter kills itself with
@@ -62,13 +65,16 @@ def _wait_restored(ns: SystemdNamespace, what: str, timeout: float = 120) -> Non
     ns.settle()
 
 
-@pytest.mark.parametrize("point", KILL_POINTS)
+@pytest.mark.parametrize("point", [*KILL_POINTS,
+                                   f"restart-ovsdb-server:after {DATABASE_RESTARTED}"])
 def test_killed_at_every_step_then_recover(
     lane: tuple[SystemdNamespace, NsSwitch, Hosts], point: str
 ) -> None:
     ns, switch, hosts = lane
     before = canon.all_states(switch)
-    proc = ns.run(["env", f"OVS_SERVICE_FAULT={point}", "ovs-service", "restart"], check=False)
+    point, *options = point.split()
+    proc = ns.run(["env", f"OVS_SERVICE_FAULT={point}", "ovs-service", "restart", *options],
+                  check=False)
     assert proc.returncode == KILLED, f"not killed at {point}: {proc.returncode} {proc.stderr}"
     ns.settle()
     status = json.loads(ns.run(["ovs-service", "status", "--json"]).stdout)
@@ -195,7 +201,9 @@ def test_a_second_caller_is_refused_or_waits(
     _assert_whole(ns, switch, hosts, before, "a restart that waited for the lock")
 
 
-@pytest.mark.parametrize("step", ["restart-ovsdb-server", "start-ovs-vswitchd", "restore"])
+@pytest.mark.parametrize("step", ["restart-ovsdb-server",
+                                  f"restart-ovsdb-server {DATABASE_RESTARTED}",
+                                  "start-ovs-vswitchd", "restore"])
 def test_a_failure_after_the_stop_rolls_forward(
     lane: tuple[SystemdNamespace, NsSwitch, Hosts], step: str
 ) -> None:
@@ -204,7 +212,8 @@ def test_a_failure_after_the_stop_rolls_forward(
     with its state, and the CLI exits 1 saying what failed."""
     ns, switch, hosts = lane
     before = canon.all_states(switch)
-    proc = ns.run(["env", f"OVS_SERVICE_FAULT=fail:{step}", "ovs-service", "restart"],
+    step, *options = step.split()
+    proc = ns.run(["env", f"OVS_SERVICE_FAULT=fail:{step}", "ovs-service", "restart", *options],
                   check=False)
     assert proc.returncode == 1, f"{proc.returncode} {proc.stderr}"
     (line,) = proc.stderr.strip().splitlines()

@@ -12,6 +12,7 @@ steer it. Everything is checked with ovs-ofctl/ovs-vsctl and ping.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -109,6 +110,100 @@ def test_restart_reports_steps_as_json(lane: tuple[SystemdNamespace, NsSwitch, H
             canon.groups(switch, bridge, version)), bridge
     assert got["ovs_service_restore_pending"].value() == 0
     assert got["ovs_service_flow_restore_wait"].value() == 0
+
+
+def _restart(ns: SystemdNamespace, *options: str) -> tuple[str, int, int]:
+    """`ovs-service restart`: what it said of ovsdb-server, and the main PIDs
+    of ovsdb-server and ovs-vswitchd after it, as systemd reports them."""
+    vswitchd = ns.main_pid("ovs-vswitchd")
+    result = json.loads(ns.run(["ovs-service", "restart", "--json", *options]).stdout)
+    detail = next(s["detail"] for s in result["steps"] if s["name"] == "restart-ovsdb-server")
+    assert ns.main_pid("ovs-vswitchd") != vswitchd, "ovs-vswitchd was not restarted"
+    return detail, ns.main_pid("ovsdb-server"), ns.main_pid("ovs-vswitchd")
+
+
+def _cmdline(ns: SystemdNamespace, pid: int) -> list[str]:
+    return ns.run(["cat", f"/proc/{pid}/cmdline"]).stdout.split("\0")
+
+
+# ovs-ctl's line as it starts the database (systemd's says "Starting ovsdb-server.service").
+OVS_CTL_DB_START = re.compile(r"\]: Starting ovsdb-server\.$", re.MULTILINE)
+OPTIONS_DROPIN = "/run/systemd/system/ovsdb-server.service.d/50-test-options.conf"
+
+
+def _journal_cursor(ns: SystemdNamespace) -> str | None:
+    out = ns.run(["journalctl", "-n", "0", "--show-cursor", "--quiet"], check=False).stdout
+    return out.strip().removeprefix("-- cursor: ") or None
+
+OPTIONS_FILE = "/run/ovs-service-test/ovsdb-options.env"
+# ovs-ctl's own documented form: quotes inside the value, which systemd
+# removes as it splits $OVS_CTL_OPTS.
+QUOTED_OPTIONS = ("OVS_CTL_OPTS=\"--no-self-confinement "
+                  "--ovsdb-server-options='-vconsole:info -vsyslog:info'\"\n")
+BINARY_COPY = "/tmp/ovsdb-server.copy"
+
+
+def _open_files_limit(ns: SystemdNamespace, pid: int) -> str:
+    limits = ns.run(["cat", f"/proc/{pid}/limits"]).stdout
+    return next(ln.split()[3] for ln in limits.splitlines() if ln.startswith("Max open files"))
+
+
+def test_database_restarted_only_when_changed(
+    lane: tuple[SystemdNamespace, NsSwitch, Hosts],
+) -> None:
+    """ovs-service restart leaves ovsdb-server running while what it starts
+    from is unchanged, and restarts it when asked to or when its options (an
+    environment file's, quoted), its unit (a drop-in's LimitNOFILE=) or its
+    binary changed; each change is seen applied in the new daemon."""
+    ns, switch, hosts = lane
+    before = canon.all_states(switch)
+    db = ns.main_pid("ovsdb-server")
+    try:
+        detail, now, _ = _restart(ns)
+        assert now == db and detail.startswith("kept running"), detail
+
+        journal = _journal_cursor(ns)
+        detail, now, _ = _restart(ns, "--restart-database")
+        assert now != db and "--restart-database" in detail, detail
+        # In full: ovs-ctl's start, not the daemon alone with a recorded command line.
+        assert OVS_CTL_DB_START.search(ns.journal(None, since_cursor=journal)), detail
+        db = now
+
+        ns.write_file(OPTIONS_FILE, QUOTED_OPTIONS)
+        ns.write_file(OPTIONS_DROPIN, f"[Service]\nEnvironmentFile=-{OPTIONS_FILE}\n")
+        ns.systemctl("daemon-reload")
+        detail, now, _ = _restart(ns)
+        assert now != db and "changed since it started" in detail, detail
+        argv = _cmdline(ns, now)
+        assert "--no-self-confinement" in argv and "-vsyslog:info" in argv, argv
+        db = now
+        # What systemd passes now is what the hook recorded: the same key.
+        detail, now, _ = _restart(ns)
+        assert now == db and detail.startswith("kept running"), detail
+
+        limit = _open_files_limit(ns, db)
+        ns.write_file(OPTIONS_DROPIN, f"[Service]\nEnvironmentFile=-{OPTIONS_FILE}\n"
+                                      "LimitNOFILE=4096\n")
+        ns.systemctl("daemon-reload")
+        detail, now, _ = _restart(ns)
+        assert now != db and "unit files" in detail, detail
+        assert _open_files_limit(ns, now) == "4096" != limit
+        db = now
+
+        # An upgrade's new binary, without the upgrade: another inode at the path.
+        ns.run(["cp", "/usr/sbin/ovsdb-server", BINARY_COPY])
+        ns.run(["mount", "--bind", BINARY_COPY, "/usr/sbin/ovsdb-server"])
+        detail, now, _ = _restart(ns)
+        assert now != db and "replaced" in detail, detail
+        db = now
+    finally:
+        ns.run(["umount", "/usr/sbin/ovsdb-server"], check=False)
+        ns.run(["rm", "-f", OPTIONS_DROPIN, OPTIONS_FILE, BINARY_COPY])
+        ns.systemctl("daemon-reload")
+    detail, now, _ = _restart(ns)
+    assert now != db and detail.startswith("restarted"), detail
+    assert "--no-self-confinement" not in _cmdline(ns, now)
+    _check(switch, hosts, before, "ovs-service restart, the database kept or restarted")
 
 
 def _break_snapshot(ns: SystemdNamespace, snapshot: str, bridge: str) -> None:
