@@ -10,15 +10,16 @@ database, the same unit and options.
 ovs-service-hook's ovsdb-start (the units' ExecStart=) records what it
 started the daemon from: a key (`ovsdb-server.key` in ovs-service's runtime
 directory: the device, inode, size and mtime of the binary, the schema, the
-unit's files and its environment files, then the options) and the daemon's
+unit's files and its environment files, a digest of the OVS_*, OVSDB_* and
+LD_* variables it had, then the options) and the daemon's
 command line (`ovsdb-server.argv`). The database is kept when all of these
 hold:
 - ovsdb-server.service is active, and its main process is ovsdb-server
   running the binary on disk, with no mapped file (a library) replaced or
   removed since it started;
 - that process's command line is the one recorded with the key;
-- the key is the one ovsdb-start would compute now: the same files, and the
-  options the unit would pass (its ExecStart= expanded with the manager's
+- the key is the one ovsdb-start would compute now: the same files, the same
+  variables, and the options the unit would pass (its ExecStart= expanded with the manager's
   environment, Environment= and EnvironmentFile=, as systemd does);
 - the database is there and needs no conversion to the schema.
 Anything else restarts it, as the stock `ovs-ctl restart` always does: no
@@ -29,6 +30,7 @@ cannot compute (PassEnvironment=, a wildcard EnvironmentFile=).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -52,6 +54,9 @@ REMOTE = b"--remote=db:Open_vSwitch,Open_vSwitch,manager_options\0"
 DELETED = " (deleted)"
 # Mappings that are not files of a package: shared memory, memfds.
 NOT_FILES = ("/memfd:", "/dev/", "/SYSV", "/run/", "/tmp/")
+# The variables of the environment in the key (the hook's env_key): those of
+# ovs-ctl and Open vSwitch (OVS_*, OVSDB_*) and of the dynamic linker.
+KEYED_VARIABLES = ("OVS", "LD_")
 
 
 @dataclass(frozen=True)
@@ -101,19 +106,27 @@ def _changed(unit: ServiceStart, process: Path, run_dir: Path, binary: Path) -> 
         return "its unit's files changed and are not loaded (systemctl daemon-reload)"
     env = environment(unit)
     recorded = _read(run_dir / KEY_FILE).decode(errors="replace").removesuffix("\n")
-    files, _, options = key_now(unit, env, binary).partition("|")
-    had_files, _, had_options = recorded.partition("|")
+    files, variables, options = _parts(key_now(unit, env, binary))
+    had_files, had_variables, had_options = _parts(recorded)
     if files != had_files:
         return "its binary, schema, unit files or environment files changed since it started"
     if options != had_options:
         return "its options changed since it started"
+    if variables != had_variables:
+        return ("its environment (OVS_*, OVSDB_* or LD_* variables, from the manager, "
+                "Environment= or EnvironmentFile=) changed since it started")
     return _database_unready(env)
 
 
+def _parts(key: str) -> tuple[str, str, str]:
+    """A key's files, environment and options (the options may hold `|`)."""
+    files, _, rest = key.partition("|")
+    variables, _, options = rest.partition("|")
+    return files, variables, options
+
+
 def forget_start(run_dir: Path | None = None) -> None:
-    """Drop what ovsdb-start recorded: its next start is ovs-ctl's, in full
-    (what the environment gives ovs-ctl beyond the options, such as
-    OVS_LOGDIR, is in no key)."""
+    """Drop what ovsdb-start recorded: its next start is ovs-ctl's, in full."""
     (run_dir or journal.run_dir()).joinpath(KEY_FILE).unlink(missing_ok=True)
 
 
@@ -136,8 +149,8 @@ def key_now(unit: ServiceStart, env: dict[str, str], binary: Path = BINARY) -> s
     """The key ovs-service-hook's ovsdb-start would record if the unit started
     now (see the hook): `stat -L -c %d:%i:%s:%Y` of the binary, the schema,
     and the unit's files and environment files (sorted, those that exist),
-    each followed by a comma (not dpkg-hook's guard drop-in), then `|` and
-    the options."""
+    each followed by a comma (not dpkg-hook's guard drop-in), then `|`, the
+    digest of the keyed variables (env_key), `|` and the options."""
     schema = Path(env.get("OVS_PKGDATADIR") or DEFAULT_PKGDATADIR) / "vswitch.ovsschema"
     files = [_stat(binary), _stat(schema)]
     for path in sorted({*unit.unit_files, *(p for p, _ in unit.environment_files)}
@@ -147,7 +160,15 @@ def key_now(unit: ServiceStart, env: dict[str, str], binary: Path = BINARY) -> s
         except OSError:
             continue  # the hook's stat leaves it out too
     key = "".join(f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns // 10**9}," for s in files)
-    return f"{key}|{' '.join(_options(unit, env))}"
+    return f"{key}|{env_key(env)}|{' '.join(_options(unit, env))}"
+
+
+def env_key(env: dict[str, str]) -> str:
+    """The hook's env_key: `env:` and the sha256 of the keyed variables'
+    NAME=value entries, sorted by their bytes, each ended by a NUL."""
+    entries = sorted(f"{name}={value}".encode("utf-8", "surrogateescape")
+                     for name, value in env.items() if name.startswith(KEYED_VARIABLES))
+    return "env:" + hashlib.sha256(b"".join(e + b"\0" for e in entries)).hexdigest()
 
 
 def _database_unready(env: dict[str, str]) -> str | None:

@@ -143,6 +143,15 @@ QUOTED_OPTIONS = ("OVS_CTL_OPTS=\"--no-self-confinement "
 BINARY_COPY = "/tmp/ovsdb-server.copy"
 
 
+# Set in the manager's environment: no Open vSwitch program reads it, ovs-ctl
+# passes it on to the daemon it starts.
+MARK = "OVS_LANE_MARK"
+
+
+def _environ(ns: SystemdNamespace, pid: int) -> list[str]:
+    return ns.run(["cat", f"/proc/{pid}/environ"]).stdout.split("\0")
+
+
 def _open_files_limit(ns: SystemdNamespace, pid: int) -> str:
     limits = ns.run(["cat", f"/proc/{pid}/limits"]).stdout
     return next(ln.split()[3] for ln in limits.splitlines() if ln.startswith("Max open files"))
@@ -154,7 +163,8 @@ def test_database_restarted_only_when_changed(
     """ovs-service restart leaves ovsdb-server running while what it starts
     from is unchanged, and restarts it when asked to or when its options (an
     environment file's, quoted), its unit (a drop-in's LimitNOFILE=) or its
-    binary changed; each change is seen applied in the new daemon."""
+    binary changed, or an OVS_* variable of the manager's; each change is
+    seen applied in the new daemon."""
     ns, switch, hosts = lane
     before = canon.all_states(switch)
     db = ns.main_pid("ovsdb-server")
@@ -190,6 +200,15 @@ def test_database_restarted_only_when_changed(
         assert _open_files_limit(ns, now) == "4096" != limit
         db = now
 
+        # A variable of the manager's that ovs-ctl may read: in no file and no option.
+        ns.systemctl("set-environment", f"{MARK}=1")
+        detail, now, _ = _restart(ns)
+        assert now != db and "its environment" in detail, detail
+        assert f"{MARK}=1" in _environ(ns, now)
+        db = now
+        detail, now, _ = _restart(ns)
+        assert now == db and detail.startswith("kept running"), detail
+
         # An upgrade's new binary, without the upgrade: another inode at the path.
         ns.run(["cp", "/usr/sbin/ovsdb-server", BINARY_COPY])
         ns.run(["mount", "--bind", BINARY_COPY, "/usr/sbin/ovsdb-server"])
@@ -198,6 +217,7 @@ def test_database_restarted_only_when_changed(
         db = now
     finally:
         ns.run(["umount", "/usr/sbin/ovsdb-server"], check=False)
+        ns.systemctl("unset-environment", MARK)
         ns.run(["rm", "-f", OPTIONS_DROPIN, OPTIONS_FILE, BINARY_COPY])
         ns.systemctl("daemon-reload")
     detail, now, _ = _restart(ns)

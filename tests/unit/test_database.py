@@ -104,6 +104,20 @@ def test_restarted_when_the_managers_environment_changed(bed: Bed) -> None:
     assert decision.restart and "its options changed" in decision.why, decision.why
 
 
+@pytest.mark.parametrize("variable", ["OVS_LOGDIR=/var/log/elsewhere", "OVSDB_OPTS=-v",
+                                      "LD_PRELOAD=/usr/lib/libjemalloc.so.2"])
+def test_restarted_when_a_variable_from_the_manager_changed(bed: Bed, variable: str) -> None:
+    # systemctl set-environment OVS_LOGDIR=...: ovs-ctl and the daemon read it,
+    # and it is in neither a file nor the options.
+    decision = bed.decide(replace(bed.unit, manager_environment=(variable,)))
+    assert decision.restart and "its environment" in decision.why, decision.why
+
+
+def test_kept_when_another_variable_of_the_manager_changed(bed: Bed) -> None:
+    decision = bed.decide(replace(bed.unit, manager_environment=("HTTP_PROXY=http://proxy",)))
+    assert not decision.restart, decision.why
+
+
 def test_restarted_when_a_unit_file_changed(bed: Bed) -> None:
     # A drop-in's LimitNOFILE=, Nice=...: nothing in the options, all in the files.
     bed.unit_file.write_text("[Service]\nLimitNOFILE=4096\n")
@@ -210,12 +224,21 @@ def test_key_is_the_hooks(bed: Bed) -> None:
     files = sorted([str(bed.unit_file), str(bed.env_file), str(bed.env_file) + ".missing"])
     unit = replace(bed.unit, environment_files=(*bed.unit.environment_files,
                                                 (files[-1], True)))
-    script = (f"units={shlex.quote(chr(10).join(files))}\n"
+    env_key = re.search(r"^env_key\(\) \{$.*?^\}$", text, re.M | re.S)
+    assert env_key, "no env_key in the hook"
+    script = (f"{env_key.group(0)}\nunits={shlex.quote(chr(10).join(files))}\n"
               f"schema={shlex.quote(str(bed.schema))}\n{statement.group(0).strip()}\n"
               'printf %s "$key"')
-    shell = subprocess.run(["sh", "-c", script, "sh", *args],
-                           capture_output=True, text=True, check=True).stdout
-    assert database.key_now(unit, database.environment(unit), binary) == shell
+    # The hook runs with the unit's environment, as systemd gives it; an
+    # odd byte and a newline in values, and a variable that is not keyed.
+    env = {**database.environment(unit), "OVS_ODD": "a\nb \udcff", "LD_LIBRARY_PATH": "/x",
+           "OTHER": "not keyed", "PATH": os.environ["PATH"]}
+    shell = subprocess.run(["sh", "-c", script, "sh", *args], capture_output=True,
+                           env={k: v.encode("utf-8", "surrogateescape") for k, v in env.items()},
+                           check=True).stdout.decode()
+    assert database.key_now(unit, env, binary) == shell
+    assert database.key_now(unit, {**env, "OTHER": "changed"}, binary) == shell
+    assert database.key_now(unit, {**env, "OVS_ODD": "changed"}, binary) != shell
 
 
 def test_expansion_is_systemds() -> None:
