@@ -59,6 +59,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-only", action="store_true",
                    help="only the profile, no matrix")
     p.add_argument("--profile-repeat", type=int, default=3)
+    p.add_argument("--profile-units", choices=("ours", "package"), default="ours",
+                   help="the units profiled: ovs-service's own, or Debian's with the "
+                   "package's drop-ins (default %(default)s)")
     p.add_argument("--profile-cells", default=",".join(f"{b}x{n // b}" for n, b in PROFILE_CELLS),
                    help="BRIDGESxFLOWS_PER_BRIDGE, comma-separated (default %(default)s)")
     p.add_argument("--json", type=Path, default=report.OUT / "gap.json")
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(methods=[METHODS[k] for k in keys], cells=cells_of(args),
                 profile_cells=profile_cells_of(args), repeat=args.repeat,
                 interval=args.interval, with_meter=args.with_meter,
-                profile_repeat=args.profile_repeat)
+                profile_repeat=args.profile_repeat, profile_units=args.profile_units)
     info = report.machine()
     info["code"] = report.code_version()
     began = time.monotonic()

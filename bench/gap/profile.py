@@ -27,8 +27,8 @@ HOOKS = ("stoppost", "prestart", "poststart")
 ALONE_RUNS = 5  # runs of each command timed alone
 
 
-def profile_cell(bed: Bed, flows: int, bridges: int, repeat: int, interval: float
-                 ) -> dict[str, Any]:
+def profile_cell(bed: Bed, flows: int, bridges: int, repeat: int, interval: float,
+                 units: str = "ours") -> dict[str, Any]:
     """Where the forwarding gap of `ovs-service restart` goes, next to the stock script's.
 
     - instrumented `ovs-service restart` runs (see `instrumented`) with the
@@ -39,7 +39,7 @@ def profile_cell(bed: Bed, flows: int, bridges: int, repeat: int, interval: floa
     - the stock `ovs-ctl restart` with a time stamp on each line it prints
       (each is printed when its action is done).
     """
-    bed.use("ours")
+    bed.use(units)
     ours = []
     for _ in range(repeat):
         cursor = bed.ns.run(["journalctl", "-n", "0", "--show-cursor", "--quiet"],
@@ -101,7 +101,8 @@ def profile_cell(bed: Bed, flows: int, bridges: int, repeat: int, interval: floa
         stock.append(run)
         if bed.damaged():
             raise BenchError(f"the stock restart changed the tables: {bed.damaged()}")
-    return {"flows": flows, "bridges": bridges, "runs": ours, "stock_runs": stock,
+    return {"flows": flows, "bridges": bridges, "units": units, "runs": ours,
+            "stock_runs": stock,
             "alone_s": alone, "ovsdb_server_restart_alone": db_alone,
             "vswitchd_exit_s": [vswitchd_exit(bed) for _ in range(2)]}
 

@@ -224,6 +224,7 @@ def summarize_profile(cell: dict[str, Any]) -> dict[str, Any]:
                   if r["gap"]["seconds"] is not None]
     return {
         "flows": cell["flows"], "bridges": cell["bridges"], "runs": len(runs),
+        "units": cell.get("units", "ours"),
         "gap": _med(gaps), "stock_gap": _med(stock_gaps),
         "wall": _med([r["wall_s"] for r in runs]),
         "stock_wall": _med([r["wall_s"] for r in cell["stock_runs"]]),
@@ -252,8 +253,9 @@ def _ms(v: float | None) -> str:
 
 
 def print_profile(p: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    units = {"ours": "", "package": " (package default)"}.get(p.get("units", "ours"), "")
     print(f"\nProfile, {p['bridges']} bridges x {p['flows'] // p['bridges']:,} flows "
-          f"({p['runs']} runs each, medians): ovs-service restart gap {_ms(p['gap'])} "
+          f"({p['runs']} runs each, medians): ovs-service restart{units} gap {_ms(p['gap'])} "
           f"(wall {p['wall']:.2f} s), stock ovs-ctl restart gap {_ms(p['stock_gap'])} "
           f"(wall {p['stock_wall']:.2f} s)", file=out)
     for title, figures in (("steps of ovs-service restart (--json):", p["steps"]),

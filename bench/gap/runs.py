@@ -65,6 +65,7 @@ class Plan:
     interval: float
     with_meter: bool
     profile_repeat: int
+    profile_units: str = "ours"  # the unit set of the profiled ovs-service restart
 
 
 def run_method(bed: Bed, method: Method, flows: int, bridges: int, rnd: int,
@@ -169,7 +170,7 @@ def measure(plan: Plan, work: Path, log: Log, runs: list[Run], commits: list[Com
                     checkpoint()
                 if (flows, bridges) in plan.profile_cells:
                     profiles.append(profile_cell(bed, flows, bridges, plan.profile_repeat,
-                                                 plan.interval))
+                                                 plan.interval, plan.profile_units))
                     print_profile(summarize_profile(profiles[-1]))
                     checkpoint()
         finally:
