@@ -5,35 +5,46 @@ ovs-vswitchd starts after the database, so a restart of the database is part
 of every restart's outage (about 110 ms of it with 100,000 flows, the
 profile of `python3 -m bench.gap`), and it buys nothing when the daemon would
 come back the same: the same binary and libraries, the same schema and
-database, the same unit and options.
+database, the same unit and environment.
 
 ovs-service-hook's ovsdb-start (the units' ExecStart=) records what it
 started the daemon from: a key (`ovsdb-server.key` in ovs-service's runtime
-directory: the device, inode, size and mtime of the binary, the schema, the
-unit's files and its environment files, a digest of the OVS_*, OVSDB_* and
-LD_* variables it had, then the options) and the daemon's
-command line (`ovsdb-server.argv`). The database is kept when all of these
-hold:
+directory) and the daemon's command line (`ovsdb-server.argv`). The key is
+one line of `|`-separated parts:
+- `db=DB;schema=SCHEMA`: the database and schema ovs-ctl uses, from the
+  unit's environment as ovs-lib derives them;
+- the device, inode, size and mtime of the binary and of the schema (an
+  upgrade renames new files over them);
+- the sha256 of the unit's file, its drop-ins and its environment files
+  (sorted by path, those that exist): everything Environment=,
+  EnvironmentFile= and ExecStart= can take their values from, but
+- `manager:` and the sha256 of `systemctl show-environment`, the manager's
+  own environment (set-environment, DefaultEnvironment=), which every unit
+  inherits;
+- `needs-daemon-reload` last, if the unit's files had changed on disk
+  without being loaded: no key computed later matches that start.
+The options are not re-derived: the same files and the same manager
+environment give the same ones, without a second parser of systemd's
+environment files to disagree with systemd's.
+
+The database is kept when all of these hold:
 - ovsdb-server.service is active, and its main process is ovsdb-server
-  running the binary on disk, with no mapped file (a library) replaced or
-  removed since it started;
+  running the binary on disk, with no mapped file (a library) and no open
+  database file replaced or removed since it started;
 - that process's command line is the one recorded with the key;
-- the key is the one ovsdb-start would compute now: the same files, the same
-  variables, and the options the unit would pass (its ExecStart= expanded with the manager's
-  environment, Environment= and EnvironmentFile=, as systemd does);
+- the unit's files are loaded as they are on disk, and the key is the one
+  ovsdb-start would record now;
 - the database is there and needs no conversion to the schema.
 Anything else restarts it, as the stock `ovs-ctl restart` always does: no
 key (Debian's units without the package's drop-in), a unit that does not
 start through the hook, a file that cannot be read, an environment it
-cannot compute (PassEnvironment=, a wildcard EnvironmentFile=).
+cannot account for (PassEnvironment=, a wildcard EnvironmentFile=).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +55,6 @@ from ovs_service.run import run
 from ovs_service.systemd import ServiceStart
 
 BINARY = Path("/usr/sbin/ovsdb-server")
-DEFAULT_PKGDATADIR = "/usr/share/openvswitch"
-DEFAULT_DBDIR = "/etc/openvswitch"
 KEY_FILE = "ovsdb-server.key"
 ARGV_FILE = "ovsdb-server.argv"
 HOOK_VERB = "ovsdb-start"
@@ -54,9 +63,8 @@ REMOTE = b"--remote=db:Open_vSwitch,Open_vSwitch,manager_options\0"
 DELETED = " (deleted)"
 # Mappings that are not files of a package: shared memory, memfds.
 NOT_FILES = ("/memfd:", "/dev/", "/SYSV", "/run/", "/tmp/")
-# The variables of the environment in the key (the hook's env_key): those of
-# ovs-ctl and Open vSwitch (OVS_*, OVSDB_*) and of the dynamic linker.
-KEYED_VARIABLES = ("OVS", "LD_")
+NEEDS_RELOAD = "needs-daemon-reload"
+SHOW_ENVIRONMENT = ("systemctl", "show-environment")
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,39 @@ class Decision:
 
 
 FORCED = Decision(True, "restarted through ovs-ctl's start: asked to (--restart-database)")
+
+
+@dataclass(frozen=True)
+class Key:
+    """The parts of a key (see the module's docstring), in order."""
+
+    paths: str
+    daemon: str
+    files: str
+    manager: str
+    needs_reload: bool = False
+
+    def text(self) -> str:
+        parts = [self.paths, self.daemon, self.files, self.manager]
+        return "|".join(parts + [NEEDS_RELOAD] * self.needs_reload)
+
+    @classmethod
+    def parse(cls, text: str) -> Key:
+        parts = text.split("|")
+        needs_reload = parts[-1] == NEEDS_RELOAD
+        if needs_reload:
+            parts.pop()
+        if len(parts) != 4 or not parts[0].startswith("db="):
+            raise _CannotTell("the recorded key is not one this version writes")
+        paths, daemon, files, manager = parts
+        return cls(paths, daemon, files, manager, needs_reload)
+
+    def database(self) -> tuple[Path, Path]:
+        """The database file and the schema the start used."""
+        db, sep, schema = self.paths.removeprefix("db=").partition(";schema=")
+        if not sep:
+            raise _CannotTell("the recorded key names no schema")
+        return Path(db), Path(schema)
 
 
 class _CannotTell(Exception):
@@ -82,7 +123,7 @@ def decide(unit: ServiceStart, proc: Path = Path("/proc"), run_dir: Path | None 
     if changed:
         return Decision(True, f"restarted: {changed}")
     return Decision(False, f"kept running (pid {unit.main_pid}): its binary, libraries, "
-                           "schema, unit and options are those it started with")
+                           "database, schema, unit and environment are those it started with")
 
 
 def _changed(unit: ServiceStart, process: Path, run_dir: Path, binary: Path) -> str | None:
@@ -104,25 +145,20 @@ def _changed(unit: ServiceStart, process: Path, run_dir: Path, binary: Path) -> 
         return "it was not started by ovs-service-hook ovsdb-start with its recorded command line"
     if unit.needs_reload:
         return "its unit's files changed and are not loaded (systemctl daemon-reload)"
-    env = environment(unit)
-    recorded = _read(run_dir / KEY_FILE).decode(errors="replace").removesuffix("\n")
-    files, variables, options = _parts(key_now(unit, env, binary))
-    had_files, had_variables, had_options = _parts(recorded)
-    if files != had_files:
-        return "its binary, schema, unit files or environment files changed since it started"
-    if options != had_options:
-        return "its options changed since it started"
-    if variables != had_variables:
-        return ("its environment (OVS_*, OVSDB_* or LD_* variables, from the manager, "
-                "Environment= or EnvironmentFile=) changed since it started")
-    return _database_unready(env)
-
-
-def _parts(key: str) -> tuple[str, str, str]:
-    """A key's files, environment and options (the options may hold `|`)."""
-    files, _, rest = key.partition("|")
-    variables, _, options = rest.partition("|")
-    return files, variables, options
+    if why := _unaccounted_environment(unit):
+        return why
+    recorded = Key.parse(_read(run_dir / KEY_FILE).decode(errors="replace").removesuffix("\n"))
+    db, schema = recorded.database()
+    now = key_now(unit, db, schema, binary)
+    if now.daemon != recorded.daemon:
+        return "its binary or schema changed since it started"
+    if now.files != recorded.files or recorded.needs_reload:
+        return "its unit's files or environment files changed since it started"
+    if now.manager != recorded.manager:
+        return "the manager's environment (systemctl set-environment) changed since it started"
+    if _database_replaced(process, db):
+        return f"{db} was replaced since it started"
+    return _database_unready(db, schema)
 
 
 def forget_start(run_dir: Path | None = None) -> None:
@@ -145,37 +181,81 @@ def replaced_mappings(maps: str) -> list[str]:
     return sorted(paths)
 
 
-def key_now(unit: ServiceStart, env: dict[str, str], binary: Path = BINARY) -> str:
-    """The key ovs-service-hook's ovsdb-start would record if the unit started
-    now (see the hook): `stat -L -c %d:%i:%s:%Y` of the binary, the schema,
-    and the unit's files and environment files (sorted, those that exist),
-    each followed by a comma (not dpkg-hook's guard drop-in), then `|`, the
-    digest of the keyed variables (env_key), `|` and the options."""
-    schema = Path(env.get("OVS_PKGDATADIR") or DEFAULT_PKGDATADIR) / "vswitch.ovsschema"
-    files = [_stat(binary), _stat(schema)]
-    for path in sorted({*unit.unit_files, *(p for p, _ in unit.environment_files)}
-                       - {p for p in unit.unit_files if p.endswith(f"/{DPKG_GUARD}")}):
+def key_now(unit: ServiceStart, db: Path, schema: Path, binary: Path = BINARY) -> Key:
+    """The key ovs-service-hook's ovsdb-start would record if the unit
+    started now with this database and schema (see the hook)."""
+    stats = [_stat(binary), _stat(schema)]
+    daemon = "".join(f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns // 10**9},"
+                     for s in stats)
+    return Key(paths=f"db={db};schema={schema}", daemon=daemon,
+               files="".join(f"{digest}," for digest in _file_digests(unit)),
+               manager=f"manager:{_sha256(_manager_environment())}")
+
+
+def _file_digests(unit: ServiceStart) -> list[str]:
+    """`sha256sum`'s digest of each of the unit's files and environment
+    files that exists, sorted by path; not dpkg-hook's guard drop-in."""
+    paths = {*unit.unit_files, *(path for path, _ in unit.environment_files)}
+    digests = []
+    for path in sorted(p for p in paths if not p.endswith(f"/{DPKG_GUARD}")):
         try:
-            files.append(os.stat(path))
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            continue  # sha256sum in the hook says nothing on stdout for it either
+        except OSError as e:
+            raise _CannotTell(f"{path}: {e.strerror}") from None
+        # sha256sum marks the line of a name with a backslash or a newline.
+        mark = "\\" if "\\" in path or "\n" in path else ""
+        digests.append(mark + _sha256(data))
+    return digests
+
+
+def _manager_environment() -> bytes:
+    """What the hook hashes: systemctl's listing, under LC_ALL=C (run's and
+    the hook's), one NAME=value a line, escaped where not plain ASCII."""
+    try:
+        return run(list(SHOW_ENVIRONMENT), timeout=10).stdout.encode()
+    except CommandFailed as e:
+        raise _CannotTell(f"systemctl show-environment failed: {e.fields['stderr']}") from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _unaccounted_environment(unit: ServiceStart) -> str | None:
+    """What gives the unit's commands variables that no key sees."""
+    if unit.pass_environment:
+        return "its unit has PassEnvironment=, which takes variables from the manager's process"
+    for path, _ in unit.environment_files:
+        if any(c in path for c in "*?["):
+            return f"its EnvironmentFile={path} is a wildcard"
+    if not any(HOOK_VERB in argv[1:] for argv in unit.exec_start):
+        return "its ExecStart= does not run ovs-service-hook ovsdb-start"
+    return None
+
+
+def _database_replaced(process: Path, db: Path) -> bool:
+    """Whether the daemon holds its database file open as removed: replaced
+    from outside (a backup put back), which the running daemon would
+    overwrite at its next compaction."""
+    gone = os.path.realpath(db) + DELETED
+    try:
+        fds = list((process / "fd").iterdir())
+    except OSError as e:
+        raise _CannotTell(f"{process / 'fd'}: {e.strerror}") from None
+    for fd in fds:
+        try:
+            if os.readlink(fd) == gone:
+                return True
         except OSError:
-            continue  # the hook's stat leaves it out too
-    key = "".join(f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns // 10**9}," for s in files)
-    return f"{key}|{env_key(env)}|{' '.join(_options(unit, env))}"
+            continue  # closed meanwhile
+    return False
 
 
-def env_key(env: dict[str, str]) -> str:
-    """The hook's env_key: `env:` and the sha256 of the keyed variables'
-    NAME=value entries, sorted by their bytes, each ended by a NUL."""
-    entries = sorted(f"{name}={value}".encode("utf-8", "surrogateescape")
-                     for name, value in env.items() if name.startswith(KEYED_VARIABLES))
-    return "env:" + hashlib.sha256(b"".join(e + b"\0" for e in entries)).hexdigest()
-
-
-def _database_unready(env: dict[str, str]) -> str | None:
+def _database_unready(db: Path, schema: Path) -> str | None:
     """Why ovs-ctl's start would have work to do on the database (the hook's
     own test before it starts the daemon alone); None if it has none."""
-    db = Path(env.get("OVS_DBDIR") or DEFAULT_DBDIR) / "conf.db"
-    schema = Path(env.get("OVS_PKGDATADIR") or DEFAULT_PKGDATADIR) / "vswitch.ovsschema"
     if not db.is_file():
         return f"{db} is missing"
     try:
@@ -183,82 +263,6 @@ def _database_unready(env: dict[str, str]) -> str | None:
     except CommandFailed as e:
         raise _CannotTell(f"ovsdb-tool needs-conversion failed: {e.fields['stderr']}") from None
     return None if needs == "no" else f"{db} needs converting to {schema}"
-
-
-def _options(unit: ServiceStart, env: dict[str, str]) -> list[str]:
-    """The arguments the hook's ovsdb-start would get: those after the word
-    `ovsdb-start` in the ExecStart= command that names it, expanded."""
-    for argv in unit.exec_start:
-        if HOOK_VERB in argv[1:]:
-            return expand(argv[argv.index(HOOK_VERB, 1) + 1:], env)
-    raise _CannotTell("its ExecStart= does not run ovs-service-hook ovsdb-start")
-
-
-_WHOLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def expand(words: tuple[str, ...], env: dict[str, str]) -> list[str]:
-    """systemd's expansion of ExecStart= words: `$NAME` alone is split into
-    words as a shell would (quotes removed; none if unset or empty),
-    `${NAME}` anywhere is replaced as it is, `$$` is a dollar sign."""
-    out: list[str] = []
-    for word in words:
-        whole = _WHOLE.fullmatch(word)
-        if whole:
-            value = env.get(whole.group(1), "")
-            try:
-                out.extend(shlex.split(value))
-            except ValueError:
-                raise _CannotTell(f"${whole.group(1)} has an unbalanced quote") from None
-            continue
-        out.append(_BRACED.sub(lambda m: env.get(m.group(1), "") if m.group(1) else "$", word))
-    return out
-
-
-def environment(unit: ServiceStart) -> dict[str, str]:
-    """The unit's environment as its commands get it: the manager's, then
-    Environment=, then each EnvironmentFile= over it."""
-    if unit.pass_environment:
-        raise _CannotTell("PassEnvironment= takes variables from the manager's own process")
-    env = dict(item.partition("=")[::2] for item in unit.manager_environment if "=" in item)
-    env.update(item.partition("=")[::2] for item in unit.environment if "=" in item)
-    for path, optional in unit.environment_files:
-        if any(c in path for c in "*?["):
-            raise _CannotTell(f"EnvironmentFile={path} is a wildcard")
-        try:
-            text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape")
-        except FileNotFoundError:
-            if optional:
-                continue
-            raise _CannotTell(f"EnvironmentFile={path} is missing") from None
-        except OSError as e:
-            raise _CannotTell(f"EnvironmentFile={path}: {e.strerror}") from None
-        env.update(parse_env_file(text, path))
-    return env
-
-
-def parse_env_file(text: str, path: str = "") -> dict[str, str]:
-    """The assignments of an EnvironmentFile=: NAME=value lines, `#` and `;`
-    comments, values unquoted or quoted as in a shell, a backslash at the end
-    of a line continuing it; lines that are not an assignment are skipped,
-    as systemd skips them."""
-    env: dict[str, str] = {}
-    for line in re.sub(r"\\\r?\n", "", text).splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        name, sep, value = line.partition("=")
-        name = name.strip()
-        if not sep or not _NAME.fullmatch(name):
-            continue
-        try:
-            env[name] = " ".join(shlex.split(value))
-        except ValueError:
-            raise _CannotTell(f"{path or 'an environment file'}: an unbalanced quote "
-                             f"in {name}") from None
-    return env
 
 
 def _read(path: Path) -> bytes:

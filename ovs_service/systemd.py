@@ -48,12 +48,10 @@ class ServiceStart:
     active: bool
     main_pid: int
     exec_start: tuple[tuple[str, ...], ...]  # each ExecStart= command's argv
-    environment: tuple[str, ...]  # Environment=, as NAME=value
     environment_files: tuple[tuple[str, bool], ...]  # EnvironmentFile=: path, "-" prefix
     unit_files: tuple[str, ...] = ()  # the unit's file and its drop-ins
     needs_reload: bool = False  # its files changed on disk since systemd loaded them
     pass_environment: tuple[str, ...] = ()  # PassEnvironment=
-    manager_environment: tuple[str, ...] = ()  # the manager's (set-environment, defaults)
 
 
 def _text(value: Any) -> str:
@@ -217,15 +215,12 @@ class Systemd:
                 main_pid=int(service.MainPID),
                 exec_start=tuple(tuple(_text(word) for word in command[1])
                                  for command in service.ExecStart),
-                environment=tuple(_text(item) for item in service.Environment),
                 environment_files=tuple((_text(path), bool(optional))
                                         for path, optional in service.EnvironmentFiles),
                 unit_files=tuple(_text(path) for path in (unit.Unit.FragmentPath,
                                                           *unit.Unit.DropInPaths) if path),
                 needs_reload=bool(unit.Unit.NeedDaemonReload),
                 pass_environment=tuple(_text(name) for name in service.PassEnvironment),
-                manager_environment=tuple(_text(item)
-                                          for item in self._manager.Manager.Environment),
             )
         except Exception as e:  # not loaded, not a service, the bus gone: pystemd's errors vary
             raise SystemdError(message=f"{name}: {e}") from None

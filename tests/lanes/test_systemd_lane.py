@@ -163,7 +163,7 @@ def test_database_restarted_only_when_changed(
     """ovs-service restart leaves ovsdb-server running while what it starts
     from is unchanged, and restarts it when asked to or when its options (an
     environment file's, quoted), its unit (a drop-in's LimitNOFILE=) or its
-    binary changed, or an OVS_* variable of the manager's; each change is
+    binary changed, or a variable of the manager's environment; each change is
     seen applied in the new daemon."""
     ns, switch, hosts = lane
     before = canon.all_states(switch)
@@ -196,14 +196,14 @@ def test_database_restarted_only_when_changed(
                                       "LimitNOFILE=4096\n")
         ns.systemctl("daemon-reload")
         detail, now, _ = _restart(ns)
-        assert now != db and "unit files" in detail, detail
+        assert now != db and "unit's files" in detail, detail
         assert _open_files_limit(ns, now) == "4096" != limit
         db = now
 
         # A variable of the manager's that ovs-ctl may read: in no file and no option.
         ns.systemctl("set-environment", f"{MARK}=1")
         detail, now, _ = _restart(ns)
-        assert now != db and "its environment" in detail, detail
+        assert now != db and "the manager's environment" in detail, detail
         assert f"{MARK}=1" in _environ(ns, now)
         db = now
         detail, now, _ = _restart(ns)
