@@ -64,8 +64,7 @@ test-hitless-ci:
 		HITLESS_RESULTS=.cache/hitless-ci
 
 # The other half: everything without a VM. (The venv lane runs after both
-# halves: run beside the VM half, its build of pystemd starved the guest's
-# reinstall of openvswitch-switch past its 15-minute limit.)
+# halves, away from the VM half's timed lanes.)
 test-half-host:
 	$(PYTEST) -p no:cacheprovider -m "not vm and not hitless" $(PYTEST_ARGS)
 
