@@ -193,8 +193,10 @@ def key_now(unit: ServiceStart, db: Path, schema: Path, binary: Path = BINARY) -
 
 
 def _file_digests(unit: ServiceStart) -> list[str]:
-    """`sha256sum`'s digest of each of the unit's files and environment
-    files that exists, sorted by path; not dpkg-hook's guard drop-in."""
+    """`sha256sum`'s line (digest and path) for each of the unit's files and
+    environment files that exists, sorted by path; not dpkg-hook's guard
+    drop-in. The paths count: systemd applies drop-ins in the order of their
+    names, so a renamed one may change what applies."""
     paths = {*unit.unit_files, *(path for path, _ in unit.environment_files)}
     digests = []
     for path in sorted(p for p in paths if not p.endswith(f"/{DPKG_GUARD}")):
@@ -204,9 +206,13 @@ def _file_digests(unit: ServiceStart) -> list[str]:
             continue  # sha256sum in the hook says nothing on stdout for it either
         except OSError as e:
             raise _CannotTell(f"{path}: {e.strerror}") from None
-        # sha256sum marks the line of a name with a backslash or a newline.
-        mark = "\\" if "\\" in path or "\n" in path else ""
-        digests.append(mark + _sha256(data))
+        # sha256sum marks the line of a name with a backslash or a newline,
+        # and escapes them in the name.
+        if "\\" in path or "\n" in path:
+            name = path.replace("\\", "\\\\").replace("\n", "\\n")
+            digests.append(f"\\{_sha256(data)}  {name}")
+        else:
+            digests.append(f"{_sha256(data)}  {path}")
     return digests
 
 

@@ -223,7 +223,22 @@ def test_database_restarted_only_when_changed(
     detail, now, _ = _restart(ns)
     assert now != db and detail.startswith("restarted"), detail
     assert "--no-self-confinement" not in _cmdline(ns, now)
+    # ovs-ctl started it (its options changed): the next start of the unit is
+    # the direct one, with the niceness and core file limit ovs-ctl gave.
+    settings = _nice_and_core(ns, now)
+    journal = _journal_cursor(ns)
+    ns.systemctl("restart", "ovsdb-server.service")
+    direct = ns.main_pid("ovsdb-server")
+    assert "as ovs-ctl last did" in ns.journal(None, since_cursor=journal)
+    assert direct != now and _nice_and_core(ns, direct) == settings == ("-10", settings[1])
     _check(switch, hosts, before, "ovs-service restart, the database kept or restarted")
+
+
+def _nice_and_core(ns: SystemdNamespace, pid: int) -> tuple[str, str]:
+    stat = ns.run(["cat", f"/proc/{pid}/stat"]).stdout
+    limits = ns.run(["cat", f"/proc/{pid}/limits"]).stdout
+    core = next(ln.split()[4] for ln in limits.splitlines() if ln.startswith("Max core file"))
+    return stat.rpartition(") ")[2].split()[16], core
 
 
 def _break_snapshot(ns: SystemdNamespace, snapshot: str, bridge: str) -> None:

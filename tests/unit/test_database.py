@@ -142,6 +142,46 @@ def test_restarted_after_an_edit_of_the_same_size_in_the_same_second(bed: Bed) -
     assert bed.decide().restart
 
 
+def test_restarted_when_a_drop_in_was_renamed(bed: Bed) -> None:
+    # systemd applies drop-ins in the order of their names, whatever their
+    # folder: the same contents under another name may apply in another order.
+    renamed = bed.unit_file.with_name("00-" + bed.unit_file.name)
+    bed.unit_file.rename(renamed)
+    decision = bed.decide(replace(bed.unit, unit_files=(str(renamed),)))
+    assert decision.restart and "unit's files" in decision.why, decision.why
+
+
+def test_the_direct_start_gets_the_niceness_and_core_limit_ovs_ctl_gave(tmp_path: Path) -> None:
+    """The hook's daemon_settings reads them from the daemon ovs-ctl started;
+    apply_settings gives them to the process that then execs the daemon."""
+    text = HOOK.read_text()
+    functions = [re.search(rf"^{name}\(\) \{{$.*?^\}}$", text, re.M | re.S)
+                 for name in ("say", "daemon_settings", "apply_settings")]
+    assert all(functions), "no daemon_settings or apply_settings in the hook"
+    defs = "\n".join(f.group(0) for f in functions if f)
+    sleeper = subprocess.Popen(["sh", "-c", "renice -n 7 -p $$ >/dev/null; ulimit -c 0; "
+                                "exec sleep 30"])
+    try:
+        for _ in range(100):  # until it is sleep, with its settings
+            if Path(f"/proc/{sleeper.pid}/comm").read_text().strip() == "sleep":
+                break
+            subprocess.run(["sleep", "0.01"], check=True)
+        recorded = subprocess.run(["sh", "-c", f"{defs}\ndaemon_settings {sleeper.pid}"],
+                                  capture_output=True, text=True, check=True).stdout.split()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert recorded[:2] == ["7", "0"], recorded
+    (tmp_path / "ovsdb-server.settings").write_text(" ".join(recorded) + "\n")
+    applied = subprocess.run(
+        ["sh", "-c", f"{defs}\nRUN={shlex.quote(str(tmp_path))}; HOOK=ovsdb-start\n"
+         "apply_settings\nexec cat /proc/self/stat /proc/self/limits"],
+        capture_output=True, text=True, check=True).stdout
+    stat, _, limits = applied.partition("\n")
+    assert stat.rpartition(") ")[2].split()[16] == "7"
+    assert re.search(r"^Max core file size +0 ", limits, re.M), limits
+
+
 def test_restarted_when_the_unit_is_not_loaded_as_it_is_on_disk(bed: Bed) -> None:
     decision = bed.decide(replace(bed.unit, needs_reload=True))
     assert decision.restart and "daemon-reload" in decision.why, decision.why
