@@ -15,8 +15,9 @@ one line of `|`-separated parts:
   unit's environment as ovs-lib derives them;
 - the device, inode, size and mtime of the binary and of the schema (an
   upgrade renames new files over them);
-- the sha256 of the unit's file, its drop-ins and its environment files
-  (sorted by path, those that exist): everything Environment=,
+- `sha256sum`'s line (digest and path) of the unit's file, its drop-ins
+  and its environment files (sorted by path, those that exist; a renamed
+  drop-in may apply in another order): everything Environment=,
   EnvironmentFile= and ExecStart= can take their values from, but
 - `manager:` and the sha256 of `systemctl show-environment`, the manager's
   own environment (set-environment, DefaultEnvironment=), which every unit

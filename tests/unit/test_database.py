@@ -156,7 +156,7 @@ def test_the_direct_start_gets_the_niceness_and_core_limit_ovs_ctl_gave(tmp_path
     apply_settings gives them to the process that then execs the daemon."""
     text = HOOK.read_text()
     functions = [re.search(rf"^{name}\(\) \{{$.*?^\}}$", text, re.M | re.S)
-                 for name in ("say", "daemon_settings", "apply_settings")]
+                 for name in ("say", "stat_field", "daemon_settings", "apply_settings")]
     assert all(functions), "no daemon_settings or apply_settings in the hook"
     defs = "\n".join(f.group(0) for f in functions if f)
     sleeper = subprocess.Popen(["sh", "-c", "renice -n 7 -p $$ >/dev/null; ulimit -c 0; "
