@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,7 @@ def db_socket() -> Path:
     return rundir() / "db.sock"
 
 
-def set_flow_restore_wait(on: bool) -> None:
+def set_flow_restore_wait(on: bool) -> int | None:
     """Straight to ovsdb-server: a restart's outage waits for this write, and
     ovs-vswitchd acts on the flag as soon as it reads it.
 
@@ -270,18 +271,30 @@ def set_flow_restore_wait(on: bool) -> None:
     ovs-vsctl without --no-wait): the switch runs its flows again. If it has
     not by the timeout, that is a warning (the write is made, and the daemon
     acts on it when it reads it); if it stopped meanwhile, nothing to say. A set does not wait:
-    it is made before ovs-vswitchd starts.
+    it is made before ovs-vswitchd starts. It bumps next_cfg, and returns it:
+    the ovs-vswitchd started next reports that number as its cur_cfg once it
+    has configured its bridges (`started_watch`).
     """
     def running() -> bool:
         return daemon_running("ovs-vswitchd")
 
     try:
-        ovsdb.set_other_config(db_socket(), "flow-restore-wait", "true" if on else None,
-                               applied=not on and running(), alive=running,
-                               timeout=ovsdb.TIMEOUT)
+        return ovsdb.set_other_config(db_socket(), "flow-restore-wait", "true" if on else None,
+                                      applied=not on and running(), alive=running,
+                                      timeout=ovsdb.TIMEOUT, bump=on)
     except NotApplied as e:
         # Gone meanwhile: its next start reads the database as it is now.
         log.log(logging.DEBUG if not running() else logging.WARNING, "%s", e)
+        return None
+
+
+def started_watch(next_cfg: int, timeout: float) -> AbstractContextManager[ovsdb.AppliedWatch]:
+    """A watch for the moment a starting ovs-vswitchd has configured its
+    bridges: its first configuration (cur_cfg = `next_cfg`, with each
+    interface's OpenFlow port number) is committed before it detaches, so
+    before systemd even learns that it runs; its bridges' management sockets
+    listen by then."""
+    return ovsdb.applied_watch(db_socket(), next_cfg, timeout)
 
 
 def pin_ofports(wanted: dict[str, int]) -> list[str]:

@@ -166,12 +166,14 @@ def _line(text: str) -> str:
 
 def set_other_config(db_socket: Path, key: str, value: str | None, *,
                      applied: bool = False, alive: Callable[[], bool] | None = None,
-                     timeout: float = TIMEOUT) -> None:
+                     timeout: float = TIMEOUT, bump: bool = False) -> int | None:
     """Set (or with None remove) one key of the Open_vSwitch row's other_config.
 
     applied: return only once ovs-vswitchd has applied the change; NotApplied
     (the write made all the same) if it has not by the timeout, or as soon as
     `alive()` says it no longer runs (asked every ALIVE_INTERVAL seconds).
+    bump: bump next_cfg all the same, without waiting (see `applied_watch`).
+    Returns next_cfg as this write left it when bumped, else None.
     """
     mutations: list[list[Any]] = [["other_config", "delete", ["set", [key]]]]
     if value is not None:
@@ -179,7 +181,7 @@ def set_other_config(db_socket: Path, key: str, value: str | None, *,
     what = f"other_config:{key}" + ("" if value is None else f"={value}")
     operations: list[dict[str, Any]] = [
         {"op": "mutate", "table": DATABASE, "where": [], "mutations": mutations}]
-    if applied:
+    if applied or bump:
         operations += [
             {"op": "mutate", "table": DATABASE, "where": [],
              "mutations": [["next_cfg", "+=", 1]]},
@@ -189,8 +191,48 @@ def set_other_config(db_socket: Path, key: str, value: str | None, *,
         results = _transact(session, operations, what)
         if (count := results[0].get("count")) != 1:
             raise OvsdbRefused(what=what, reason=f"{count} {DATABASE} rows, not 1")
+        if not (applied or bump):
+            return None
+        next_cfg = _next_cfg(results[2], what)
         if applied:
-            _wait_applied(session, _next_cfg(results[2], what), what, alive, timeout)
+            _wait_applied(session, next_cfg, what, alive, timeout)
+        return next_cfg
+
+
+class AppliedWatch:
+    """Looks, as often as asked, at whether ovs-vswitchd has applied
+    configuration `next_cfg` (its cur_cfg has reached it), through a monitor
+    on cur_cfg: each look waits on the socket, nothing is polled."""
+
+    def __init__(self, session: _Session, next_cfg: int, updates: Any) -> None:
+        self._session, self._next_cfg, self._updates = session, next_cfg, updates
+
+    def reached(self, within: float) -> bool:
+        """Whether it has, waiting up to `within` seconds for it."""
+        until = time.monotonic() + within
+        while _cur_cfg(self._updates) < self._next_cfg:
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            update = self._session.wait_update(left)
+            if update is None:
+                return False
+            self._updates = update
+        return True
+
+
+@contextmanager
+def applied_watch(db_socket: Path, next_cfg: int,
+                  timeout: float = 300.0) -> Iterator[AppliedWatch]:
+    """A watch on ovs-vswitchd's cur_cfg reaching `next_cfg`, for up to
+    `timeout` seconds. OvsUnreachable if the server cannot be reached, goes
+    away, or the time is up; OvsdbRefused if it refuses the monitor."""
+    what = f"a watch on cur_cfg {next_cfg}"
+    with _session(db_socket, timeout) as session:
+        reply = session.call("monitor", [DATABASE, None, {DATABASE: {"columns": ["cur_cfg"]}}])
+        if reply.get("error") is not None:
+            raise OvsdbRefused(what=what, reason=_line(json.dumps(reply["error"])))
+        yield AppliedWatch(session, next_cfg, reply.get("result"))
 
 
 def _next_cfg(result: dict[str, Any], what: str) -> int:

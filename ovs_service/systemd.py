@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,11 @@ MANAGER_IFACE = b"org.freedesktop.systemd1.Manager"
 STARTED = ("start-post", "running", "exited")
 STOPPING = ("stop-sigterm", "stop-sigkill", "stop-post", "final-sigterm", "final-sigkill",
             "dead", "failed")
+STARTING = ("activating", "active", "reloading")
 POLL = 0.002
+# How long a wait_ready look blocks on its own readiness before it looks
+# whether the job ended (a failed start is noticed that late, at most).
+READY_LOOK = 0.02
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,37 @@ class Systemd:
         Returns the unit's invocation ID (its processes' $INVOCATION_ID)."""
         unit = self.wait_sub_state(job, STARTED, timeout)
         return bytes(unit.Unit.InvocationID).hex()
+
+    def wait_ready(self, job: Job, ready: Callable[[float], bool],
+                   timeout: float = 300.0) -> str:
+        """Wait until `ready(seconds)` (which may block that long) says the
+        start job's service is ready, or the job ends (JobFailed unless it
+        is done). For a readiness seen before systemd sees it: no D-Bus
+        round trip per look, only the job's end is listened for.
+
+        Returns the unit's invocation ID (its processes' $INVOCATION_ID),
+        read while the service starts, not once it is ready: then systemd
+        is busy with the daemon it has just seen run, and a question to it
+        waits tens of milliseconds. systemd gives a unit its new invocation
+        ID as it begins to start it (ActiveState=activating), before
+        ExecStartPre=.
+        """
+        from pystemd.systemd1 import Unit
+
+        unit = Unit(job.unit.encode(), bus=self._bus, _autoload=True)
+        invocation = None
+        deadline = time.monotonic() + timeout
+        while not ready(READY_LOOK):
+            if invocation is None and _text(unit.Unit.ActiveState) in STARTING:
+                invocation = bytes(unit.Unit.InvocationID).hex()
+            self._dispatch()
+            if job.path in self._removed:
+                self.wait(job)
+                invocation = None  # it may have been started twice meanwhile
+                break
+            if time.monotonic() > deadline:
+                raise JobFailed(action=job.action, unit=job.unit, result="timeout")
+        return invocation or bytes(unit.Unit.InvocationID).hex()
 
     def wait_stopping(self, job: Job, timeout: float = 300.0) -> None:
         """Wait until a stop job is past ExecStop=: the daemon agreed to exit

@@ -4,7 +4,8 @@ which finishes either.
 
 restart: save → stop ovs-vswitchd → restart ovsdb-server (as ovs-vswitchd
 exits; only if something it starts from changed, see `ovs_service.database`)
-→ start ovs-vswitchd with flow-restore-wait → restore (as soon as it runs) →
+→ start ovs-vswitchd with flow-restore-wait → restore (as soon as it has
+configured its bridges) →
 clear flow-restore-wait. Each step is written to the journal before
 and after it runs; flow-restore-wait is cleared on every way out once it has
 been set.
@@ -17,6 +18,7 @@ and a refusal there leaves no journal and no pending snapshot
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +29,9 @@ from typing import TYPE_CHECKING
 from ovs_service import database, journal, metrics, operations, ovs, store
 from ovs_service.errors import (
     Busy,
+    OvsdbRefused,
     OvsServiceError,
+    OvsUnreachable,
     PrecheckFailed,
     RestoreFailed,
     RolledForward,
@@ -39,13 +43,16 @@ from ovs_service.openflow.messages import PreparedBundle
 from ovs_service.stages import datapaths, flows
 
 if TYPE_CHECKING:
-    from ovs_service.systemd import Systemd
+    from ovs_service.systemd import Job, Systemd
+
+log = logging.getLogger(__name__)
 
 
 RESTART = "restart"
 KMOD = "force-reload-kmod"
 OVSDB_UNIT = "ovsdb-server.service"
 VSWITCHD_UNIT = "ovs-vswitchd.service"
+START_TIMEOUT = 300.0  # seconds: the units' TimeoutStartSec=
 
 DATABASE_STEP = (
     "restart-ovsdb-server",
@@ -181,7 +188,10 @@ def stop(run: Run, sd: Systemd, db: database.Decision) -> None:
     """
     with run.step("stop-ovs-vswitchd"):
         stop = sd.submit("stop", VSWITCHD_UNIT, "ignore-dependencies")
-        sd.wait_stopping(stop)
+        if db.restart:
+            sd.wait_stopping(stop)
+        else:  # nothing to start alongside: no polling while the daemon exits
+            sd.wait(stop)
     with run.step("restart-ovsdb-server") as step:
         step.detail = db.why
         if db is database.FORCED:
@@ -195,22 +205,38 @@ def stop(run: Run, sd: Systemd, db: database.Decision) -> None:
 def start_and_restore(run: Run, sd: Systemd, outcome: Outcome, prepared: Prepared) -> None:
     """Start with flow-restore-wait, restore, and clear it on every way out.
 
-    The restore begins as soon as the daemon runs, not when the start job
-    ends: the unit's ExecStartPost= commands (the poststart hook, which
-    leaves this start's restore to us, and enabling remote managers) run
-    meanwhile, outside the outage.
+    The restore begins as soon as the daemon has configured its bridges,
+    not when the start job ends: the unit's ExecStartPost= commands (the
+    poststart hook, which leaves this start's restore to us, and enabling
+    remote managers) run meanwhile, outside the outage. Nor when systemd
+    learns that the daemon runs: that is after it detached (and, with
+    Debian's units, after ovs-ctl exited), tens of milliseconds later.
     """
     try:
         with run.step("start-ovs-vswitchd"):
-            ovs.set_flow_restore_wait(True)
+            next_cfg = ovs.set_flow_restore_wait(True)
             job = sd.submit("start", VSWITCHD_UNIT)
-            run.tx.set_invocation(sd.wait_started(job))
+            run.tx.set_invocation(wait_configured(sd, job, next_cfg))
         with run.step("restore"):
             outcome.bridges = operations.restore_pinned(*prepared)
     finally:
         with run.step("clear-flow-restore-wait"):
             ovs.set_flow_restore_wait(False)
     sd.wait(job)
+
+
+def wait_configured(sd: Systemd, job: Job, next_cfg: int | None) -> str:
+    """Until the ovs-vswitchd that `job` starts has configured its bridges
+    (its cur_cfg reaches `next_cfg`), or the job has ended. Without such a
+    watch (no number, or ovsdb-server refuses it), until systemd says the
+    unit runs. Returns the unit's invocation ID."""
+    if next_cfg is not None:
+        try:
+            with ovs.started_watch(next_cfg, START_TIMEOUT) as watch:
+                return sd.wait_ready(job, watch.reached, START_TIMEOUT)
+        except (OvsUnreachable, OvsdbRefused) as e:
+            log.debug("no watch on ovs-vswitchd's configuration (%s): waiting for systemd", e)
+    return sd.wait_started(job, START_TIMEOUT)
 
 
 def restart(

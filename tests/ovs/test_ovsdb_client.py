@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -113,3 +114,41 @@ def test_flow_restore_wait_on_a_switch_that_does_not_apply_it(
         assert "flow-restore-wait written, but ovs-vswitchd has not applied it" in caplog.text
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_started_watch_is_reached_once_a_new_daemon_has_its_bridges_and_port_numbers(
+        ovs: OvsBed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a restart waits for before it restores (instead of systemd's word
+    that the unit runs). Not reached while ovs-vswitchd is down; reached once
+    a new one has started, and at that moment its bridge answers on its
+    OpenFlow socket (ovs-ofctl) and the database holds the new daemon's port
+    numbers (one requested while it was down: ovs-vsctl reads it back)."""
+    for key, value in ovs.env.items():
+        monkeypatch.setenv(key, value)
+    ovs.add_bridge("brw")
+    ovs.vsctl("add-port", "brw", "w1", "--", "set", "Interface", "w1", "type=internal")
+    old = int(ovs.vsctl("get", "Interface", "w1", "ofport"))
+    ovs.stop_daemon("ovs-vswitchd")
+    ovs.vsctl("--no-wait", "set", "Interface", "w1", f"ofport_request={old + 40}")
+    next_cfg = ovs_tools.set_flow_restore_wait(True)
+    assert next_cfg is not None
+    try:
+        with ovs_tools.started_watch(next_cfg, 30.0) as watch:
+            assert not watch.reached(0.3)
+            starter = threading.Thread(target=ovs._start_vswitchd)
+            starter.start()
+            deadline = time.monotonic() + 30
+            while not watch.reached(0.05):
+                assert time.monotonic() < deadline, "never reached"
+            assert int(ovs.vsctl("get", "Interface", "w1", "ofport")) == old + 40
+            assert f" {old + 40}(w1)" in ovs.ofctl("show", "brw")
+            starter.join(30)
+    finally:
+        ovs_tools.set_flow_restore_wait(False)
+    assert other_config(ovs, KEY) == ""
+
+
+def test_started_watch_on_no_server_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(OvsUnreachable) as e, ovsdb.applied_watch(tmp_path / "db.sock", 1, 1.0):
+        pass
+    assert str(tmp_path / "db.sock") in str(e.value) and "\n" not in str(e.value)
