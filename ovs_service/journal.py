@@ -15,6 +15,7 @@ transaction.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -35,6 +36,9 @@ JOURNAL = "transaction.json"
 # unit hooks the transaction does itself at this point (see
 # `left_to_transaction`), in the runtime directory (`run_dir`).
 DEFER = "transaction.defer"
+# Held (flock, exclusive) by a transaction from the moment the ovs-vswitchd
+# it started is configured until the switch forwards again; see `Journal.outage`.
+OUTAGE = "transaction.outage"
 DEFAULT_RUN_DIR = Path("/run/ovs-service")
 PROC = Path("/proc")
 # The steps in which a transaction starts ovs-vswitchd and restores itself.
@@ -335,6 +339,27 @@ class Journal:
         self.record = replace(self.record, state="done", done=[*self.record.done, name])
         self._write()
         _fault(name, "after")
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """While the switch is not forwarding, an exclusive flock on
+        `OUTAGE` in the runtime directory. The unit's poststart, when it
+        leaves a start's restore to this transaction, waits for the lock
+        (shared, bounded): the unit's ExecStartPost= commands after it
+        (enabling remote managers) then run once forwarding is back, instead
+        of taking CPU from the restore. The kernel drops the lock with us.
+        Not having it (another holder) only gives up that wait."""
+        try:
+            fd = os.open(self.run / OUTAGE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            log.debug("not holding %s (%s)", OUTAGE, e)
+            fd = -1
+        try:
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def finish(self) -> None:
         clear(self.root, self.run)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -206,22 +206,29 @@ def start_and_restore(run: Run, sd: Systemd, outcome: Outcome, prepared: Prepare
     """Start with flow-restore-wait, restore, and clear it on every way out.
 
     The restore begins as soon as the daemon has configured its bridges,
-    not when the start job ends: the unit's ExecStartPost= commands (the
-    poststart hook, which leaves this start's restore to us, and enabling
-    remote managers) run meanwhile, outside the outage. Nor when systemd
-    learns that the daemon runs: that is after it detached (and, with
-    Debian's units, after ovs-ctl exited), tens of milliseconds later.
+    not when the start job ends, nor when systemd learns that the daemon
+    runs: that is after it detached (and, with Debian's units, after ovs-ctl
+    exited), tens of milliseconds later. The unit's ExecStartPost= commands
+    wait meanwhile: its poststart hook, which leaves this start's restore to
+    us, waits for the outage lock (`Journal.outage`), and enabling remote
+    managers comes after it, once the switch forwards again. The lock is
+    taken once the daemon is configured, not before the start: a daemon
+    that never reports its configuration must not keep its start job, and
+    so this wait, from ending.
     """
-    try:
-        with run.step("start-ovs-vswitchd"):
-            next_cfg = ovs.set_flow_restore_wait(True)
-            job = sd.submit("start", VSWITCHD_UNIT)
-            run.tx.set_invocation(wait_configured(sd, job, next_cfg))
-        with run.step("restore"):
-            outcome.bridges = operations.restore_pinned(*prepared)
-    finally:
-        with run.step("clear-flow-restore-wait"):
-            ovs.set_flow_restore_wait(False)
+    with ExitStack() as held:
+        try:
+            with run.step("start-ovs-vswitchd"):
+                next_cfg = ovs.set_flow_restore_wait(True)
+                job = sd.submit("start", VSWITCHD_UNIT)
+                invocation = wait_configured(sd, job, next_cfg)
+                held.enter_context(run.tx.outage())
+                run.tx.set_invocation(invocation)
+            with run.step("restore"):
+                outcome.bridges = operations.restore_pinned(*prepared)
+        finally:
+            with run.step("clear-flow-restore-wait"):
+                ovs.set_flow_restore_wait(False)
     sd.wait(job)
 
 

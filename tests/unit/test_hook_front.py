@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,6 +162,26 @@ def test_hooks_left_to_a_running_transaction(front: Front) -> None:
     tx.finish()
     assert not (front.run_dir / journal.DEFER).exists()
     assert not _deferred(front.run("stoppost"))
+
+
+def test_a_deferred_poststart_waits_until_the_transactions_outage_ends(front: Front) -> None:
+    """The unit's ExecStartPost= commands after poststart (enabling remote
+    managers) must not run in the outage: a poststart left to a transaction
+    returns only once the transaction releases its outage lock. Without the
+    lock held (a transaction whose daemon is not configured yet), at once."""
+    tx = journal.Journal(front.state, "restart", front.run_dir)
+    with tx.step("start-ovs-vswitchd"):
+        assert _deferred(front.run("poststart", invocation="any"))  # nothing held
+        results: list[subprocess.CompletedProcess[str]] = []
+        with tx.outage():
+            waiter = threading.Thread(
+                target=lambda: results.append(front.run("poststart", invocation="any")))
+            waiter.start()
+            waiter.join(1.0)
+            assert waiter.is_alive() and not results
+        waiter.join(20)
+        assert not waiter.is_alive() and _deferred(results[0])
+    tx.finish()
 
 
 def test_a_dead_transaction_is_ignored(front: Front) -> None:
