@@ -20,6 +20,7 @@ STYLE = {  # method -> (color, marker, line style)
     "package-ovs-service": ("tab:purple", "o", "-."),
     "package-systemctl": ("tab:olive", "s", "-."),
     "floor": ("tab:red", "v", ":"),
+    "package-floor": ("tab:pink", "v", ":"),
     "debian-reload": ("tab:orange", "^", "--"),
     "ovs-ctl": ("black", "D", "--"),
     "debian-restart": ("tab:gray", "x", ":"),

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.gap.methods import OVS_CTL
+from bench.gap.methods import FLOORS, OVS_CTL
 from tests.harness.lane import DROPINS, UNITS, NsSwitch, add_hosts, remove_hosts
 from tests.harness.systemd_ns import SystemdNamespace
 
@@ -31,8 +31,26 @@ UNIT_DIR = "/run/systemd/system"
 UMBRELLA = UNITS[-1]  # units/openvswitch.service: ours, and the package's
 assert UMBRELLA.name == "openvswitch.service"
 # What each unit set puts over Debian's units ("debian": nothing, "bare": no
-# units run the daemons); "floor" is written from "ours" (floor_units).
+# units run the daemons); "floor" and "package-floor" are written from "ours"
+# and "package" (floor_units).
 PACKAGE_UNITS = [UMBRELLA, *DROPINS]
+
+
+def _without_hooks(unit: Path, folder: Path) -> Path:
+    """A copy of a unit file, or of a drop-in folder, in `folder`, without a
+    line that runs ovs-service-hook (continued lines joined first)."""
+    def strip(src: Path, dst: Path) -> None:
+        lines = src.read_text().replace("\\\n", " ").splitlines()
+        dst.write_text("".join(f"{ln}\n" for ln in lines if "ovs-service-hook" not in ln))
+
+    copy = folder / unit.name
+    if unit.is_dir():
+        copy.mkdir(exist_ok=True)
+        for conf in sorted(unit.glob("*.conf")):
+            strip(conf, copy / conf.name)
+    else:
+        strip(unit, copy)
+    return copy
 
 
 class BenchError(RuntimeError):
@@ -198,7 +216,7 @@ class Bed:
             self.load_tables()
         self.log(f"  (daemons now under {units}: {time.monotonic() - began:.1f}s)")
         self.units = units
-        if units == "floor":
+        if units in FLOORS:
             self.empty_tables()
             self.empty = True
         elif self.empty:
@@ -216,22 +234,21 @@ class Bed:
         """Put `units`' files over Debian's (none for "debian"), and nothing else."""
         names = [p.name for p in (*UNITS, *DROPINS)]
         self.ns.run(["rm", "-rf", *[f"{UNIT_DIR}/{n}" for n in names]])
-        wanted = {"ours": UNITS, "floor": self.floor_units(), "package": PACKAGE_UNITS,
-                  "debian": []}[units]
+        wanted = {"ours": UNITS, "package": PACKAGE_UNITS, "debian": [],
+                  "floor": UNITS, "package-floor": PACKAGE_UNITS}[units]
+        if units in FLOORS:
+            wanted = self.floor_units(units, wanted)
         self.ns.install_units(wanted, reload=False)
         self.ns.systemctl("daemon-reload")
 
-    def floor_units(self) -> list[Path]:
-        """Our units without a line that runs a hook: the daemons alone."""
-        folder = self.work / "floor-units"
+    def floor_units(self, name: str, units: Sequence[Path]) -> list[Path]:
+        """`units` with no line of ovs-vswitchd's unit or drop-ins that runs a
+        hook: that daemon alone. ovsdb-server's stay as they are (the floor
+        restarts ovs-vswitchd only)."""
+        folder = self.work / name
         folder.mkdir(exist_ok=True)
-        out = []
-        for unit in UNITS:
-            lines = unit.read_text().replace("\\\n", " ").splitlines()
-            path = folder / unit.name
-            path.write_text("".join(f"{ln}\n" for ln in lines if "ovs-service-hook" not in ln))
-            out.append(path)
-        return out
+        return [_without_hooks(unit, folder) if unit.name.startswith("ovs-vswitchd.service")
+                else unit for unit in units]
 
     def _swap_unit_files(self, units: str) -> None:
         # Same unit names in every set, and the same daemons (started with
@@ -245,7 +262,7 @@ class Bed:
             self.ns.systemctl("stop", "openvswitch.service")
         self.ns.systemctl("start", self._umbrella(units))
         self.ns.settle()
-        if units in ("ours", "package"):
+        if units in ("ours", "package", "package-floor"):
             # The database still runs as the other units started it: the
             # next `ovs-service restart` would restart it (its unit changed,
             # ovs_service.database), which a machine that runs these units

@@ -15,7 +15,8 @@ class Method:
     label: str
     # Which daemons/units it needs: "ours" (units/), "package" (Debian's units
     # with the package's drop-ins and umbrella, what `apt install` sets up),
-    # "floor" (our units without the hooks, tables emptied), "debian", "bare".
+    # "floor" (our units without the hooks, tables emptied), "package-floor"
+    # (the package default without the hooks, tables emptied), "debian", "bare".
     units: str
     argv: tuple[str, ...]
     keeps_flows: bool = True
@@ -39,6 +40,11 @@ METHODS = {
         # ports back.
         Method("floor", "floor: bare ovs-vswitchd restart, empty tables", "floor",
                ("systemctl", "restart", "ovs-vswitchd.service"), keeps_flows=False),
+        # The same under the package default's ovs-vswitchd unit (Debian's, with
+        # the fast drop-in) without its hook lines: no sandbox, as that unit has none.
+        Method("package-floor", "floor, package default: bare ovs-vswitchd restart, empty tables",
+               "package-floor", ("systemctl", "restart", "ovs-vswitchd.service"),
+               keeps_flows=False),
         Method("debian-reload", "systemctl reload openvswitch-switch (Debian)", "debian",
                ("systemctl", "reload", "openvswitch-switch.service")),
         Method("ovs-ctl", "ovs-ctl restart (stock)", "bare",
@@ -50,5 +56,6 @@ METHODS = {
 }
 BASELINE = "ovs-ctl"
 DEFAULT_METHODS = ("ovs-service", "systemctl-hooks", "package-ovs-service",
-                   "package-systemctl", "floor", "debian-reload", "ovs-ctl")
-UNIT_ORDER = {"ours": 0, "floor": 1, "package": 2, "debian": 3, "bare": 4}
+                   "package-systemctl", "floor", "package-floor", "debian-reload", "ovs-ctl")
+UNIT_ORDER = {"ours": 0, "floor": 1, "package": 2, "package-floor": 3, "debian": 4, "bare": 5}
+FLOORS = ("floor", "package-floor")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.gap.bed import LONG, Bed, BenchError, Log
-from bench.gap.methods import RSS_FILE, UNIT_ORDER, Method
+from bench.gap.methods import FLOORS, RSS_FILE, UNIT_ORDER, Method
 from bench.gap.probe import Prober
 from bench.gap.profile import profile_cell
 from bench.gap.report import print_profile, summarize_profile
@@ -162,7 +162,7 @@ def measure(plan: Plan, work: Path, log: Log, runs: list[Run], commits: list[Com
                         log(f"  {m.label}: gap {gap}, wall {r.wall_s:.2f}s"
                             + (f", LOST {r.lost} flows" if r.lost else "")
                             + (f", exit {r.exit_code}" if r.exit_code else ""))
-                    if any(m.key == "floor" for m in plan.methods):
+                    if any(m.key in FLOORS for m in plan.methods):
                         cs = measure_commits(bed, flows, bridges, plan.repeat)
                         commits += cs
                         log("  restore onto a running switch: "

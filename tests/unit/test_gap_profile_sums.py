@@ -33,3 +33,23 @@ def test_waits_are_counted_by_bundle_phase_and_not_inside_a_hello() -> None:
     assert (sums["messages"], sums["wall_s"], sums["thread_cpu_s"]) == (1002, 1.0, 0.5)
     assert round(sums["began_s"], 6) == 0.4 and round(sums["ended_s"], 6) == 1.4
     assert {key for key, _ in RESTORE_SUMS} <= set(sums)
+
+
+def test_overhead_sets_the_package_default_against_its_own_floor() -> None:
+    """The package default's methods against the package floor when it was
+    measured, ovs-service's units against theirs; the floor alone otherwise."""
+    from bench.gap.report import overheads
+    from bench.gap.runs import Commit
+
+    def row(method: str, gap: float, flows: int = 1000) -> dict[str, object]:
+        return {"bridges": 1, "flows": flows, "method": method, "gap_ms": gap}
+
+    rows = [row("floor", 200), row("package-floor", 150), row("ovs-service", 260),
+            row("package-ovs-service", 220), row("floor", 300, 10),
+            row("package-ovs-service", 330, 10)]
+    commits = [Commit(1000, 1, 0, 0.05), Commit(10, 1, 0, 0.03)]
+    got = {(r["flows"], r["method"]): (r["floor"], round(r["overhead"], 3))
+           for r in overheads(rows, commits)}
+    assert got[(1000, "ovs-service")] == ("floor", 0.04)  # 260 / (200 + 50)
+    assert got[(1000, "package-ovs-service")] == ("package-floor", 0.1)  # 220 / (150 + 50)
+    assert got[(10, "package-ovs-service")] == ("floor", 0.0)  # 330 / (300 + 30)
