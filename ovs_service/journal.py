@@ -82,7 +82,8 @@ def boot_id(proc: Path = PROC) -> str:
 
 
 def start_time(pid: int, proc: Path = PROC) -> int | None:
-    """Field 22 of /proc/PID/stat. The command name (field 2) is in parentheses
+    """Field 22 of /proc/PID/stat, of a process that has not exited (a zombie,
+    state Z or X, has: None). The command name (field 2) is in parentheses
     and may itself hold spaces and parentheses: the fields after it start
     after the last ')'."""
     if pid <= 0:  # kill(0) and /proc/0 would name something else
@@ -90,6 +91,8 @@ def start_time(pid: int, proc: Path = PROC) -> int | None:
     try:
         stat = (proc / str(pid) / "stat").read_text()
         after_comm = stat[stat.rindex(")") + 1:].split()
+        if after_comm[0] in ("Z", "X"):
+            return None
         return int(after_comm[_STAT_STARTTIME - _STAT_FIRST_AFTER_COMM])
     except (OSError, ValueError, IndexError):
         return None
@@ -348,21 +351,36 @@ class Journal:
         (shared, bounded): the unit's ExecStartPost= commands after it
         (enabling remote managers) then run once forwarding is back, instead
         of taking CPU from the restore. The kernel drops the lock with us.
-        Not having it (another holder) only gives up that wait."""
+        Not getting it only gives up that wait."""
         try:
             fd = os.open(self.run / OUTAGE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            log.debug("not holding %s (%s)", OUTAGE, e)
-            fd = -1
+            log.debug("no %s (%s)", OUTAGE, e)
+            yield
+            return
         try:
+            if not _lock_exclusive(fd):
+                log.debug("%s is held by another process", OUTAGE)
             yield
         finally:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
 
     def finish(self) -> None:
         clear(self.root, self.run)
+
+
+def _lock_exclusive(fd: int, tries: int = 50) -> bool:
+    """flock(LOCK_EX) on `fd`, waiting up to about `tries` ms: a hook holds
+    the lock shared only for a moment (`flock -s ... true`)."""
+    for _ in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError:
+            return False
+    return False
 
 
 def clear(root: Path, run: Path | None = None) -> None:

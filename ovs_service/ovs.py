@@ -94,6 +94,23 @@ def daemon_pid(name: str, proc: Path = Path("/proc")) -> int | None:
     return pid if pid > 0 and comm == name[:TASK_COMM_LEN] else None
 
 
+def daemon_invocation(name: str, proc: Path = Path("/proc")) -> str | None:
+    """The systemd invocation ID the running daemon was started with
+    ($INVOCATION_ID in its environment); None if it has none or cannot be read."""
+    pid = daemon_pid(name, proc)
+    if pid is None:
+        return None
+    try:
+        environ = (proc / str(pid) / "environ").read_bytes()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"INVOCATION_ID="):
+            value = entry.removeprefix(b"INVOCATION_ID=").decode("ascii", "replace")
+            return value if len(value) == 32 and value.isalnum() else None
+    return None
+
+
 def daemon_running(name: str, proc: Path = Path("/proc")) -> bool:
     return daemon_pid(name, proc) is not None
 

@@ -31,8 +31,8 @@ class _Session:
     """One connection: requests answered in order, the server's updates kept,
     its echo probes answered, the whole exchange within one deadline."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock, self._deadline = sock, deadline
+    def __init__(self, sock: socket.socket, deadline: float, where: Path) -> None:
+        self._sock, self._deadline, self._where = sock, deadline, where
         self._decoder, self._buffer = json.JSONDecoder(), ""
         # A character may be split between two reads.
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -59,7 +59,10 @@ class _Session:
         return self.updates.pop(0)
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._sock.sendall(json.dumps(message).encode())
+        try:
+            self._sock.sendall(json.dumps(message).encode())
+        except OSError as e:
+            raise _unreachable(self._where, e) from None
 
     def _message(self, until: float) -> dict[str, Any] | None:
         """The next message (None if none came by `until`); notifications are
@@ -95,7 +98,8 @@ class _Session:
 
     def _read(self, until: float) -> bool:
         """Read what came by `until`: whether anything did. At the session's
-        deadline, TimeoutError instead."""
+        deadline, _SessionExpired (a TimeoutError) instead; OvsUnreachable if
+        the connection breaks."""
         remaining = until - time.monotonic()
         try:
             if remaining <= 0:
@@ -104,25 +108,44 @@ class _Session:
             chunk = self._sock.recv(1 << 16)
         except TimeoutError:
             if until >= self._deadline:
-                raise
+                raise _SessionExpired("no answer in time") from None
             return False
+        except OSError as e:
+            raise _unreachable(self._where, e) from None
         if not chunk:
-            raise ConnectionResetError("connection closed")
+            raise _unreachable(self._where, ConnectionResetError("connection closed"))
         self._buffer += self._text.decode(chunk)
         return True
 
 
+class _SessionExpired(TimeoutError):
+    """A session's whole exchange did not end within its time."""
+
+
+def _unreachable(db_socket: Path, e: OSError) -> OvsUnreachable:
+    reason = e.strerror or str(e) or type(e).__name__
+    return OvsUnreachable(what="ovsdb-server", reason=f"{db_socket}: {reason}")
+
+
 @contextmanager
 def _session(db_socket: Path, timeout: float) -> Iterator[_Session]:
+    """A connection for `timeout` seconds. Only its own failures become
+    OvsUnreachable: what the caller's code raises meanwhile passes as it is."""
     deadline = time.monotonic() + timeout
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as e:
+        raise _unreachable(db_socket, e) from None
+    with sock:
+        try:
             sock.settimeout(timeout)
             sock.connect(str(db_socket))
-            yield _Session(sock, deadline)
-    except OSError as e:
-        reason = e.strerror or str(e) or type(e).__name__
-        raise OvsUnreachable(what="ovsdb-server", reason=f"{db_socket}: {reason}") from None
+        except OSError as e:
+            raise _unreachable(db_socket, e) from None
+        try:
+            yield _Session(sock, deadline, db_socket)
+        except _SessionExpired as e:
+            raise _unreachable(db_socket, e) from None
 
 
 def transact(db_socket: Path, operations: list[dict[str, Any]], what: str,

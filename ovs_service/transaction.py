@@ -219,11 +219,7 @@ def start_and_restore(run: Run, sd: Systemd, outcome: Outcome, prepared: Prepare
     with ExitStack() as held:
         try:
             with run.step("start-ovs-vswitchd"):
-                next_cfg = ovs.set_flow_restore_wait(True)
-                job = sd.submit("start", VSWITCHD_UNIT)
-                invocation = wait_configured(sd, job, next_cfg)
-                held.enter_context(run.tx.outage())
-                run.tx.set_invocation(invocation)
+                job = start_configured(run, sd, ovs.set_flow_restore_wait(True), held)
             with run.step("restore"):
                 outcome.bridges = operations.restore_pinned(*prepared)
         finally:
@@ -232,18 +228,43 @@ def start_and_restore(run: Run, sd: Systemd, outcome: Outcome, prepared: Prepare
     sd.wait(job)
 
 
-def wait_configured(sd: Systemd, job: Job, next_cfg: int | None) -> str:
-    """Until the ovs-vswitchd that `job` starts has configured its bridges
-    (its cur_cfg reaches `next_cfg`), or the job has ended. Without such a
-    watch (no number, or ovsdb-server refuses it), until systemd says the
-    unit runs. Returns the unit's invocation ID."""
-    if next_cfg is not None:
-        try:
-            with ovs.started_watch(next_cfg, START_TIMEOUT) as watch:
-                return sd.wait_ready(job, watch.reached, START_TIMEOUT)
-        except (OvsUnreachable, OvsdbRefused) as e:
-            log.debug("no watch on ovs-vswitchd's configuration (%s): waiting for systemd", e)
-    return sd.wait_started(job, START_TIMEOUT)
+def start_configured(run: Run, sd: Systemd, next_cfg: int | None, held: ExitStack) -> Job:
+    """Start ovs-vswitchd; return once it has configured its bridges, with
+    the outage lock held (in `held`) and the start's invocation ID in the
+    journal.
+
+    Configured: its cur_cfg reaches `next_cfg`, through a watch opened
+    before the start. The lock is taken then, not before: a daemon that
+    never reports its configuration must not keep its start job, and so
+    this wait, from ending. Without a watch (no number, or ovsdb-server
+    refuses or drops it), until systemd says the unit runs, with the lock
+    taken before the start: systemd says so as it spawns the poststart hook.
+    """
+    with ExitStack() as watching:
+        watch = None
+        if next_cfg is not None:
+            try:
+                watch = watching.enter_context(ovs.started_watch(next_cfg, START_TIMEOUT))
+            except (OvsUnreachable, OvsdbRefused) as e:
+                log.debug("no watch on ovs-vswitchd's configuration (%s)", e)
+        if watch is None:
+            held.enter_context(run.tx.outage())
+        job = sd.submit("start", VSWITCHD_UNIT)
+        invocation = None
+        if watch is not None:
+            try:
+                invocation = sd.wait_ready(job, watch.reached, START_TIMEOUT)
+            except (OvsUnreachable, OvsdbRefused) as e:
+                log.debug("the watch on ovs-vswitchd's configuration broke (%s)", e)
+            else:
+                held.enter_context(run.tx.outage())
+    if invocation is None:
+        invocation = sd.wait_started(job, START_TIMEOUT)
+        if watch is not None:
+            held.enter_context(run.tx.outage())
+    # The daemon's own, where it can be read: the start that is running.
+    run.tx.set_invocation(ovs.daemon_invocation("ovs-vswitchd") or invocation)
+    return job
 
 
 def restart(

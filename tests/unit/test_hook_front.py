@@ -184,6 +184,39 @@ def test_a_deferred_poststart_waits_until_the_transactions_outage_ends(front: Fr
     tx.finish()
 
 
+def test_a_poststart_waiting_on_a_transaction_that_dies_does_its_work(front: Front) -> None:
+    """The transaction is killed during its restore, while poststart waits on
+    its outage lock: the kernel releases the lock, and poststart finds the
+    transaction gone and clears flow-restore-wait itself."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from ovs_service import journal\n"
+        "tx = journal.Journal(Path(sys.argv[1]), 'restart', Path(sys.argv[2]))\n"
+        "with tx.step('start-ovs-vswitchd'), tx.outage():\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(front.state), str(front.run_dir)],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(FRONT.parents[1])})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        results: list[subprocess.CompletedProcess[str]] = []
+        waiter = threading.Thread(
+            target=lambda: results.append(front.run("poststart", invocation="any")))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive()
+        holder.kill()
+        waiter.join(20)
+        assert not waiter.is_alive()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "the transaction is gone: doing this itself" in results[0].stderr
+    assert any(call.endswith(CLEAR) for call in front.vsctl())
+
+
 def test_a_dead_transaction_is_ignored(front: Front) -> None:
     proc = subprocess.Popen(["/bin/true"])
     proc.wait()

@@ -303,3 +303,20 @@ def test_a_pidfile_naming_another_process_is_no_running_daemon(
     (proc / str(unrelated.pid)).mkdir(parents=True)
     (proc / str(unrelated.pid) / "comm").write_text("ovs-vswitchd\n")
     assert ovs.daemon_running("ovs-vswitchd", proc)
+
+
+def test_a_zombie_is_not_alive(tmp_path: Path) -> None:
+    """A process that has exited but is not yet reaped (state Z) no longer
+    holds anything: its transaction is over."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    me = journal.ProcessId.of(child.pid)
+    assert me is not None and me.alive()
+    assert child.stdin is not None
+    child.stdin.close()  # it exits; nobody reaps it yet
+    deadline = time.monotonic() + 10
+    while (Path("/proc") / str(child.pid) / "stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not me.alive()
+    child.wait()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ovs_service import ovsdb
-from ovs_service.errors import NotApplied, OvsdbRefused
+from ovs_service.errors import NotApplied, OvsdbRefused, OvsUnreachable
 
 
 def test_an_answer_split_inside_a_character_and_after_an_echo_is_read_whole() -> None:
@@ -25,7 +25,7 @@ def test_an_answer_split_inside_a_character_and_after_an_echo_is_read_whole() ->
         # The rest only once the first part has been read.
         rest = threading.Timer(0.3, server.sendall, args=(answer[cut:],))
         rest.start()
-        reply = ovsdb._Session(client, time.monotonic() + 5).call("transact", [])
+        reply = ovsdb._Session(client, time.monotonic() + 5, Path("db.sock")).call("transact", [])
         rest.join()
         # The server's echo was answered.
         assert b'"id": "echo"' in server.recv(1 << 16)
@@ -76,7 +76,7 @@ def test_the_wait_for_cur_cfg_reads_the_monitor_and_its_updates() -> None:
     server, client = socket.socketpair()
     with server, client:
         server.sendall(b"".join(json.dumps(m).encode() for m in messages))
-        session = ovsdb._Session(client, time.monotonic() + 5)
+        session = ovsdb._Session(client, time.monotonic() + 5, Path("db.sock"))
         ovsdb._wait_applied(session, 5, "a test")
         assert session.updates == []
 
@@ -87,7 +87,7 @@ def test_a_change_never_applied_is_a_one_line_refusal_at_the_timeout() -> None:
     server, client = socket.socketpair()
     with server, client:
         server.sendall(json.dumps(first).encode())
-        session = ovsdb._Session(client, time.monotonic() + 0.3)
+        session = ovsdb._Session(client, time.monotonic() + 0.3, Path("db.sock"))
         with pytest.raises(NotApplied) as e:
             ovsdb._wait_applied(session, 5, "other_config:flow-restore-wait", timeout=0.3)
     assert str(e.value) == ("other_config:flow-restore-wait written, but ovs-vswitchd has not "
@@ -100,9 +100,27 @@ def test_the_wait_ends_as_soon_as_ovs_vswitchd_is_gone() -> None:
     server, client = socket.socketpair()
     with server, client:
         server.sendall(json.dumps(first).encode())
-        session = ovsdb._Session(client, time.monotonic() + 10)
+        session = ovsdb._Session(client, time.monotonic() + 10, Path("db.sock"))
         began = time.monotonic()
         with pytest.raises(NotApplied) as e:
             ovsdb._wait_applied(session, 5, "a test", alive=lambda: False)
     assert time.monotonic() - began < 2
     assert str(e.value).endswith("has not applied it: it is not running")
+
+
+def test_only_the_sessions_own_failures_become_unreachable(tmp_path: Path) -> None:
+    """An error raised by the caller's code inside a session (here a
+    PermissionError, an OSError) passes as it is, not as "ovsdb-server
+    unreachable"; the session's own broken connection is that."""
+    path = tmp_path / "db.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(2)
+    with server:
+        with pytest.raises(PermissionError), ovsdb._session(path, 5.0):
+            raise PermissionError("the caller's own")
+        with pytest.raises(OvsUnreachable) as e, ovsdb._session(path, 5.0) as session:
+            peer, _ = server.accept()
+            peer.close()
+            session.call("transact", [])
+    assert "db.sock" in str(e.value) and "\n" not in str(e.value)
