@@ -356,14 +356,14 @@ class Journal:
             fd = os.open(self.run / OUTAGE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             log.debug("no %s (%s)", OUTAGE, e)
-            yield
-            return
+            fd = -1
         try:
-            if not _lock_exclusive(fd):
+            if fd >= 0 and not _lock_exclusive(fd):
                 log.debug("%s is held by another process", OUTAGE)
             yield
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def finish(self) -> None:
         clear(self.root, self.run)

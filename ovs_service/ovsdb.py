@@ -32,7 +32,7 @@ class _Session:
     its echo probes answered, the whole exchange within one deadline."""
 
     def __init__(self, sock: socket.socket, deadline: float, where: Path) -> None:
-        self._sock, self._deadline, self._where = sock, deadline, where
+        self._sock, self._deadline, self.where = sock, deadline, where
         self._decoder, self._buffer = json.JSONDecoder(), ""
         # A character may be split between two reads.
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -62,7 +62,7 @@ class _Session:
         try:
             self._sock.sendall(json.dumps(message).encode())
         except OSError as e:
-            raise _unreachable(self._where, e) from None
+            raise _unreachable(self.where, e) from None
 
     def _message(self, until: float) -> dict[str, Any] | None:
         """The next message (None if none came by `until`); notifications are
@@ -111,9 +111,9 @@ class _Session:
                 raise _SessionExpired("no answer in time") from None
             return False
         except OSError as e:
-            raise _unreachable(self._where, e) from None
+            raise _unreachable(self.where, e) from None
         if not chunk:
-            raise _unreachable(self._where, ConnectionResetError("connection closed"))
+            raise _unreachable(self.where, ConnectionResetError("connection closed"))
         self._buffer += self._text.decode(chunk)
         return True
 
@@ -237,7 +237,10 @@ class AppliedWatch:
             left = until - time.monotonic()
             if left <= 0:
                 return False
-            update = self._session.wait_update(left)
+            try:
+                update = self._session.wait_update(left)
+            except _SessionExpired as e:  # as a broken watch, whoever holds it
+                raise _unreachable(self._session.where, e) from None
             if update is None:
                 return False
             self._updates = update

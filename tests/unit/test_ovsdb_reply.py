@@ -124,3 +124,34 @@ def test_only_the_sessions_own_failures_become_unreachable(tmp_path: Path) -> No
             peer.close()
             session.call("transact", [])
     assert "db.sock" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_watch_past_its_time_is_a_broken_watch(tmp_path: Path) -> None:
+    """The start's watch on cur_cfg, never reached by its deadline: each look
+    says not yet, then the watch breaks as OvsUnreachable (which the restart
+    falls back from), not as a bare TimeoutError."""
+    cur_cfg = b'{"id":0,"result":{"Open_vSwitch":{"u":{"new":{"cur_cfg":3}}}},"error":null}'
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "db.sock"))
+    server.listen(1)
+    done = threading.Event()
+
+    def serve() -> None:  # answers the monitor, then sends nothing more
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(1 << 16)
+                conn.sendall(cur_cfg)
+                done.wait(10)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with ovsdb.applied_watch(tmp_path / "db.sock", 4, 0.5) as watch:
+            with pytest.raises(OvsUnreachable) as e:  # from the look itself
+                while not watch.reached(0.05):
+                    pass
+    finally:
+        done.set()
+        thread.join()
+    assert "no answer in time" in str(e.value) and "\n" not in str(e.value)
