@@ -147,10 +147,11 @@ def test_a_watch_past_its_time_is_a_broken_watch(tmp_path: Path) -> None:
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        with ovsdb.applied_watch(tmp_path / "db.sock", 4, 0.5) as watch:
-            with pytest.raises(OvsUnreachable) as e:  # from the look itself
-                while not watch.reached(0.05):
-                    pass
+        # OvsUnreachable from the look itself, inside the watch's `with`.
+        with ovsdb.applied_watch(tmp_path / "db.sock", 4, 0.5) as watch, \
+                pytest.raises(OvsUnreachable) as e:
+            while not watch.reached(0.05):
+                pass
     finally:
         done.set()
         thread.join()
