@@ -210,11 +210,9 @@ def start_and_restore(run: Run, sd: Systemd, outcome: Outcome, prepared: Prepare
     runs: that is after it detached (and, with Debian's units, after ovs-ctl
     exited), tens of milliseconds later. The unit's ExecStartPost= commands
     wait meanwhile: its poststart hook, which leaves this start's restore to
-    us, waits for the outage lock (`Journal.outage`), and enabling remote
-    managers comes after it, once the switch forwards again. The lock is
-    taken once the daemon is configured, not before the start: a daemon
-    that never reports its configuration must not keep its start job, and
-    so this wait, from ending.
+    us, waits for the outage lock (`Journal.outage`; when it is taken: see
+    `start_configured`), and enabling remote managers comes after it, once
+    the switch forwards again.
     """
     with ExitStack() as held:
         try:
