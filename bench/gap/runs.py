@@ -49,11 +49,15 @@ class Run:
 @dataclass(frozen=True)
 class Commit:
     """The restore of a cell's snapshot onto a running switch (bundles encoded
-    beforehand): what a restart's restore costs without the restart."""
+    beforehand): what a restart's restore costs without the restart. Onto a
+    daemon that has run for a while (`fresh` false: its heap already grown),
+    or onto one the floor's bare restart has just started (`fresh`), as a
+    restart's restore meets it."""
     flows: int
     bridges: int
     round: int
     seconds: float
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,13 @@ def run_method(bed: Bed, method: Method, flows: int, bridges: int, rnd: int,
     return run
 
 
-def measure_commits(bed: Bed, flows: int, bridges: int, repeat: int) -> list[Commit]:
+def measure_commits(bed: Bed, flows: int, bridges: int, repeat: int,
+                    floor_units: str | None = None) -> list[Commit]:
     """Save the cell's tables, then `repeat` times: empty every bridge (as a
-    restarted one comes up) and time the restore of that snapshot; the
-    tables are checked with ovs-ofctl after each."""
+    restarted one comes up) and time the restore of that snapshot; with
+    `floor_units`, also time it right after that floor's bare restart of
+    ovs-vswitchd (a fresh daemon). The tables are checked with ovs-ofctl
+    after each."""
     if bed.empty:
         bed.load_tables()
     bed.run(["rm", "-rf", COMMIT_DIR])
@@ -121,14 +128,24 @@ def measure_commits(bed: Bed, flows: int, bridges: int, repeat: int) -> list[Com
     out = []
     for rnd in range(repeat):
         bed.empty_tables()
-        proc = bed.run(INNER_COMMIT)
-        result = json.loads(proc.stdout)
-        bad = bed.damaged()
-        if not result["ok"] or bad:
-            raise BenchError(f"the timed restore failed: {result['errors']} {bad}")
-        out.append(Commit(flows, bridges, rnd, result["seconds"]))
+        out.append(_timed_commit(bed, flows, bridges, rnd, fresh=False))
+        if floor_units is not None:
+            bed.use(floor_units)
+            bed.ns.run(["systemctl", "restart", "ovs-vswitchd.service"], timeout=LONG)
+            bed.ns.settle()
+            bed.empty = False  # what the commit puts back is the cell's table
+            out.append(_timed_commit(bed, flows, bridges, rnd, fresh=True))
     bed.run(["rm", "-rf", COMMIT_DIR])
     return out
+
+
+def _timed_commit(bed: Bed, flows: int, bridges: int, rnd: int, fresh: bool) -> Commit:
+    proc = bed.run(INNER_COMMIT)
+    result = json.loads(proc.stdout)
+    bad = bed.damaged()
+    if not result["ok"] or bad:
+        raise BenchError(f"the timed restore failed: {result['errors']} {bad}")
+    return Commit(flows, bridges, rnd, result["seconds"], fresh)
 
 
 def rounds(methods: Sequence[Method], repeat: int) -> Iterator[tuple[int, Method]]:
@@ -162,11 +179,14 @@ def measure(plan: Plan, work: Path, log: Log, runs: list[Run], commits: list[Com
                         log(f"  {m.label}: gap {gap}, wall {r.wall_s:.2f}s"
                             + (f", LOST {r.lost} flows" if r.lost else "")
                             + (f", exit {r.exit_code}" if r.exit_code else ""))
-                    if any(m.key in FLOORS for m in plan.methods):
-                        cs = measure_commits(bed, flows, bridges, plan.repeat)
+                    floors = [m.units for m in plan.methods if m.key in FLOORS]
+                    if floors:
+                        cs = measure_commits(bed, flows, bridges, plan.repeat, floors[0])
                         commits += cs
-                        log("  restore onto a running switch: "
-                            + ", ".join(f"{c.seconds * 1000:.0f} ms" for c in cs))
+                        for fresh, where in ((False, "a running switch"),
+                                             (True, "a switch just restarted bare")):
+                            log(f"  restore onto {where}: " + ", ".join(
+                                f"{c.seconds * 1000:.0f} ms" for c in cs if c.fresh == fresh))
                     checkpoint()
                 if (flows, bridges) in plan.profile_cells:
                     profiles.append(profile_cell(bed, flows, bridges, plan.profile_repeat,
