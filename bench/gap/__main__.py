@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": time.monotonic() - began,
             "summary": report.summarize(runs), "runs": [asdict(r) for r in runs],
             "commits": [asdict(c) for c in commits],
-            "overhead": report.overheads(report.summarize(runs), commits),
+            "overhead": report.overheads(report.summarize(runs), commits, runs),
             "profile": [report.summarize_profile(c) for c in profiles],
             "profile_runs": profiles,
         })

@@ -149,12 +149,17 @@ OVER_FLOOR = ("ovs-service", "package-ovs-service", "systemctl-hooks", "package-
 FLOOR_OF = {"package-ovs-service": "package-floor", "package-systemctl": "package-floor"}
 
 
-def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit]) -> list[dict[str, Any]]:
+def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit],
+              runs: Sequence[Run] = ()) -> list[dict[str, Any]]:
     """Per cell: the floor's median gap, the median restore of the same snapshot
     onto a running switch, and each method's gap over their sum (0.15: 15% more);
     where it was measured, also over the floor plus the median restore onto a
-    switch just restarted bare (`fresh_*`)."""
+    switch just restarted bare (`fresh_*`). With `runs`, also `paired`: the
+    median over the rounds of each round's gap over the same round's floor
+    (the two measured a few seconds apart, so a slow phase of the machine
+    weighs on both) plus the median restore."""
     gaps = {(r["bridges"], r["flows"], r["method"]): r["gap_ms"] for r in rows}
+    by_round = {(r.bridges, r.flows, r.method, r.round): r.gap_s for r in runs}
     in_restart = {(r["bridges"], r["flows"], r["method"]): r.get("restore_ms") for r in rows}
     restores: dict[tuple[int, int], list[float]] = {}
     fresh: dict[tuple[int, int], list[float]] = {}
@@ -180,8 +185,20 @@ def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit]) -> list
                         "fresh_restore_ms": fresh_commit,
                         "restore_in_restart_ms": in_restart.get((bridges, flows, key)),
                         "fresh_overhead": (None if fresh_commit is None
-                                           else gap / (floor + fresh_commit) - 1)})
+                                           else gap / (floor + fresh_commit) - 1),
+                        "paired_overhead": _paired(by_round, (bridges, flows), key, floor_key,
+                                                   commit)})
     return out
+
+
+def _paired(by_round: dict[tuple[int, int, str, int], float | None], cell: tuple[int, int],
+            key: str, floor_key: str, commit_ms: float) -> float | None:
+    ratios = []
+    for (bridges, flows, method, rnd), gap in by_round.items():
+        floor = by_round.get((bridges, flows, floor_key, rnd))
+        if (bridges, flows) == cell and method == key and gap and floor:
+            ratios.append(gap * 1000 / (floor * 1000 + commit_ms) - 1)
+    return statistics.median(ratios) if ratios else None
 
 
 def print_overheads(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
@@ -193,15 +210,20 @@ def print_overheads(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) ->
     print("(fresh: the restore onto a daemon the floor's bare restart has just started, "
           "as a restart's restore meets it)", file=out)
     print("\n| bridges | flows | method | gap ms | floor | floor ms | restore ms | overhead "
-          "| fresh restore ms | overhead (fresh) | its restore step ms |", file=out)
-    print("|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|", file=out)
+          "| paired by round | fresh restore ms | overhead (fresh) | its restore step ms |",
+          file=out)
+    print("|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", file=out)
     for r in rows:
         fresh_ms, fresh_over = r.get("fresh_restore_ms"), r.get("fresh_overhead")
         print(f"| {r['bridges']} | {r['flows']:,} | {r['label']} | {r['gap_ms']:.0f} | "
               f"{r.get('floor', 'floor')} | {r['floor_ms']:.0f} | {r['restore_ms']:.0f} | "
-              f"{r['overhead'] * 100:+.0f}% | {_ms(fresh_ms)} | "
-              f"{'-' if fresh_over is None else f'{fresh_over * 100:+.0f}%'} | "
+              f"{r['overhead'] * 100:+.0f}% | {_pct(r.get('paired_overhead'))} | {_ms(fresh_ms)} | "
+              f"{_pct(fresh_over)} | "
               f"{_ms(r.get('restore_in_restart_ms'))} |", file=out)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.0f}%"
 
 
 def _ms(value: float | None) -> str:

@@ -72,3 +72,20 @@ def test_overhead_is_also_set_against_the_restore_onto_a_fresh_daemon() -> None:
     assert round(got["overhead"], 3) == 0.269  # 330 / (200 + 60)
     assert round(got["fresh_overhead"], 3) == 0.0  # 330 / (200 + 130)
     assert got["restore_in_restart_ms"] == 90
+
+
+def test_paired_overhead_sets_each_round_against_that_rounds_floor() -> None:
+    """A slow round (floor and restart both slow) does not tip the paired
+    figure: each round's gap is set against that round's floor."""
+    from bench.gap.report import overheads, summarize
+    from bench.gap.runs import Commit, Run
+
+    def run(method: str, rnd: int, gap_s: float) -> Run:
+        return Run(method, 1000, 1, rnd, gap_s, wall_s=1.0)
+
+    runs = [run("floor", 0, 0.2), run("ovs-service", 0, 0.22),
+            run("floor", 1, 0.4), run("ovs-service", 1, 0.44),
+            run("floor", 2, 0.2), run("ovs-service", 2, 0.44)]
+    (got,) = overheads(summarize(runs), [Commit(1000, 1, 0, 0.0)], runs)
+    assert round(got["overhead"], 3) == 1.2  # median 440 over median floor 200 + 0
+    assert round(got["paired_overhead"], 3) == 0.1  # 0.1, 0.1, 1.2: median 0.1
