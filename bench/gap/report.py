@@ -217,16 +217,16 @@ def print_overheads(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) ->
         fresh_ms, fresh_over = r.get("fresh_restore_ms"), r.get("fresh_overhead")
         print(f"| {r['bridges']} | {r['flows']:,} | {r['label']} | {r['gap_ms']:.0f} | "
               f"{r.get('floor', 'floor')} | {r['floor_ms']:.0f} | {r['restore_ms']:.0f} | "
-              f"{r['overhead'] * 100:+.0f}% | {_pct(r.get('paired_overhead'))} | {_ms(fresh_ms)} | "
-              f"{_pct(fresh_over)} | "
-              f"{_ms(r.get('restore_in_restart_ms'))} |", file=out)
+              f"{r['overhead'] * 100:+.0f}% | {_pct(r.get('paired_overhead'))} | "
+              f"{_whole_ms(fresh_ms)} | {_pct(fresh_over)} | "
+              f"{_whole_ms(r.get('restore_in_restart_ms'))} |", file=out)
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:+.0f}%"
 
 
-def _ms(value: float | None) -> str:
+def _whole_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
