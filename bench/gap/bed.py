@@ -195,9 +195,24 @@ class Bed:
     # -- which units run the daemons ---------------------------------------------------
 
     def use(self, units: str) -> None:
-        """Get the daemons running under `units`; the tables survive (or are reloaded)."""
-        if units == self.units:
-            return
+        """Get the daemons running under `units`, with the tables they are
+        measured with: a floor's emptied, everyone else's whole. Also when
+        the units stay: a new cell, or the restores timed after the rounds,
+        may have filled a floor's tables since."""
+        if units != self.units:
+            self._switch_units(units)
+        if units in FLOORS:
+            if not self.empty:
+                self.empty_tables()
+                self.empty = True
+        elif self.empty:
+            self.load_tables()
+        bad = self.damaged()
+        if bad:
+            self.log(f"  tables changed by the switch to {units}: {bad}; loading them again")
+            self.load_tables(list(bad))
+
+    def _switch_units(self, units: str) -> None:
         began = time.monotonic()
         if self.units != "bare" and units != "bare":
             pid = self.vswitchd_pid()
@@ -216,15 +231,6 @@ class Bed:
             self.load_tables()
         self.log(f"  (daemons now under {units}: {time.monotonic() - began:.1f}s)")
         self.units = units
-        if units in FLOORS:
-            self.empty_tables()
-            self.empty = True
-        elif self.empty:
-            self.load_tables()
-        bad = self.damaged()
-        if bad:
-            self.log(f"  tables changed by the switch to {units}: {bad}; loading them again")
-            self.load_tables(list(bad))
 
     @staticmethod
     def _umbrella(units: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.gap.instrumented import ADDING
-from bench.gap.methods import BASELINE, METHODS
+from bench.gap.methods import BASELINE, FLOORS, METHODS
 
 if TYPE_CHECKING:
     from bench.gap.runs import Commit, Run
@@ -101,7 +101,7 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "not_restarted": sum(not r.restarted for r in rs),
                 "peak_rss_mib": max((r.peak_rss_mib for r in rs if r.peak_rss_mib), default=None),
                 # The restore step of `ovs-service restart --json`, where it reported one.
-                "restore_ms": _median_of_known([_step_s(r, "restore") for r in rs]),
+                "restore_step_ms": _median_of_known([_step_ms(r, "restore") for r in rs]),
             })
     return rows
 
@@ -111,7 +111,7 @@ def _median_of_known(values: Sequence[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
-def _step_s(run: Run, name: str) -> float | None:
+def _step_ms(run: Run, name: str) -> float | None:
     return next((s["seconds"] * 1000 for s in run.steps if s.get("name") == name), None)
 
 
@@ -157,10 +157,13 @@ def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit],
     switch just restarted bare (`fresh_*`). With `runs`, also `paired`: the
     median over the rounds of each round's gap over the same round's floor
     (the two measured a few seconds apart, so a slow phase of the machine
-    weighs on both) plus the median restore."""
+    weighs on both) plus the median restore (see `_paired`).
+
+    Each method is set against its own unit set's floor; where that was not
+    measured, against the other one (the row names which)."""
     gaps = {(r["bridges"], r["flows"], r["method"]): r["gap_ms"] for r in rows}
     by_round = {(r.bridges, r.flows, r.method, r.round): r.gap_s for r in runs}
-    in_restart = {(r["bridges"], r["flows"], r["method"]): r.get("restore_ms") for r in rows}
+    step = {(r["bridges"], r["flows"], r["method"]): r.get("restore_step_ms") for r in rows}
     restores: dict[tuple[int, int], list[float]] = {}
     fresh: dict[tuple[int, int], list[float]] = {}
     for c in commits:
@@ -172,9 +175,8 @@ def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit],
         fresh_commit = _median_of_known(fresh.get((bridges, flows), []))
         for key in OVER_FLOOR:
             gap = gaps.get((bridges, flows, key))
-            floor_key = FLOOR_OF.get(key, "floor")
-            if (bridges, flows, floor_key) not in gaps:
-                floor_key = "floor"
+            own = FLOOR_OF.get(key, "floor")
+            floor_key = next((f for f in (own, *FLOORS) if (bridges, flows, f) in gaps), own)
             floor = gaps.get((bridges, flows, floor_key))
             if gap is None or floor is None:
                 continue
@@ -183,7 +185,7 @@ def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit],
                         "floor": floor_key, "restore_ms": commit,
                         "overhead": gap / (floor + commit) - 1,
                         "fresh_restore_ms": fresh_commit,
-                        "restore_in_restart_ms": in_restart.get((bridges, flows, key)),
+                        "restore_step_ms": step.get((bridges, flows, key)),
                         "fresh_overhead": (None if fresh_commit is None
                                            else gap / (floor + fresh_commit) - 1),
                         "paired_overhead": _paired(by_round, (bridges, flows), key, floor_key,
@@ -193,12 +195,23 @@ def overheads(rows: Sequence[dict[str, Any]], commits: Sequence[Commit],
 
 def _paired(by_round: dict[tuple[int, int, str, int], float | None], cell: tuple[int, int],
             key: str, floor_key: str, commit_ms: float) -> float | None:
+    """The median of the method's per-round overheads. A round whose run
+    never recovered ranks as infinite (as in `median_or_none`); a round
+    without a recovered floor cannot be paired. None unless over half the
+    method's rounds are paired and the median is finite."""
+    rounds = 0
     ratios = []
     for (bridges, flows, method, rnd), gap in by_round.items():
+        if (bridges, flows) != cell or method != key:
+            continue
+        rounds += 1
         floor = by_round.get((bridges, flows, floor_key, rnd))
-        if (bridges, flows) == cell and method == key and gap and floor:
-            ratios.append(gap * 1000 / (floor * 1000 + commit_ms) - 1)
-    return statistics.median(ratios) if ratios else None
+        if floor:
+            ratios.append(math.inf if gap is None else gap * 1000 / (floor * 1000 + commit_ms) - 1)
+    if not ratios or len(ratios) * 2 <= rounds:
+        return None
+    middle = float(statistics.median(ratios))
+    return middle if math.isfinite(middle) else None
 
 
 def print_overheads(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
@@ -219,7 +232,7 @@ def print_overheads(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) ->
               f"{r.get('floor', 'floor')} | {r['floor_ms']:.0f} | {r['restore_ms']:.0f} | "
               f"{r['overhead'] * 100:+.0f}% | {_pct(r.get('paired_overhead'))} | "
               f"{_whole_ms(fresh_ms)} | {_pct(fresh_over)} | "
-              f"{_whole_ms(r.get('restore_in_restart_ms'))} |", file=out)
+              f"{_whole_ms(r.get('restore_step_ms'))} |", file=out)
 
 
 def _pct(value: float | None) -> str:

@@ -64,14 +64,14 @@ def test_overhead_is_also_set_against_the_restore_onto_a_fresh_daemon() -> None:
 
     rows = [{"bridges": 1, "flows": 1000, "method": "floor", "gap_ms": 200},
             {"bridges": 1, "flows": 1000, "method": "ovs-service", "gap_ms": 330,
-             "restore_ms": 90}]
+             "restore_step_ms": 90}]
     commits = [Commit(1000, 1, 0, 0.05), Commit(1000, 1, 1, 0.07),
                Commit(1000, 1, 0, 0.12, fresh=True), Commit(1000, 1, 1, 0.14, fresh=True)]
     (got,) = overheads(rows, commits)
     assert (got["restore_ms"], got["fresh_restore_ms"]) == (60, 130)
     assert round(got["overhead"], 3) == 0.269  # 330 / (200 + 60)
     assert round(got["fresh_overhead"], 3) == 0.0  # 330 / (200 + 130)
-    assert got["restore_in_restart_ms"] == 90
+    assert got["restore_step_ms"] == 90
 
 
 def test_paired_overhead_sets_each_round_against_that_rounds_floor() -> None:
@@ -89,3 +89,46 @@ def test_paired_overhead_sets_each_round_against_that_rounds_floor() -> None:
     (got,) = overheads(summarize(runs), [Commit(1000, 1, 0, 0.0)], runs)
     assert round(got["overhead"], 3) == 1.2  # median 440 over median floor 200 + 0
     assert round(got["paired_overhead"], 3) == 0.1  # 0.1, 0.1, 1.2: median 0.1
+
+
+def test_paired_overhead_ranks_a_run_that_never_recovered_as_infinite() -> None:
+    """A round whose restart never recovered counts against the method, as in
+    the plain median; rounds without a floor are not paired, and too few
+    paired rounds give no figure."""
+    from bench.gap.report import overheads, summarize
+    from bench.gap.runs import Commit, Run
+
+    def run(method: str, rnd: int, gap_s: float | None) -> Run:
+        return Run(method, 1000, 1, rnd, gap_s, wall_s=1.0)
+
+    floors = [run("floor", i, 0.2) for i in range(5)]
+    gaps = [0.22, 0.22, 0.3, 0.3, None]
+    runs = floors + [run("ovs-service", i, g) for i, g in enumerate(gaps)]
+    (got,) = overheads(summarize(runs), [Commit(1000, 1, 0, 0.0)], runs)
+    assert round(got["paired_overhead"], 3) == 0.5  # 0.1, 0.1, 0.5, 0.5, inf
+
+    one_floor = floors[:1] + [run("ovs-service", i, 0.22) for i in range(3)]
+    (got,) = overheads(summarize(one_floor), [Commit(1000, 1, 0, 0.0)], one_floor)
+    assert got["paired_overhead"] is None  # 1 round of 3 paired
+
+
+def test_a_method_without_its_own_floor_is_set_against_the_other() -> None:
+    from bench.gap.report import overheads
+    from bench.gap.runs import Commit
+
+    rows = [{"bridges": 1, "flows": 1000, "method": "package-floor", "gap_ms": 200},
+            {"bridges": 1, "flows": 1000, "method": "ovs-service", "gap_ms": 220}]
+    (got,) = overheads(rows, [Commit(1000, 1, 0, 0.0)])
+    assert (got["floor"], round(got["overhead"], 3)) == ("package-floor", 0.1)
+
+
+def test_summary_gives_the_median_restore_step_in_milliseconds() -> None:
+    from bench.gap.report import summarize
+    from bench.gap.runs import Run
+
+    runs = [Run("ovs-service", 1000, 1, i, 0.3, wall_s=1.0,
+                steps=[{"name": "save", "seconds": 0.5}, {"name": "restore", "seconds": s}])
+            for i, s in enumerate((0.004, 0.006, 0.009))]
+    runs.append(Run("floor", 1000, 1, 0, 0.2, wall_s=1.0))
+    got = {r["method"]: r["restore_step_ms"] for r in summarize(runs)}
+    assert got == {"ovs-service": 6.0, "floor": None}
