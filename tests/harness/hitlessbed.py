@@ -146,6 +146,7 @@ for br in brA brB; do
 done
 section vswitchd systemctl show -p MainPID --value ovs-vswitchd.service
 section pidfile cat /run/openvswitch/ovs-vswitchd.pid
+section ovsdb cat /run/openvswitch/ovsdb-server.pid
 """
 
 
@@ -160,6 +161,7 @@ class HitlessState:
     openflow: list[str]
     """Both bridges' canonical OpenFlow lines, each prefixed with its bridge."""
     vswitchd_pid: int
+    ovsdb_pid: int
 
 
 def read_state(guest: Guest) -> HitlessState:
@@ -175,6 +177,7 @@ def read_state(guest: Guest) -> HitlessState:
         ifindex={name: links.get(name, 0) for name in (DATAPATH, TUNNEL_VPORT)},
         openflow=sorted(lines),
         vswitchd_pid=int(pid),
+        ovsdb_pid=int(raw["ovsdb"].strip() or "0"),
     )
 
 
@@ -345,6 +348,8 @@ class MethodRun:
     ifindex_before: dict[str, int] = field(default_factory=dict)
     ifindex_after: dict[str, int] = field(default_factory=dict)
     """The datapath's and the tunnel vport's interface index, before and after."""
+    ovsdb_restarted: bool = False
+    """ovsdb-server has another PID after the method."""
 
     @property
     def state_whole(self) -> bool:
@@ -368,6 +373,7 @@ class MethodRun:
                 f"{self.ifindex_after.get(TUNNEL_VPORT, 0)})  dp "
                 f"{'same' if self.datapath_untouched and self.dp_ports_kept else 'CHANGED'}  "
                 f"openflow {self.openflow_lines_kept}/{self.openflow_lines_total}"
+                + ("  ovsdb-server restarted" if self.ovsdb_restarted else "  ovsdb-server kept")
                 + ("" if self.vswitchd_restarted else "  (ovs-vswitchd NOT restarted)"))
 
 
@@ -399,6 +405,7 @@ def run_method(guest: Guest, method: str, argv: list[str], tag: str,
         changes=changes,
         ifindex_before=before.ifindex,
         ifindex_after=after.ifindex,
+        ovsdb_restarted=after.ovsdb_pid != before.ovsdb_pid,
     )
 
 

@@ -199,6 +199,14 @@ def test_systemctl_restart_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
     _assert_hitless(runs[SYSTEMCTL_RESTART])
 
 
+def test_ovs_service_restart_keeps_the_database(runs: dict[str, list[MethodRun]]) -> None:
+    """Nothing ovsdb-server starts from changed between the restarts, so each
+    `ovs-service restart` keeps it running, the first after the guest's boot
+    too (see ovs_service/database.py)."""
+    restarted = [run.line() for run in runs[OVS_SERVICE_RESTART] if run.ovsdb_restarted]
+    assert not restarted, "\n".join(restarted)
+
+
 def test_package_reinstall_is_hitless(runs: dict[str, list[MethodRun]]) -> None:
     if not DEBIAN_UNITS:
         pytest.skip(LEFT_OUT)

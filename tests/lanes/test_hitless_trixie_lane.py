@@ -181,6 +181,14 @@ def test_systemctl_restart_is_hitless_across_the_tunnel(figures: Figures) -> Non
     _assert_hitless(figures.runs[SYSTEMCTL_RESTART])
 
 
+def test_ovs_service_restart_keeps_the_database(figures: Figures) -> None:
+    """Nothing ovsdb-server starts from changed between the restarts, so each
+    `ovs-service restart` keeps it running (the key compared is computed on
+    Debian 13's systemd and environment here: see ovs_service/database.py)."""
+    restarted = [run.line() for run in figures.runs[OVS_SERVICE_RESTART] if run.ovsdb_restarted]
+    assert not restarted, "\n".join(restarted)
+
+
 def test_ovs_services_python_left_no_traceback(figures: Figures) -> None:
     """The hooks and the restore ran on Python 3.13 without an exception (the
     hooks' failures never stop a restart: they would show only here)."""
