@@ -49,10 +49,10 @@ class Run:
 @dataclass(frozen=True)
 class Commit:
     """The restore of a cell's snapshot onto a running switch (bundles encoded
-    beforehand): what a restart's restore costs without the restart. Onto a
-    daemon that has run for a while (`fresh` false: its heap already grown),
-    or onto one the floor's bare restart has just started (`fresh`), as a
-    restart's restore meets it."""
+    beforehand): what a restart's restore costs without the restart. Onto
+    the running daemon, emptied first (`fresh` false: after the first round,
+    one that has already held the table once), or onto one the floor's bare
+    restart has just started (`fresh`), as a restart's restore meets it."""
     flows: int
     bridges: int
     round: int
