@@ -212,6 +212,16 @@ class Bed:
             self.log(f"  tables changed by the switch to {units}: {bad}; loading them again")
             self.load_tables(list(bad))
 
+    def restart_bare(self, floor_units: str) -> None:
+        """ovs-vswitchd restarted by a floor's units on emptied tables: a fresh
+        daemon holding a fresh bridge's table, for a timed restore to fill.
+        The tables count as the cell's whole ones from here: that restore is
+        checked against them."""
+        self.use(floor_units)
+        self.ns.run(["systemctl", "restart", "ovs-vswitchd.service"], timeout=LONG)
+        self.ns.settle()
+        self.empty = False
+
     def _switch_units(self, units: str) -> None:
         began = time.monotonic()
         if self.units != "bare" and units != "bare":

@@ -130,10 +130,7 @@ def measure_commits(bed: Bed, flows: int, bridges: int, repeat: int,
         bed.empty_tables()
         out.append(_timed_commit(bed, flows, bridges, rnd, fresh=False))
         if floor_units is not None:
-            bed.use(floor_units)
-            bed.ns.run(["systemctl", "restart", "ovs-vswitchd.service"], timeout=LONG)
-            bed.ns.settle()
-            bed.empty = False  # what the commit puts back is the cell's table
+            bed.restart_bare(floor_units)
             out.append(_timed_commit(bed, flows, bridges, rnd, fresh=True))
     bed.run(["rm", "-rf", COMMIT_DIR])
     return out
